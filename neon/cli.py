@@ -1,0 +1,81 @@
+"""The `neon` command (also `python -m neon`): a Hydra application whose `task=` picks the stage."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.utils import get_method
+from omegaconf import DictConfig
+
+from neon.errors import NeonError
+
+
+def config_dir() -> Path:
+    """The folder of the YAML configs: $NEON_CONFIG_DIR, the source tree's conf/, or the installed copy."""
+    candidates = [
+        os.environ.get("NEON_CONFIG_DIR"),
+        Path(__file__).resolve().parent.parent / "conf",
+        Path(sys.prefix) / "share" / "neon" / "conf",
+    ]
+    for c in candidates:
+        if c and (Path(c) / "config.yaml").is_file():
+            return Path(c).resolve()
+    return Path(candidates[1])  # reported by check_overrides below
+
+
+CONF_DIR = config_dir()
+
+
+def check_overrides(args: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Reject an unknown option of a config group (task=, model=, ...) in one line, before Hydra starts."""
+    if not (conf_dir / "config.yaml").is_file():
+        raise NeonError(f"configs not found at '{conf_dir}': reinstall with `pip install -e .` or set NEON_CONFIG_DIR")
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        group = conf_dir / key
+        if "." in key or "/" in key or not group.is_dir() or value in ("null", ""):
+            continue
+        choices = sorted(str(p.relative_to(group).with_suffix("")) for p in group.rglob("*.yaml"))
+        for option in value.split(","):
+            if option not in choices:
+                raise NeonError(f"unknown {key} '{option}': choose one of {', '.join(choices)}")
+
+
+def _finish_loggers() -> None:
+    # One wandb run per job: close it so the next job of a sweep starts its own.
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _run(cfg: DictConfig) -> float | None:
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        summary = get_method(cfg.task.entry)(cfg)
+    except NeonError as exc:
+        print(f"neon: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        _finish_loggers()
+    # The value a Hydra sweeper (e.g. Optuna) minimises.
+    return summary.get("fid_neon") if isinstance(summary, dict) else None
+
+
+def main() -> None:
+    """Entry point of the `neon` command."""
+    try:
+        check_overrides(sys.argv[1:])
+    except NeonError as exc:
+        print(f"neon: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    _run()

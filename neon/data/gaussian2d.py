@@ -1,0 +1,72 @@
+"""The toy's real data: points from a 2D Gaussian, with its exact statistics as the reference."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from neon.metrics.extractors import FeatureExtractor, IdentityFeatures
+
+
+class PointSet(Dataset):
+    """A tensor of points as a dataset of {'x': point} items."""
+
+    def __init__(self, points: torch.Tensor):
+        self.points = points
+
+    def __len__(self) -> int:
+        return len(self.points)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.points[i]}
+
+
+class FullBatches(IterableDataset):
+    """The whole set as one batch, forever: full-batch training without a Lightning epoch per step."""
+
+    def __init__(self, points: torch.Tensor):
+        self.points = points
+
+    def __iter__(self):
+        while True:
+            yield {"x": self.points}
+
+
+class Gaussian2DDataModule(L.LightningDataModule):
+    """`n_train` points from N(mean, cov), drawn once from `seed`."""
+
+    def __init__(
+        self,
+        mean: Sequence[float] = (0.0, 0.0),
+        cov: Sequence[Sequence[float]] = ((2.0, 1.0), (1.0, 2.0)),
+        n_train: int = 1000,
+        batch_size: int = 2048,
+        seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.cov = np.asarray(cov, dtype=np.float64)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        rng = np.random.default_rng(seed)
+        self.points = torch.from_numpy(rng.multivariate_normal(self.mean, self.cov, n_train).astype(np.float32))
+        self.num_classes = 0
+
+    def train_dataloader(self) -> DataLoader:
+        if self.batch_size >= len(self.points):
+            return DataLoader(FullBatches(self.points), batch_size=None)
+        return DataLoader(
+            PointSet(self.points), batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers
+        )
+
+    def reference_statistics(self, extractor: FeatureExtractor) -> tuple[np.ndarray, np.ndarray]:
+        """Exact mean and covariance in the identity feature space; sample statistics otherwise."""
+        if isinstance(extractor, IdentityFeatures):
+            return self.mean.copy(), self.cov.copy()
+        feats = extractor(self.points).double().numpy()
+        return feats.mean(0), np.cov(feats, rowvar=False)

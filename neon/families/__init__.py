@@ -1,0 +1,1 @@
+"""Model families. Each is one module here plus YAML files under conf/model and conf/sampler."""

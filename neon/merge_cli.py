@@ -1,0 +1,42 @@
+"""`neon-merge BASE AUX --w 0.8 -o OUT`: stream θ_neon from two checkpoint files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from neon.errors import NeonError
+from neon.merge import WSpec, check_w, merge_files
+
+
+def parse_w(text: str) -> WSpec:
+    """A number (`0.8`) or a JSON mapping from name patterns to numbers (`{"enc": 0.5, "default": 1}`)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise NeonError(f"--w must be a number or a JSON mapping, got '{text}'") from None
+    return check_w(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `neon-merge` command."""
+    parser = argparse.ArgumentParser(
+        prog="neon-merge",
+        description="Write θ_neon = (1 + w)·BASE − w·AUX, streaming key by key.",
+    )
+    parser.add_argument("base", help="θ_r: the base checkpoint (.safetensors, .pt or Lightning .ckpt)")
+    parser.add_argument("aux", help="θ_s: the checkpoint fine-tuned on the model's own samples")
+    parser.add_argument("--w", required=True, help="merge weight: a number, or a JSON {pattern: w} mapping")
+    parser.add_argument("-o", "--out", required=True, help="output file (.safetensors, .ckpt or .pt)")
+    args = parser.parse_args(argv)
+    try:
+        out = merge_files(args.base, args.aux, parse_w(args.w), args.out)
+    except NeonError as exc:
+        print(f"neon-merge: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Metrics: feature extractors, Gaussian statistics and the Fréchet distance."""

@@ -1,0 +1,52 @@
+"""What a run leaves behind: the w-curve as CSV and PNG, and summary.json."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from neon.io import atomic_path, write_text
+from neon.merge import WSpec
+
+
+def w_label(w: WSpec) -> str:
+    """A w as it appears in tables: the number, or the block-wise mapping as JSON."""
+    return f"{w:g}" if isinstance(w, float) else json.dumps(w, sort_keys=True)
+
+
+def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float]) -> None:
+    """`w_curve.csv` (columns w,fid) and `w_curve.png`."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["w", "fid"])
+    for w, fid in zip(ws, fids):
+        writer.writerow([w_label(w), repr(float(fid))])
+    write_text(out / "w_curve.csv", buf.getvalue())
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scalar = [(w, f) for w, f in zip(ws, fids) if isinstance(w, float)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if scalar:
+        xs, ys = zip(*sorted(scalar))
+        ax.plot(xs, ys, marker="o", markersize=3)
+        if all(y > 0 for y in ys):
+            ax.set_yscale("log")
+        ax.axvline(0.0, color="k", linestyle=":", linewidth=1, label="θ_r (w = 0)")
+        best_w, best_f = min(scalar, key=lambda p: p[1])
+        ax.scatter([best_w], [best_f], color="red", zorder=3, label=f"best w = {best_w:g}")
+        ax.legend()
+    ax.set_xlabel("merge weight w")
+    ax.set_ylabel("FID")
+    ax.set_title("θ_neon = (1 + w)·θ_r − w·θ_s")
+    ax.grid(True, linestyle="--", alpha=0.5)
+    fig.tight_layout()
+    with atomic_path(out / "w_curve.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)

@@ -1,0 +1,134 @@
+"""What every task needs: the run folder, the artifact cache, stage timings, models and trainers."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import numbers
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from neon.cache import ArtifactCache
+from neon.errors import NeonError
+from neon.io import write_text
+from neon.merge import WSpec, check_w
+from neon.module import NeonModule
+
+log = logging.getLogger("neon")
+
+# Keys of the model group that describe the run, not the constructor.
+MODEL_META_KEYS = ("checkpoint", "pretrain")
+
+
+def plain(node: Any) -> Any:
+    """A config node as resolved plain Python data (for cache keys and summaries)."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
+    return node
+
+
+def merge_ws(cfg: DictConfig) -> list[WSpec]:
+    """`neon.w` as a list of coefficients (a number, a list, or a block-wise mapping)."""
+    w = plain(cfg.neon.w)
+    ws = w if isinstance(w, list) else [w]
+    if not ws:
+        raise NeonError("neon.w is empty: give a number or a list of numbers, e.g. neon.w=[0.5,1.0]")
+    for value in ws:
+        if isinstance(value, str):
+            raise NeonError(f"neon.w must be a number or a list of numbers, got '{value}'")
+    return [check_w(value) for value in ws]
+
+
+def positive_int(value: Any, key: str) -> int:
+    """Validate a count or budget from the config."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise NeonError(f"{key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class Run:
+    """One job: its config, output folder, artifact cache and the seconds spent per stage."""
+
+    cfg: DictConfig
+    out: Path
+    cache: ArtifactCache
+    seconds: dict[str, float] = field(default_factory=dict)
+    logger: Any = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "Run":
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        # Hydra keeps the config with its interpolations in .hydra/; this is what actually ran.
+        write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        logger = instantiate(cfg.logger) if cfg.get("logger") else None
+        return cls(cfg=cfg, out=out, cache=ArtifactCache(cfg.paths.cache_dir), logger=logger)
+
+    def log_results(self, rows: list[dict[str, float]], summary: dict[str, Any]) -> None:
+        """Send the w-curve (one step per w) and the headline numbers to the configured logger."""
+        if self.logger is None:
+            return
+        self.logger.log_hyperparams(plain(self.cfg))
+        for step, row in enumerate(rows):
+            self.logger.log_metrics({f"neon/{k}": v for k, v in row.items()}, step=step)
+        self.logger.log_metrics({f"summary/{k}": v for k, v in summary.items()}, step=len(rows))
+        self.logger.save()
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage (accumulating) and log its start and end."""
+        log.debug("stage %s: start", name)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            log.debug("stage %s: %.1f s so far", name, self.seconds[name])
+
+    @property
+    def device(self) -> torch.device:
+        """Where sampling and evaluation run."""
+        want = self.cfg.get("device", "auto")
+        if want == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(want)
+
+    def build_module(self) -> NeonModule:
+        """The family's LightningModule, with fresh weights."""
+        spec = OmegaConf.masked_copy(self.cfg.model, [k for k in self.cfg.model if k not in MODEL_META_KEYS])
+        module = instantiate(spec)
+        if not isinstance(module, NeonModule):
+            raise NeonError(f"model._target_ {self.cfg.model._target_} is not a NeonModule family")
+        return module
+
+    def model_key(self) -> dict[str, Any]:
+        """The model's constructor settings (what the weights' meaning depends on)."""
+        return {k: plain(v) for k, v in self.cfg.model.items() if k not in MODEL_META_KEYS}
+
+    def trainer(self, max_steps: int, callbacks: list | None = None, **overrides: Any) -> L.Trainer:
+        """A Lightning Trainer from the trainer group, for one stage."""
+        return instantiate(
+            self.cfg.trainer,
+            max_steps=max_steps,
+            max_epochs=-1,
+            logger=self.logger if self.logger is not None else False,
+            callbacks=callbacks or [],
+            default_root_dir=str(self.out),
+            **overrides,
+        )
+
+    def sampler(self, overrides: Any = None):
+        """The synthesis sampler, or the evaluation sampler when `overrides` (metrics.sampler) are given."""
+        spec = self.cfg.sampler
+        if overrides:
+            spec = OmegaConf.merge(spec, overrides)
+        return instantiate(spec)

@@ -1,0 +1,63 @@
+"""One seed per sample: random draws that do not depend on batch size, workers or processes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from neon.errors import NeonError
+
+
+def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
+    """Parse a seed list: `"0-49999"`, `"1,5,7-9"`, an int, or a list of ints."""
+    if isinstance(spec, int):
+        return [spec]
+    if not isinstance(spec, str):
+        return [int(s) for s in spec]
+    seeds: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(part)])
+        except ValueError:
+            raise NeonError(f"bad seed list '{spec}': use forms like '0-49999' or '1,5,7-9'") from None
+    return seeds
+
+
+class PerSampleRNG:
+    """A batch of independent generators, one per sample seed.
+
+    Every draw takes, for each sample, the next values of that sample's own generator, so a
+    sample's noise depends only on its seed (the convention of EDM's generate.py).
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.generators = [torch.Generator(self.device).manual_seed(int(s) % (1 << 63)) for s in seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def randn(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard normal noise of shape [batch, *shape]."""
+        return torch.stack(
+            [torch.randn(shape, generator=g, device=self.device, dtype=dtype) for g in self.generators]
+        )
+
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Uniform [0, 1) noise of shape [batch, *shape]."""
+        return torch.stack(
+            [torch.rand(shape, generator=g, device=self.device, dtype=dtype) for g in self.generators]
+        )
+
+    def randint(self, high: int, *shape: int) -> torch.Tensor:
+        """Integers in [0, high) of shape [batch, *shape]."""
+        return torch.stack(
+            [torch.randint(high, shape, generator=g, device=self.device) for g in self.generators]
+        )
+
+    def randn_like(self, x: torch.Tensor) -> torch.Tensor:
+        """Noise shaped like a batch tensor `x`."""
+        return self.randn(*x.shape[1:], dtype=x.dtype).to(x.device)

@@ -1,0 +1,200 @@
+"""The pipeline's stages. Each writes into a folder it is given; the pipeline hands it a cache folder
+(so a finished stage is never redone), a standalone task hands it the run folder."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from neon.data.synthetic import SyntheticDataModule, write_synthetic_set
+from neon.errors import NeonError
+from neon.io import StateDict, atomic_path, digest_state_dict, load_state_dict, save_state_dict, write_json
+from neon.metrics.evaluate import fid_from_features, load_reference, sample_features
+from neon.module import NeonModule
+from neon.runtime import Run, log, plain, positive_int
+
+THETA_R = "theta_r.safetensors"
+THETA_S = "theta_s.safetensors"
+
+
+def copy_weights(state: StateDict) -> StateDict:
+    """A detached CPU copy of a state dict."""
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def save_checkpoint_pair(module: NeonModule, stem: Path, model_cfg: Any) -> None:
+    """Write the module's θ as `stem.safetensors` and as a Lightning checkpoint `stem.ckpt`."""
+    save_state_dict(module.neon_weights(), stem.with_suffix(".safetensors"))
+    with atomic_path(stem.with_suffix(".ckpt")) as tmp:
+        torch.save(
+            {
+                "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+                "pytorch-lightning_version": L.__version__,
+                "hyper_parameters": {"model": plain(model_cfg)},
+                "epoch": 0,
+                "global_step": 0,
+            },
+            tmp,
+        )
+
+
+# ------------------------------------------------------------------ θ_r
+
+
+def pretrain_into(run: Run, out_dir: Path) -> None:
+    """Train θ_r from scratch with the family's own loss on the real data."""
+    cfg = run.cfg
+    steps = positive_int(cfg.model.pretrain.steps, "model.pretrain.steps")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = run.build_module()
+    data = instantiate(cfg.data)
+    run.trainer(max_steps=steps).fit(module, datamodule=data)
+    save_state_dict(module.neon_weights(), out_dir / THETA_R)
+
+
+def load_base(run: Run) -> tuple[NeonModule, str, Path]:
+    """The family module holding θ_r, θ_r's digest and file: `model.checkpoint`, else a (cached) pretrain."""
+    module = run.build_module()
+    checkpoint = run.cfg.model.get("checkpoint")
+    if checkpoint:
+        module.load_checkpoint(checkpoint)
+        path = Path(checkpoint)
+    else:
+        key = {"model": run.model_key(), "data": plain(run.cfg.data),
+               "steps": plain(run.cfg.model.pretrain), "seed": run.cfg.seed}
+        folder, built = run.cache.get_or_build("pretrain", key, lambda work: pretrain_into(run, work))
+        log.info("θ_r: %s %s", "pretrained into" if built else "reusing", folder)
+        path = folder / THETA_R
+        module.load_neon_weights(load_state_dict(path), source=f"pretrained θ_r '{path}'")
+    return module, digest_state_dict(module.neon_weights()), path
+
+
+# ------------------------------------------------------------------ S
+
+
+def synthetic_seeds(run: Run) -> list[int]:
+    """S uses seeds [neon.synthetic.seed, neon.synthetic.seed + neon.n_synthetic)."""
+    n = positive_int(run.cfg.neon.n_synthetic, "neon.n_synthetic")
+    first = int(run.cfg.neon.synthetic.seed)
+    return list(range(first, first + n))
+
+
+def synthetic_key(run: Run, base_digest: str) -> dict[str, Any]:
+    """What S's content depends on."""
+    s = run.cfg.neon.synthetic
+    seeds = synthetic_seeds(run)
+    return {
+        "theta_r": base_digest,
+        "family": run.cfg.model._target_,
+        "sampler": plain(run.cfg.sampler),
+        "seeds": [seeds[0], len(seeds)],
+        "block_size": s.block_size,
+        "class_balanced": s.class_balanced,
+    }
+
+
+def synthesize_into(run: Run, module: NeonModule, out_dir: Path) -> None:
+    """Draw S from θ_r with the configured (mode-seeking) sampler into shards."""
+    s = run.cfg.neon.synthetic
+    module = module.to(run.device).eval()
+    write_synthetic_set(
+        module, run.sampler(), synthetic_seeds(run), out_dir,
+        block_size=s.block_size, shard_size=s.shard_size, class_balanced=s.class_balanced,
+    )
+
+
+def synthetic_data(run: Run, module: NeonModule, directory: Path | None) -> SyntheticDataModule:
+    """S for fine-tuning: written shards, or a live stream when neon.synthetic.mode=stream."""
+    s = run.cfg.neon.synthetic
+    batch = positive_int(run.cfg.neon.batch_size, "neon.batch_size")
+    if s.mode == "stream":
+        return SyntheticDataModule(
+            batch, module=module, sampler=run.sampler(), seeds=synthetic_seeds(run),
+            block_size=s.block_size, class_balanced=s.class_balanced, num_workers=s.num_workers,
+            shuffle_seed=run.cfg.seed,
+        )
+    if s.mode != "cached":
+        raise NeonError(f"neon.synthetic.mode must be 'cached' or 'stream', got '{s.mode}'")
+    return SyntheticDataModule(batch, directory=directory, num_workers=s.num_workers, shuffle_seed=run.cfg.seed)
+
+
+# ------------------------------------------------------------------ θ_s
+
+
+def finetune_into(run: Run, module: NeonModule, data: SyntheticDataModule, out_dir: Path, callbacks: Sequence = ()) -> NeonModule:
+    """Fine-tune a copy of θ_r on S for neon.budget_steps optimizer steps with the family's own loss."""
+    cfg = run.cfg
+    steps = positive_int(cfg.neon.budget_steps, "neon.budget_steps")
+    tuned = copy.deepcopy(module).cpu().train()
+    tuned.optimizer_factory = instantiate(cfg.neon.optimizer)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run.trainer(max_steps=steps, callbacks=list(callbacks)).fit(tuned, datamodule=data)
+    save_state_dict(tuned.neon_weights(), out_dir / THETA_S)
+    return tuned
+
+
+def finetune_key(run: Run, base_digest: str, synthetic: dict[str, Any]) -> dict[str, Any]:
+    """What θ_s depends on."""
+    n = run.cfg.neon
+    return {
+        "theta_r": base_digest, "synthetic": synthetic, "budget_steps": n.budget_steps,
+        "batch_size": n.batch_size, "optimizer": plain(n.optimizer), "seed": run.cfg.seed,
+        "trainer": {k: plain(v) for k, v in run.cfg.trainer.items() if k in ("precision", "accumulate_grad_batches")},
+    }
+
+
+# ------------------------------------------------------------------ evaluation
+
+
+class Evaluator:
+    """Scores weights loaded into one module: evaluation sampler, fixed seeds, reference statistics.
+    Results are cached by the weights' digest and the metric settings."""
+
+    def __init__(self, run: Run, module: NeonModule):
+        self.run = run
+        self.module = module
+        m = run.cfg.metrics
+        self.num_samples = positive_int(m.num_samples, "metrics.num_samples")
+        self.seeds = list(range(int(m.seed_offset), int(m.seed_offset) + self.num_samples))
+        self.extractor = instantiate(m.extractor)
+        self.sampler_cfg = OmegaConf.merge(run.cfg.sampler, m.get("sampler") or {})
+        self._reference: tuple[np.ndarray, np.ndarray] | None = None
+
+    def reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """metrics.reference (.npz with mu, sigma), else the data module's own reference statistics."""
+        if self._reference is None:
+            ref = self.run.cfg.metrics.get("reference")
+            self._reference = load_reference(ref) if ref else instantiate(self.run.cfg.data).reference_statistics(self.extractor)
+        return self._reference
+
+    def key(self, digest: str) -> dict[str, Any]:
+        m = self.run.cfg.metrics
+        return {
+            "weights": digest, "family": self.run.cfg.model._target_, "sampler": plain(self.sampler_cfg),
+            "extractor": plain(m.extractor), "seeds": [self.seeds[0], self.num_samples],
+            "block_size": m.block_size, "reference": plain(m.get("reference")) or plain(self.run.cfg.data),
+        }
+
+    def score(self, state: StateDict) -> dict[str, Any]:
+        """{'fid': ..., 'digest': ...} for these weights."""
+        digest = digest_state_dict(state)
+
+        def build(work: Path) -> None:
+            self.module.load_neon_weights(state, source="weights to evaluate")
+            self.module.to(self.run.device).eval()
+            feats = sample_features(self.module, instantiate(self.sampler_cfg), self.seeds, self.extractor,
+                                    int(self.run.cfg.metrics.block_size))
+            write_json(work / "result.json", {"fid": fid_from_features(feats, self.reference()), "digest": digest,
+                                              "num_samples": self.num_samples})
+
+        folder, _ = self.run.cache.get_or_build("eval", self.key(digest), build)
+        return json.loads((folder / "result.json").read_text())

@@ -1,0 +1,196 @@
+"""Task entry points, one per `task=` option. The default, `neon`, chains every stage through the
+artifact cache; the others run one stage alone on paths the user gives, writing into the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from neon.callbacks import NeonMerge, merged_name
+from neon.errors import NeonError
+from neon.io import load_state_dict, write_json
+from neon.merge import extrapolate, merge_files
+from neon.report import w_label, write_w_curve
+from neon.runtime import Run, log, merge_ws, plain, positive_int
+from neon.stages import (
+    THETA_R,
+    Evaluator,
+    copy_weights,
+    finetune_into,
+    finetune_key,
+    load_base,
+    pretrain_into,
+    save_checkpoint_pair,
+    synthesize_into,
+    synthetic_data,
+    synthetic_key,
+)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail early, with one clear line, on the settings users type every day."""
+    merge_ws(cfg)
+    positive_int(cfg.neon.budget_steps, "neon.budget_steps")
+    positive_int(cfg.neon.n_synthetic, "neon.n_synthetic")
+
+
+def run_neon(cfg: DictConfig) -> dict:
+    """synthesize → fine-tune → merge → evaluate (pretraining first when no model.checkpoint is given)."""
+    validate(cfg)
+    run = Run.from_config(cfg)
+    ws = merge_ws(cfg)
+
+    with run.stage("pretrain"):
+        module, base_digest, base_path = load_base(run)
+    theta_r = copy_weights(module.neon_weights())
+
+    with run.stage("synthesize"):
+        s_key = synthetic_key(run, base_digest)
+        if cfg.neon.synthetic.mode == "stream":
+            s_dir = None
+        else:
+            s_dir, built = run.cache.get_or_build("synthetic", s_key, lambda work: synthesize_into(run, module, work))
+            log.info("S: %s %s", "wrote" if built else "reusing", s_dir)
+
+    with run.stage("finetune"):
+        data = synthetic_data(run, module, s_dir)
+        f_dir, built = run.cache.get_or_build(
+            "finetune", finetune_key(run, base_digest, s_key), lambda work: finetune_into(run, module, data, work)
+        )
+        log.info("θ_s: %s %s", "fine-tuned into" if built else "reusing", f_dir)
+        theta_s = load_state_dict(f_dir / "theta_s.safetensors")
+
+    evaluator = Evaluator(run, module)
+    fids = []
+    for w in ws:
+        with run.stage("merge"):
+            merged = extrapolate(theta_r, theta_s, w)
+        with run.stage("evaluate"):
+            fids.append(evaluator.score(merged)["fid"])
+        log.info("w = %s: FID %.6g", w_label(w), fids[-1])
+    with run.stage("evaluate"):
+        fid_base = next((f for w, f in zip(ws, fids) if w == 0.0), None)
+        if fid_base is None:
+            fid_base = evaluator.score(theta_r)["fid"]
+
+    best = min(range(len(ws)), key=lambda i: fids[i])
+    with run.stage("merge"):
+        module.load_neon_weights(extrapolate(theta_r, theta_s, ws[best]))
+        save_checkpoint_pair(module, run.out / "theta_neon", cfg.model)
+
+    write_w_curve(run.out, ws, fids)
+    summary = {
+        "task": "neon",
+        "family": cfg.model._target_,
+        "fid_base": fid_base,
+        "fid_neon": fids[best],
+        "w": ws[best],
+        "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, fids)],
+        "budget_steps": cfg.neon.budget_steps,
+        "n_synthetic": cfg.neon.n_synthetic,
+        "sampler": plain(cfg.sampler),
+        "eval_sampler": plain(evaluator.sampler_cfg),
+        "metric": {"extractor": plain(cfg.metrics.extractor), "num_samples": evaluator.num_samples,
+                   "seeds": f"{evaluator.seeds[0]}-{evaluator.seeds[-1]}"},
+        "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
+        "artifacts": {"theta_r": str(base_path), "synthetic": str(s_dir) if s_dir else "streamed",
+                      "theta_s": str(f_dir / "theta_s.safetensors"), "theta_neon": str(run.out / "theta_neon.safetensors")},
+        "seed": cfg.seed,
+    }
+    write_json(run.out / "summary.json", summary)
+    run.log_results(
+        [{"w": w, "fid": f} for w, f in zip(ws, fids) if isinstance(w, float)],
+        {"fid_base": fid_base, "fid_neon": fids[best], **({"w": ws[best]} if isinstance(ws[best], float) else {})},
+    )
+    log.info("FID base %.6g → neon %.6g at w = %s (%s)", fid_base, fids[best], w_label(ws[best]), run.out)
+    return summary
+
+
+def run_pretrain(cfg: DictConfig) -> dict:
+    """Train θ_r from scratch into the run folder."""
+    run = Run.from_config(cfg)
+    with run.stage("pretrain"):
+        pretrain_into(run, run.out)
+    module = run.build_module()
+    module.load_neon_weights(load_state_dict(run.out / THETA_R))
+    save_checkpoint_pair(module, run.out / "theta_r", cfg.model)
+    summary = {"task": "pretrain", "theta_r": str(run.out / THETA_R), "seconds": run.seconds}
+    write_json(run.out / "summary.json", summary)
+    return summary
+
+
+def run_synthesize(cfg: DictConfig) -> dict:
+    """Draw S from θ_r (model.checkpoint, else pretrained) into `task.out` or the run folder."""
+    positive_int(cfg.neon.n_synthetic, "neon.n_synthetic")
+    run = Run.from_config(cfg)
+    with run.stage("pretrain"):
+        module, digest, base_path = load_base(run)
+    out = Path(cfg.task.out) if cfg.task.get("out") else run.out / "synthetic"
+    with run.stage("synthesize"):
+        synthesize_into(run, module, out)
+    write_json(out / "key.json", synthetic_key(run, digest))
+    summary = {"task": "synthesize", "synthetic": str(out), "theta_r": str(base_path),
+               "n_synthetic": cfg.neon.n_synthetic, "sampler": plain(cfg.sampler), "seconds": run.seconds}
+    write_json(run.out / "summary.json", summary)
+    return summary
+
+
+def run_finetune(cfg: DictConfig) -> dict:
+    """Fine-tune θ_r on S (`task.synthetic`, else drawn now); a NeonMerge callback writes θ_neon per w."""
+    validate(cfg)
+    run = Run.from_config(cfg)
+    ws = merge_ws(cfg)
+    with run.stage("pretrain"):
+        module, _, base_path = load_base(run)
+    s_dir = Path(cfg.task.synthetic) if cfg.task.get("synthetic") else None
+    if s_dir is None and cfg.neon.synthetic.mode != "stream":
+        s_dir = run.out / "synthetic"
+        with run.stage("synthesize"):
+            synthesize_into(run, module, s_dir)
+    merge_cb = NeonMerge(ws, run.out)
+    with run.stage("finetune"):
+        finetune_into(run, module, synthetic_data(run, module, s_dir), run.out, callbacks=[merge_cb])
+    summary = {"task": "finetune", "theta_r": str(base_path), "theta_s": str(run.out / "theta_s.safetensors"),
+               "theta_neon": {k: str(v) for k, v in merge_cb.paths.items()}, "budget_steps": cfg.neon.budget_steps,
+               "seconds": run.seconds}
+    write_json(run.out / "summary.json", summary)
+    return summary
+
+
+def run_merge(cfg: DictConfig) -> dict:
+    """Stream θ_neon for each w from `task.base` (default model.checkpoint) and `task.aux`."""
+    ws = merge_ws(cfg)
+    base, aux = cfg.task.get("base") or cfg.model.get("checkpoint"), cfg.task.get("aux")
+    if not base or not aux:
+        raise NeonError("task=merge needs task.base=θ_r (or model.checkpoint) and task.aux=θ_s checkpoint paths")
+    run = Run.from_config(cfg)
+    paths = {}
+    with run.stage("merge"):
+        for w in ws:
+            name = Path(merged_name(w)).with_suffix(f".{cfg.task.format}").name
+            paths[w_label(w)] = str(merge_files(base, aux, w, run.out / name))
+    summary = {"task": "merge", "base": str(base), "aux": str(aux), "theta_neon": paths, "seconds": run.seconds}
+    write_json(run.out / "summary.json", summary)
+    return summary
+
+
+def run_evaluate(cfg: DictConfig) -> dict:
+    """Score each of `task.checkpoints` (default model.checkpoint) with the configured metric."""
+    paths = list(cfg.task.get("checkpoints") or []) or ([cfg.model.checkpoint] if cfg.model.get("checkpoint") else [])
+    if not paths:
+        raise NeonError("task=evaluate needs model.checkpoint=PATH or task.checkpoints=[PATH,...]")
+    run = Run.from_config(cfg)
+    module = run.build_module()
+    evaluator = Evaluator(run, module)
+    results = {}
+    with run.stage("evaluate"):
+        for path in paths:
+            state = module.read_checkpoint(path)
+            results[str(path)] = evaluator.score(state)["fid"]
+            log.info("%s: FID %.6g", path, results[str(path)])
+    summary = {"task": "evaluate", "fid": results, "eval_sampler": plain(evaluator.sampler_cfg),
+               "metric": {"extractor": plain(cfg.metrics.extractor), "num_samples": evaluator.num_samples},
+               "seconds": run.seconds}
+    write_json(run.out / "summary.json", summary)
+    return summary

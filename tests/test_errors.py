@@ -1,0 +1,57 @@
+"""Bad input: one clear line naming the file, key or value, a non-zero exit, nothing half-written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from neon.errors import NeonError
+from neon.families.toy2d import ToyDiffusion
+from neon.io import load_state_dict
+from tests.conftest import TINY_TOY, run_cli
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("neon: error: "), proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "override,expect",
+    [
+        ("task=foo", "unknown task 'foo'"),
+        ("model=foo", "unknown model 'foo'"),
+        ("neon.w=abc", "'abc'"),
+        ("neon.w=[1.0,x]", "'x'"),
+        ("neon.budget_steps=0", "neon.budget_steps must be a positive integer, got 0"),
+        ("neon.n_synthetic=-5", "neon.n_synthetic must be a positive integer, got -5"),
+        ("model.checkpoint=/no/such/theta.safetensors", "'/no/such/theta.safetensors' does not exist"),
+    ],
+)
+def test_cli_rejects_bad_input_in_one_line(tmp_path: Path, override: str, expect: str):
+    line = one_line_error(run_cli([*TINY_TOY, override], tmp_path))
+    assert expect in line
+    assert not (tmp_path / "cache" / "pretrain").exists() or not any((tmp_path / "cache" / "pretrain").iterdir())
+
+
+def test_checkpoint_of_another_size_names_key_and_shapes(tmp_path: Path):
+    save_file(ToyDiffusion(hidden=16).net.state_dict(), tmp_path / "small.safetensors")
+    line = one_line_error(run_cli([*TINY_TOY, f"model.checkpoint={tmp_path / 'small.safetensors'}"], tmp_path))
+    assert "key 'inp.weight' has shape (16, 3)" in line and "(32, 3)" in line
+
+
+def test_unreadable_and_foreign_checkpoints(tmp_path: Path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(NeonError, match="cannot read checkpoint '.*junk.pt'"):
+        load_state_dict(tmp_path / "junk.pt")
+    torch.save({"epoch": 3}, tmp_path / "empty.pt")
+    with pytest.raises(NeonError, match="holds no state dict"):
+        load_state_dict(tmp_path / "empty.pt")
+    save_file({"other.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(NeonError, match="missing blocks.0.bias.*unexpected other.weight"):
+        ToyDiffusion().load_checkpoint(tmp_path / "other.safetensors")

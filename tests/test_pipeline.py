@@ -1,0 +1,81 @@
+"""The whole pipeline on the toy at a reduced size: outputs, resume, and each stage run alone."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from neon.merge import extrapolate
+from tests.conftest import TINY_TOY, run_cli, summary_of
+
+
+def test_run_folder_holds_config_summary_and_w_curve(tiny_toy_run: Path):
+    run = tiny_toy_run / "run"
+    summary = summary_of(tiny_toy_run)
+    for key in ("fid_base", "fid_neon", "w", "budget_steps", "n_synthetic", "sampler", "seconds"):
+        assert key in summary, key
+    assert summary["budget_steps"] == 5 and summary["n_synthetic"] == 200
+    assert summary["sampler"]["score_scale"] == 1.1 and summary["eval_sampler"]["score_scale"] == 1.0
+    assert set(summary["seconds"]) >= {"pretrain", "synthesize", "finetune", "merge", "evaluate"}
+    rows = list(csv.DictReader((run / "w_curve.csv").open()))
+    assert [r["w"] for r in rows] == ["0", "0.5", "1"]
+    fids = [float(r["fid"]) for r in rows]
+    assert summary["fid_base"] == fids[0] and summary["fid_neon"] == min(fids)
+    assert summary["w"] == [0.0, 0.5, 1.0][fids.index(min(fids))]
+    assert (run / "w_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run / ".hydra" / "config.yaml").exists()
+    assert set(load_file(run / "theta_neon.safetensors")) == {"inp.weight", "inp.bias", "out.weight", "out.bias",
+                                                              *[f"blocks.{i}.{p}" for i in range(4) for p in ("weight", "bias")]}
+    assert "state_dict" in torch.load(run / "theta_neon.ckpt", weights_only=True)
+
+
+def test_rerun_reuses_finished_stages(tiny_toy_run: Path):
+    first = summary_of(tiny_toy_run)
+    # as if the first run had been interrupted after S: its θ_s and scores are gone
+    for kind in ("finetune", "eval"):
+        shutil.rmtree(tiny_toy_run / "cache" / kind)
+    proc = run_cli(TINY_TOY, tiny_toy_run, run_dir="rerun")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (tiny_toy_run / "rerun" / "cli.log").read_text()
+    assert "θ_r: reusing" in log and "S: reusing" in log and "θ_s: fine-tuned into" in log
+    second = summary_of(tiny_toy_run, "rerun")
+    assert second["fid_neon"] == first["fid_neon"] and second["w_curve"] == first["w_curve"]
+    # and a third run redoes nothing at all
+    proc = run_cli(TINY_TOY, tiny_toy_run, run_dir="third")
+    assert "θ_s: reusing" in (tiny_toy_run / "third" / "cli.log").read_text()
+    assert summary_of(tiny_toy_run, "third")["seconds"]["pretrain"] < second["seconds"]["pretrain"] + 1
+
+
+def test_each_stage_runs_alone_on_given_paths(tmp_path: Path):
+    small = TINY_TOY
+    assert run_cli(["task=pretrain", *small], tmp_path, "pre").returncode == 0
+    theta_r = tmp_path / "pre" / "theta_r.safetensors"
+    assert (tmp_path / "pre" / "theta_r.ckpt").exists()
+
+    proc = run_cli(["task=synthesize", f"model.checkpoint={theta_r}", f"task.out={tmp_path / 'S'}", *small], tmp_path, "syn")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(torch.load(tmp_path / "S" / "shard_00000.pt", weights_only=True)["x"]) == 200
+
+    proc = run_cli(["task=finetune", f"model.checkpoint={theta_r}", f"task.synthetic={tmp_path / 'S'}", *small], tmp_path, "ft")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    theta_s = tmp_path / "ft" / "theta_s.safetensors"
+    by_callback = load_file(tmp_path / "ft" / "theta_neon_w0.5.safetensors")
+    expect = extrapolate(load_file(theta_r), load_file(theta_s), 0.5)
+    assert all(torch.equal(by_callback[k], expect[k]) for k in expect)
+
+    proc = run_cli(["task=merge", f"task.base={theta_r}", f"task.aux={theta_s}", *small, "neon.w=[0.5,1.5]"], tmp_path, "mg")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    streamed = load_file(tmp_path / "mg" / "theta_neon_w0.5.safetensors")
+    assert all(torch.equal(streamed[k], expect[k]) for k in expect)
+    assert (tmp_path / "mg" / "theta_neon_w1.5.safetensors").exists()
+
+    merged = tmp_path / "mg" / "theta_neon_w0.5.safetensors"
+    proc = run_cli(["task=evaluate", f"task.checkpoints=[{theta_r},{merged}]", *small], tmp_path, "ev")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fids = json.loads((tmp_path / "ev" / "summary.json").read_text())["fid"]
+    assert set(fids) == {str(theta_r), str(merged)} and all(v >= 0 for v in fids.values())

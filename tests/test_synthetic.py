@@ -1,0 +1,119 @@
+"""S depends only on θ_r, the sampler and the seeds: not on batch size, workers, shards or ranks."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from neon.data.synthetic import SyntheticDataModule, SyntheticShards, write_synthetic_set
+from neon.errors import NeonError
+from neon.families.toy2d import ToyDiffusion, ddim
+from neon.seeding import PerSampleRNG, parse_seeds
+
+SEEDS = list(range(100, 161))  # 61 samples: blocks and shards do not divide it evenly
+
+
+@pytest.fixture(scope="module")
+def toy() -> ToyDiffusion:
+    torch.manual_seed(0)
+    return ToyDiffusion().eval()
+
+
+def sampler():
+    return partial(ddim, steps=5, score_scale=1.1)
+
+
+def by_seed(batches) -> dict[int, torch.Tensor]:
+    out = {}
+    for batch in batches:
+        for seed, x in zip(batch["seed"].tolist(), batch["x"]):
+            assert seed not in out
+            out[seed] = x
+    return out
+
+
+def test_noise_of_a_seed_does_not_depend_on_its_batch():
+    alone = PerSampleRNG([7]).randn(3)
+    among = PerSampleRNG([1, 2, 7, 9]).randn(3)
+    assert torch.equal(alone[0], among[2])
+    assert not torch.equal(among[0], among[1])
+
+
+def test_parse_seeds():
+    assert parse_seeds("0-3,7,10-11") == [0, 1, 2, 3, 7, 10, 11]
+    assert parse_seeds(5) == [5] and parse_seeds([1, 2]) == [1, 2]
+    with pytest.raises(NeonError, match="bad seed list"):
+        parse_seeds("a-b")
+
+
+def test_shards_are_identical_across_shard_sizes_and_ranks(toy, tmp_path: Path):
+    write_synthetic_set(toy, sampler(), SEEDS, tmp_path / "one", block_size=8, shard_size=64, progress=False)
+    for r in range(3):  # three "processes", each writing its strided share of shards
+        write_synthetic_set(toy, sampler(), SEEDS, tmp_path / "three", block_size=8, shard_size=16,
+                            rank=r, world_size=3, progress=False)
+    a, b = SyntheticShards(tmp_path / "one").data, SyntheticShards(tmp_path / "three").data
+    assert torch.equal(a["seed"], torch.tensor(SEEDS)) and torch.equal(a["seed"], b["seed"])
+    assert torch.equal(a["x"], b["x"])
+
+
+@pytest.mark.parametrize("mode", ["shards", "stream"])
+def test_loader_batch_size_and_workers_do_not_change_S(toy, tmp_path: Path, mode: str):
+    write_synthetic_set(toy, sampler(), SEEDS, tmp_path / "s", block_size=8, shard_size=64, progress=False)
+    reference = by_seed([SyntheticShards(tmp_path / "s").data])
+    for batch_size, workers in ((1, 0), (7, 0), (7, 2)):
+        if mode == "shards":
+            dm = SyntheticDataModule(batch_size, directory=tmp_path / "s", num_workers=workers)
+        else:
+            dm = SyntheticDataModule(batch_size, module=toy, sampler=sampler(), seeds=SEEDS, block_size=8,
+                                     num_workers=workers)
+        got = by_seed(dm.train_dataloader())
+        assert sorted(got) == SEEDS
+        assert all(torch.equal(got[s], reference[s]) for s in SEEDS), (batch_size, workers)
+
+
+def test_interrupted_synthesis_resumes_missing_shards_only(toy, tmp_path: Path):
+    paths = write_synthetic_set(toy, sampler(), SEEDS, tmp_path, block_size=8, shard_size=16, progress=False)
+    stamps = {p: p.stat().st_mtime_ns for p in paths}
+    paths[1].unlink()
+    write_synthetic_set(toy, sampler(), SEEDS, tmp_path, block_size=8, shard_size=16, progress=False)
+    assert paths[1].exists()
+    assert all(p.stat().st_mtime_ns == stamps[p] for p in paths if p != paths[1])
+
+
+def test_shard_size_must_be_a_multiple_of_block_size(toy, tmp_path: Path):
+    with pytest.raises(NeonError, match="multiple of block_size"):
+        write_synthetic_set(toy, sampler(), SEEDS, tmp_path, block_size=8, shard_size=12, progress=False)
+
+
+class Conditional(ToyDiffusion):
+    """A toy that is class-conditional: the label shifts the sample, and labels are drawn per seed."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_classes = 3
+
+    def generate(self, seeds, sampler, labels=None):
+        from neon.seeding import PerSampleRNG
+
+        rng = PerSampleRNG(seeds)
+        x = rng.randn(2)
+        if labels is None:
+            labels = rng.randint(self.num_classes).reshape(-1)
+        return x + 10 * labels.reshape(-1, 1).float(), labels
+
+
+def test_labels_are_kept_and_class_balanced_on_request(tmp_path: Path):
+    model = Conditional()
+    write_synthetic_set(model, sampler(), SEEDS, tmp_path / "bal", block_size=8, shard_size=16, progress=False)
+    data = SyntheticShards(tmp_path / "bal").data
+    assert torch.equal(data["label"], torch.arange(len(SEEDS)) % 3)
+    assert torch.equal((data["x"][:, 0] / 10).round().long(), data["label"])  # each label stays with its sample
+    write_synthetic_set(model, sampler(), SEEDS, tmp_path / "free", block_size=8, shard_size=16,
+                        class_balanced=False, progress=False)
+    free = SyntheticShards(tmp_path / "free").data
+    assert not torch.equal(free["label"], data["label"]) and set(free["label"].tolist()) <= {0, 1, 2}
+    batch = next(iter(SyntheticDataModule(5, directory=tmp_path / "bal").train_dataloader()))
+    assert set(batch) == {"x", "label", "seed"}

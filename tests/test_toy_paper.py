@@ -1,0 +1,36 @@
+"""The paper's appendix toy, full size: the three findings, from one multirun sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+
+
+@pytest.mark.slow
+def test_toy_reproduces_the_papers_findings(tmp_path: Path):
+    proc = run_cli(
+        ["-m", "experiment=toy2d", "sampler.score_scale=1.1,0.9", "neon.budget_steps=50,250",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}", "trainer.enable_progress_bar=false"],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {}
+    for job in sorted((tmp_path / "sweep").glob("[0-9]*")):
+        overrides = dict(o.split("=", 1) for o in yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()))
+        summary = json.loads((job / "summary.json").read_text())
+        results[(float(overrides["sampler.score_scale"]), int(overrides["neon.budget_steps"]))] = summary
+    assert len(results) == 4
+    # one θ_r for the whole sweep, one S per score scale
+    assert len([p for p in (tmp_path / "cache" / "pretrain").iterdir() if p.is_dir()]) == 1
+    assert len([p for p in (tmp_path / "cache" / "synthetic").iterdir() if p.is_dir()]) == 2
+
+    mode_seeking = results[(1.1, 50)]
+    assert mode_seeking["w"] > 0
+    assert mode_seeking["fid_neon"] <= mode_seeking["fid_base"] / 3
+    assert results[(0.9, 50)]["w"] <= 0  # diversity-seeking S: no gain at positive w
+    assert results[(1.1, 250)]["w"] < mode_seeking["w"]  # a longer fine-tune wants a smaller w

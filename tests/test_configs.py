@@ -51,3 +51,25 @@ def test_cli_runs_from_any_directory(tmp_path: Path):
     proc = subprocess.run([sys.executable, "-m", "neon", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "task:" in proc.stdout and "neon.tasks.run_neon" in proc.stdout
+
+
+def test_every_config_file_is_installed_with_the_package():
+    # non-editable installs read configs from <prefix>/share/neon/conf, via setup.cfg's data_files
+    import configparser
+    import os
+
+    parser = configparser.ConfigParser()
+    parser.read(CONF_DIR.parent / "setup.cfg")
+    installed = set()
+    for dest, src in parser["options.data_files"].items():
+        folder = dest.strip().removeprefix("share/neon/conf").strip("/")
+        for pattern in src.split(","):
+            for f in CONF_DIR.parent.glob(pattern.strip()):
+                installed.add(f"{folder}/{f.name}".lstrip("/"))
+    wanted = {
+        os.path.relpath(os.path.join(root, name), CONF_DIR)
+        for root, _, files in os.walk(CONF_DIR, followlinks=True)
+        for name in files
+        if name.endswith(".yaml")
+    }
+    assert wanted and wanted <= installed, sorted(wanted - installed)

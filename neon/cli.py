@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -54,8 +56,17 @@ def _finish_loggers() -> None:
         wandb.finish()
 
 
+def _quiet_libraries() -> None:
+    # Lightning's start-up banners (accelerators, tips) and a deprecation inside Lightning itself
+    # say nothing about the run; the log keeps what does.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _run(cfg: DictConfig) -> float | None:
+    _quiet_libraries()
     if cfg.get("threads"):
         import torch
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -116,12 +117,16 @@ class Run:
 
     def trainer(self, max_steps: int, callbacks: list | None = None, **overrides: Any) -> L.Trainer:
         """A Lightning Trainer from the trainer group, for one stage."""
+        callbacks = list(callbacks or [])
+        if self.cfg.trainer.get("enable_progress_bar", True):
+            # a redraw per step floods logs and non-terminal outputs for fast small models
+            callbacks.append(TQDMProgressBar(refresh_rate=int(self.cfg.get("progress_refresh_rate", 50))))
         return instantiate(
             self.cfg.trainer,
             max_steps=max_steps,
             max_epochs=-1,
             logger=self.logger if self.logger is not None else False,
-            callbacks=callbacks or [],
+            callbacks=callbacks,
             default_root_dir=str(self.out),
             **overrides,
         )

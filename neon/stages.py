@@ -191,8 +191,9 @@ class Evaluator:
         def build(work: Path) -> None:
             self.module.load_neon_weights(state, source="weights to evaluate")
             self.module.to(self.run.device).eval()
-            feats = sample_features(self.module, instantiate(self.sampler_cfg), self.seeds, self.extractor,
-                                    int(self.run.cfg.metrics.block_size))
+            block = int(self.run.cfg.metrics.block_size)
+            feats = sample_features(self.module, instantiate(self.sampler_cfg), self.seeds, self.extractor, block,
+                                    progress=self.num_samples > block)
             write_json(work / "result.json", {"fid": fid_from_features(feats, self.reference()), "digest": digest,
                                               "num_samples": self.num_samples})
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from omegaconf import DictConfig
+from tqdm.auto import tqdm
 
 from neon.callbacks import NeonMerge, merged_name
 from neon.errors import NeonError
@@ -63,7 +64,7 @@ def run_neon(cfg: DictConfig) -> dict:
 
     evaluator = Evaluator(run, module)
     fids = []
-    for w in ws:
+    for w in tqdm(ws, desc="merge + evaluate", unit="w"):
         with run.stage("merge"):
             merged = extrapolate(theta_r, theta_s, w)
         with run.stage("evaluate"):

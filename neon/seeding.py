@@ -35,7 +35,7 @@ class PerSampleRNG:
 
     def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.generators = [torch.Generator(self.device).manual_seed(int(s) % (1 << 63)) for s in seeds]
+        self.generators = [torch.Generator(self.device).manual_seed(int(s) % (1 << 32)) for s in seeds]
 
     def __len__(self) -> int:
         return len(self.generators)

@@ -1,0 +1,108 @@
+"""The EDM family as a NeonModule: a preconditioned network, its loss, EMA by half-life, Heun sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from neon.errors import NeonError
+from neon.io import StateDict
+from neon.families.edm.losses import loss_for
+from neon.families.edm.precond import PRECONDS, Precond
+from neon.families.edm.snapshot import read_snapshot
+from neon.module import EMA, Batch, NeonModule, Sampler
+from neon.seeding import PerSampleRNG
+
+# Settings a snapshot must share with the config for its weights to mean the same thing.
+_IDENTITY_KEYS = ("img_resolution", "img_channels", "label_dim", "model_type")
+
+
+def build_network(network: Mapping[str, Any]) -> Precond:
+    """A preconditioned network from `{precond: EDMPrecond, <official constructor kwargs>}`."""
+    kwargs = dict(network)
+    name = kwargs.pop("precond", "EDMPrecond")
+    if name not in PRECONDS:
+        raise NeonError(f"model.network.precond '{name}' is not supported: choose one of {sorted(PRECONDS)}")
+    return PRECONDS[name](**kwargs)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+class EDMModule(NeonModule):
+    """EDM: D(x; σ) with EDM/VP/VE preconditioning, trained with its matching loss; samples are images in
+    [-1, 1], rounded to the 8-bit grid like the PNGs the official generator writes (`quantize`)."""
+
+    def __init__(self, network: Mapping[str, Any], optimizer=None, ema_halflife_kimg: float | None = 500.0,
+                 loss: Mapping[str, float] | None = None, quantize: bool = True):
+        self.network_kwargs = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(network).items()}
+        net = build_network(self.network_kwargs)
+        ema = EMA(halflife_samples=ema_halflife_kimg * 1000) if ema_halflife_kimg else None
+        super().__init__(net, optimizer=optimizer, ema=ema, num_classes=net.label_dim)
+        self.loss_fn = loss_for(net)
+        self.loss_kwargs = dict(loss or {})
+        self.quantize = quantize
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the generated images."""
+        return (self.net.img_channels, self.net.img_resolution, self.net.img_resolution)
+
+    def one_hot(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """Class indices as the float one-hot vectors the network takes (None if unconditional)."""
+        if not self.num_classes or labels is None:
+            return None
+        return F.one_hot(labels.long(), self.num_classes).to(torch.float32)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        x = batch["x"]
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise NeonError(f"images of shape {tuple(x.shape[1:])} do not fit the network, which expects {self.image_shape}")
+        labels = self.one_hot(batch.get("label")) if self.num_classes else None
+        if self.num_classes and labels is None:
+            raise NeonError("the model is class-conditional but the data has no labels")
+        # summed over pixels, averaged over the batch, as the official training loop does
+        return self.loss_fn(self.net, x, labels, **self.loss_kwargs).sum() / len(x)
+
+    def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
+        rng = PerSampleRNG(seeds, self.device)
+        latents = rng.randn(*self.image_shape)
+        if self.num_classes and labels is None:
+            labels = rng.randint(self.num_classes)  # drawn after the latents, as generate.py does
+        x = sampler(self.sampling_net, latents, self.one_hot(labels), randn_like=rng.randn_like)
+        if self.quantize:
+            x = to_uint8(x).to(torch.float32) / 127.5 - 1
+        return x.to(torch.float32), (labels.long() if labels is not None else None)
+
+    def export_samples(self, x: torch.Tensor) -> np.ndarray:
+        """Images as uint8 NHWC, the layout of the ADM evaluation suite."""
+        return to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
+
+    def read_checkpoint(self, path: str | Path) -> StateDict:
+        """Official `*.pkl` snapshots (their `ema` network) as well as safetensors and torch files."""
+        if Path(path).suffix != ".pkl":
+            return super().read_checkpoint(path)
+        snap = read_snapshot(path)
+        want = self.network_kwargs.get("precond", "EDMPrecond")
+        if snap.class_name != want:
+            raise NeonError(f"snapshot '{path}' holds a {snap.class_name} network but model.network.precond is {want}")
+        for key in _IDENTITY_KEYS + tuple(k for k in snap.init_kwargs if k not in _IDENTITY_KEYS):
+            if key in snap.init_kwargs and key in self.network_kwargs and not _same(snap.init_kwargs[key], self.network_kwargs[key]):
+                raise NeonError(
+                    f"snapshot '{path}' was built with {key}={snap.init_kwargs[key]!r} but the model config says "
+                    f"{key}={self.network_kwargs[key]!r}: set model.network.{key} to match the snapshot"
+                )
+        return snap.state_dict
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images to 8-bit values, rounded as the official generator does."""
+    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)

@@ -11,6 +11,7 @@ from pathlib import Path
 import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
 
 from neon.errors import NeonError
 
@@ -75,6 +76,10 @@ def _run(cfg: DictConfig) -> float | None:
         summary = get_method(cfg.task.entry)(cfg)
     except NeonError as exc:
         print(f"neon: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except MissingMandatoryValue as exc:
+        key = getattr(exc, "full_key", "") or str(exc)
+        print(f"neon: error: {key} must be set on the command line (e.g. {key}=PATH)", file=sys.stderr)
         sys.exit(2)
     finally:
         _finish_loggers()

@@ -71,6 +71,10 @@ class NeonModule(L.LightningModule):
         """One sample per seed with `sampler`; returns (samples, labels or None)."""
         raise NotImplementedError
 
+    def export_samples(self, x: torch.Tensor):
+        """Samples as a numpy array for .npz files (families with images return uint8 NHWC)."""
+        return x.detach().cpu().numpy()
+
     def read_checkpoint(self, path: str | Path) -> StateDict:
         """Weights of the sampling network from a file (families add their official formats)."""
         return load_state_dict(path)

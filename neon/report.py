@@ -17,13 +17,13 @@ def w_label(w: WSpec) -> str:
     return f"{w:g}" if isinstance(w, float) else json.dumps(w, sort_keys=True)
 
 
-def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float]) -> None:
-    """`w_curve.csv` (columns w,fid) and `w_curve.png`."""
+def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float], control: Sequence[float] | None = None) -> None:
+    """`w_curve.csv` (columns w,fid[,fid_control]) and `w_curve.png`."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["w", "fid"])
-    for w, fid in zip(ws, fids):
-        writer.writerow([w_label(w), repr(float(fid))])
+    writer.writerow(["w", "fid", *(["fid_control"] if control else [])])
+    for i, (w, fid) in enumerate(zip(ws, fids)):
+        writer.writerow([w_label(w), repr(float(fid)), *([repr(float(control[i]))] if control else [])])
     write_text(out / "w_curve.csv", buf.getvalue())
 
     import matplotlib
@@ -41,6 +41,9 @@ def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float]) -> None
         ax.axvline(0.0, color="k", linestyle=":", linewidth=1, label="θ_r (w = 0)")
         best_w, best_f = min(scalar, key=lambda p: p[1])
         ax.scatter([best_w], [best_f], color="red", zorder=3, label=f"best w = {best_w:g}")
+        if control:
+            cx, cy = zip(*sorted((w, c) for w, c in zip(ws, control) if isinstance(w, float)))
+            ax.plot(cx, cy, marker="x", markersize=3, color="gray", label="control: fine-tuned on real data")
         ax.legend()
     ax.set_xlabel("merge weight w")
     ax.set_ylabel("FID")

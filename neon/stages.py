@@ -65,6 +65,9 @@ def load_base(run: Run) -> tuple[NeonModule, str, Path]:
     """The family module holding θ_r, θ_r's digest and file: `model.checkpoint`, else a (cached) pretrain."""
     module = run.build_module()
     checkpoint = run.cfg.model.get("checkpoint")
+    if not checkpoint and run.cfg.model.get("pretrain") is None:
+        raise NeonError("this model has no pretraining recipe here: give model.checkpoint=PATH (θ_r, e.g. the "
+                        "released snapshot)")
     if checkpoint:
         module.load_checkpoint(checkpoint)
         path = Path(checkpoint)
@@ -136,6 +139,8 @@ def finetune_into(run: Run, module: NeonModule, data: SyntheticDataModule, out_d
     steps = positive_int(cfg.neon.budget_steps, "neon.budget_steps")
     tuned = copy.deepcopy(module).cpu().train()
     tuned.optimizer_factory = instantiate(cfg.neon.optimizer)
+    if not cfg.neon.get("finetune_ema", True):
+        tuned.ema = tuned.ema_rule = None  # θ_s is then the raw fine-tuned network
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run.trainer(max_steps=steps, callbacks=list(callbacks)).fit(tuned, datamodule=data)
     save_state_dict(tuned.neon_weights(), out_dir / THETA_S)
@@ -148,6 +153,7 @@ def finetune_key(run: Run, base_digest: str, synthetic: dict[str, Any]) -> dict[
     return {
         "theta_r": base_digest, "synthetic": synthetic, "budget_steps": n.budget_steps,
         "batch_size": n.batch_size, "optimizer": plain(n.optimizer), "seed": run.cfg.seed,
+        "finetune_ema": n.get("finetune_ema", True),
         "trainer": {k: plain(v) for k, v in run.cfg.trainer.items() if k in ("precision", "accumulate_grad_batches")},
     }
 
@@ -159,12 +165,13 @@ class Evaluator:
     """Scores weights loaded into one module: evaluation sampler, fixed seeds, reference statistics.
     Results are cached by the weights' digest and the metric settings."""
 
-    def __init__(self, run: Run, module: NeonModule):
+    def __init__(self, run: Run, module: NeonModule, seed_offset: int | None = None):
         self.run = run
         self.module = module
         m = run.cfg.metrics
         self.num_samples = positive_int(m.num_samples, "metrics.num_samples")
-        self.seeds = list(range(int(m.seed_offset), int(m.seed_offset) + self.num_samples))
+        first = int(m.seed_offset if seed_offset is None else seed_offset)
+        self.seeds = list(range(first, first + self.num_samples))
         self.extractor = instantiate(m.extractor)
         self.sampler_cfg = OmegaConf.merge(run.cfg.sampler, m.get("sampler") or {})
         self._reference: tuple[np.ndarray, np.ndarray] | None = None
@@ -193,7 +200,7 @@ class Evaluator:
             self.module.to(self.run.device).eval()
             block = int(self.run.cfg.metrics.block_size)
             feats = sample_features(self.module, instantiate(self.sampler_cfg), self.seeds, self.extractor, block,
-                                    progress=self.num_samples > block)
+                                    progress=self.num_samples > 10 * block)
             write_json(work / "result.json", {"fid": fid_from_features(feats, self.reference()), "digest": digest,
                                               "num_samples": self.num_samples})
 

@@ -3,8 +3,10 @@ artifact cache; the others run one stage alone on paths the user gives, writing 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
@@ -63,24 +65,33 @@ def run_neon(cfg: DictConfig) -> dict:
         theta_s = load_state_dict(f_dir / "theta_s.safetensors")
 
     evaluator = Evaluator(run, module)
-    fids = []
-    for w in tqdm(ws, desc="merge + evaluate", unit="w"):
-        with run.stage("merge"):
-            merged = extrapolate(theta_r, theta_s, w)
-        with run.stage("evaluate"):
-            fids.append(evaluator.score(merged)["fid"])
-        log.info("w = %s: FID %.6g", w_label(w), fids[-1])
+    fids = sweep_w(run, evaluator, theta_r, theta_s, ws, "θ_neon")
     with run.stage("evaluate"):
         fid_base = next((f for w, f in zip(ws, fids) if w == 0.0), None)
         if fid_base is None:
             fid_base = evaluator.score(theta_r)["fid"]
+        noise = None
+        if cfg.metrics.get("noise_seed_offset") is not None:
+            reseeded = Evaluator(run, module, seed_offset=cfg.metrics.noise_seed_offset).score(theta_r)["fid"]
+            noise = {"fid_base_reseeded": reseeded, "relative": abs(reseeded - fid_base) / max(fid_base, 1e-12)}
+
+    control = None
+    if cfg.neon.get("control"):
+        # the same fine-tune on the real data instead of S: shows the gain comes from self-generated data
+        with run.stage("finetune"):
+            real = instantiate(cfg.data, batch_size=positive_int(cfg.neon.batch_size, "neon.batch_size"))
+            c_dir, built = run.cache.get_or_build(
+                "finetune", finetune_key(run, base_digest, {"real_data": plain(cfg.data)}),
+                lambda work: finetune_into(run, module, real, work),
+            )
+        control = sweep_w(run, evaluator, theta_r, load_state_dict(c_dir / "theta_s.safetensors"), ws, "control")
 
     best = min(range(len(ws)), key=lambda i: fids[i])
     with run.stage("merge"):
         module.load_neon_weights(extrapolate(theta_r, theta_s, ws[best]))
         save_checkpoint_pair(module, run.out / "theta_neon", cfg.model)
 
-    write_w_curve(run.out, ws, fids)
+    write_w_curve(run.out, ws, fids, control)
     summary = {
         "task": "neon",
         "family": cfg.model._target_,
@@ -88,6 +99,10 @@ def run_neon(cfg: DictConfig) -> dict:
         "fid_neon": fids[best],
         "w": ws[best],
         "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, fids)],
+        "fid_noise": noise,
+        "control": None if control is None else {
+            "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, control)],
+            "fid_best": min(control), "w": ws[control.index(min(control))]},
         "budget_steps": cfg.neon.budget_steps,
         "n_synthetic": cfg.neon.n_synthetic,
         "sampler": plain(cfg.sampler),
@@ -104,8 +119,44 @@ def run_neon(cfg: DictConfig) -> dict:
         [{"w": w, "fid": f} for w, f in zip(ws, fids) if isinstance(w, float)],
         {"fid_base": fid_base, "fid_neon": fids[best], **({"w": ws[best]} if isinstance(ws[best], float) else {})},
     )
+    print_table(summary)
     log.info("FID base %.6g → neon %.6g at w = %s (%s)", fid_base, fids[best], w_label(ws[best]), run.out)
     return summary
+
+
+def sweep_w(run: Run, evaluator: Evaluator, theta_r: dict, theta_s: dict, ws: list, label: str) -> list[float]:
+    """FID of (1 + w)·θ_r − w·θ_s for every w."""
+    fids = []
+    for w in tqdm(ws, desc=f"merge + evaluate ({label})", unit="w"):
+        with run.stage("merge"):
+            merged = extrapolate(theta_r, theta_s, w)
+        with run.stage("evaluate"):
+            fids.append(evaluator.score(merged)["fid"])
+        log.info("%s w = %s: FID %.6g", label, w_label(w), fids[-1])
+    return fids
+
+
+def print_table(summary: dict) -> None:
+    """The w-curve (and the real-data control) as a table on stdout."""
+    control = summary.get("control")
+    rows = [("w", "FID θ_neon", "gain vs θ_r", *(("FID control",) if control else ()))]
+    for i, point in enumerate(summary["w_curve"]):
+        gain = 1 - point["fid"] / summary["fid_base"] if summary["fid_base"] else 0.0
+        row = (point["w"], f"{point['fid']:.4g}", f"{100 * gain:+.1f}%")
+        if control:
+            row += (f"{control['w_curve'][i]['fid']:.4g}",)
+        rows.append(row)
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["| " + " | ".join(cell.rjust(wd) for cell, wd in zip(r, widths)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
+    noise = summary.get("fid_noise")
+    tail = [f"FID θ_r = {summary['fid_base']:.4g}"]
+    if noise:
+        tail.append(f"(with other sample seeds {noise['fid_base_reseeded']:.4g}: seed noise {100 * noise['relative']:.1f}%)")
+    tail.append(f"→ best θ_neon {summary['fid_neon']:.4g} at w = {summary['w']}")
+    if control:
+        tail.append(f"| control (fine-tuned on real data) best {control['fid_best']:.4g} at w = {control['w']}")
+    print("\n".join(lines) + "\n" + " ".join(tail), flush=True)
 
 
 def run_pretrain(cfg: DictConfig) -> dict:
@@ -194,4 +245,62 @@ def run_evaluate(cfg: DictConfig) -> dict:
                "metric": {"extractor": plain(cfg.metrics.extractor), "num_samples": evaluator.num_samples},
                "seconds": run.seconds}
     write_json(run.out / "summary.json", summary)
+    return summary
+
+
+def run_sample(cfg: DictConfig) -> dict:
+    """One image per seed (`sample.seeds`) into an .npz in the ADM evaluation suite's layout
+    (`arr_0` samples, `arr_1` labels for conditional models)."""
+    import numpy as np
+
+    from neon.io import atomic_path
+    from neon.seeding import parse_seeds
+
+    run = Run.from_config(cfg)
+    seeds = parse_seeds(cfg.sample.seeds)
+    batch = positive_int(cfg.sample.batch_size, "sample.batch_size")
+    with run.stage("pretrain"):
+        module, _, base_path = load_base(run)
+    module = module.to(run.device).eval()
+    sampler = run.sampler()
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    mine = seeds[rank::world]  # ranks take strided shares of the seed list, as EDM's generate.py
+    images, labels = [], []
+    with run.stage("sample"):
+        for start in tqdm(range(0, len(mine), batch), desc="sample", unit="batch"):
+            x, y = module.generate(mine[start:start + batch], sampler)
+            images.append(module.export_samples(x))
+            if y is not None:
+                labels.append(y.cpu().numpy())
+    out = Path(cfg.sample.out) if cfg.sample.get("out") else run.out / "samples.npz"
+    if world > 1:
+        out = out.with_name(f"{out.stem}.rank{rank:03d}-of-{world:03d}.npz")
+    arrays = {"arr_0": np.concatenate(images)}
+    if labels:
+        arrays["arr_1"] = np.concatenate(labels)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    summary = {"task": "sample", "out": str(out), "n": len(mine), "seeds": str(cfg.sample.seeds),
+               "theta": str(base_path), "sampler": plain(cfg.sampler), "seconds": run.seconds}
+    write_json(run.out / "summary.json", summary)
+    log.info("wrote %d samples to %s", len(mine), out)
+    return summary
+
+
+def run_export(cfg: DictConfig) -> dict:
+    """Write the loaded θ (e.g. from an official snapshot) as safetensors plus a YAML model config."""
+    from omegaconf import OmegaConf
+
+    from neon.io import save_state_dict, write_text
+
+    run = Run.from_config(cfg)
+    module, digest, base_path = load_base(run)
+    weights = save_state_dict(module.neon_weights(), run.out / "model.safetensors")
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg["checkpoint"] = str(weights.resolve())
+    write_text(run.out / "model.yaml", OmegaConf.to_yaml(model_cfg))
+    summary = {"task": "export", "source": str(base_path), "weights": str(weights), "config": str(run.out / "model.yaml"),
+               "digest": digest}
+    write_json(run.out / "summary.json", summary)
+    log.info("exported %s → %s", base_path, weights)
     return summary

@@ -42,10 +42,13 @@ class EDMModule(NeonModule):
     [-1, 1], rounded to the 8-bit grid like the PNGs the official generator writes (`quantize`)."""
 
     def __init__(self, network: Mapping[str, Any], optimizer=None, ema_halflife_kimg: float | None = 500.0,
-                 loss: Mapping[str, float] | None = None, quantize: bool = True):
+                 ema_decay: float | None = None, loss: Mapping[str, float] | None = None, quantize: bool = True):
         self.network_kwargs = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(network).items()}
         net = build_network(self.network_kwargs)
-        ema = EMA(halflife_samples=ema_halflife_kimg * 1000) if ema_halflife_kimg else None
+        if ema_decay is not None:
+            ema = EMA(decay=ema_decay)
+        else:
+            ema = EMA(halflife_samples=ema_halflife_kimg * 1000) if ema_halflife_kimg else None
         super().__init__(net, optimizer=optimizer, ema=ema, num_classes=net.label_dim)
         self.loss_fn = loss_for(net)
         self.loss_kwargs = dict(loss or {})

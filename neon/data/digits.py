@@ -1,0 +1,52 @@
+"""scikit-learn's 8×8 handwritten digits (1,797 images, shipped inside the package: no download)."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from neon.metrics.extractors import FeatureExtractor
+
+
+def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """All digits as images [N, 1, 8, 8] in [-1, 1] (pixel values 0..16) and labels [N]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images.astype(np.float32) / 8.0 - 1.0).unsqueeze(1)
+    return images, torch.from_numpy(digits.target.astype(np.int64))
+
+
+class LabelledImages(Dataset):
+    """Images and labels as {'x', 'label'} items."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"x": self.images[i], "label": self.labels[i]}
+
+
+class DigitsDataModule(L.LightningDataModule):
+    """The real digits for pretraining (and for the real-data control fine-tune)."""
+
+    def __init__(self, batch_size: int = 256, num_workers: int = 0, seed: int = 0):
+        super().__init__()
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.images, self.labels = load_digits_tensors()
+        self.num_classes = 10
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(LabelledImages(self.images, self.labels), batch_size=self.batch_size, shuffle=True,
+                          drop_last=len(self.images) > self.batch_size, generator=gen, num_workers=self.num_workers)
+
+    def reference_statistics(self, extractor: FeatureExtractor) -> tuple[np.ndarray, np.ndarray]:
+        """Feature mean and covariance of all real digits."""
+        feats = extractor(self.images).double().numpy()
+        return feats.mean(0), np.cov(feats, rowvar=False)

@@ -14,7 +14,6 @@ from neon.families.edm import EDMModule, heun_sampler
 from neon.families.edm.losses import edm_loss
 from neon.families.edm.module import build_network
 from neon.families.edm.snapshot import read_snapshot
-from neon.module import EMA
 from neon.seeding import PerSampleRNG
 from tests.edm_snapshot import TINY_DDPMPP, write_snapshot
 

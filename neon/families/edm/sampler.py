@@ -15,8 +15,9 @@ def heun_sampler(net, latents: torch.Tensor, class_labels: torch.Tensor | None =
                  S_min: float = 0.0, S_max: float = float("inf"), S_noise: float = 1.0) -> torch.Tensor:
     """Karras et al. (2022), Algorithm 2: 2nd-order Heun steps over a ρ-spaced σ schedule.
 
-    Noise is drawn at every step (scaled by zero when churn is off) so that the stream of draws, and
-    hence every image under a given seed, is the same as the official generator's.
+    With churn, noise is drawn at every step (scaled by zero outside [S_min, S_max]) so that the stream
+    of draws, and hence every image under a given seed, is the official generator's. Without churn every
+    draw would be multiplied by zero and none follows, so none is made: same images, less time.
     """
     sigma_min, sigma_max = max(sigma_min, net.sigma_min), min(sigma_max, net.sigma_max)
     i = torch.arange(num_steps, dtype=torch.float64, device=latents.device)
@@ -28,7 +29,7 @@ def heun_sampler(net, latents: torch.Tensor, class_labels: torch.Tensor | None =
         x_cur = x_next
         gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0
         t_hat = net.round_sigma(t_cur + gamma * t_cur)
-        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur)
+        x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt() * S_noise * randn_like(x_cur) if S_churn > 0 else x_cur
         d_cur = (x_hat - net(x_hat, t_hat, class_labels).to(torch.float64)) / t_hat
         x_next = x_hat + (t_next - t_hat) * d_cur
         if step < num_steps - 1:

@@ -253,7 +253,6 @@ def run_sample(cfg: DictConfig) -> dict:
     (`arr_0` samples, `arr_1` labels for conditional models)."""
     import numpy as np
 
-    from neon.io import atomic_path
     from neon.seeding import parse_seeds
 
     run = Run.from_config(cfg)
@@ -264,6 +263,8 @@ def run_sample(cfg: DictConfig) -> dict:
     module = module.to(run.device).eval()
     sampler = run.sampler()
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not cfg.sample.get("out"):
+        raise NeonError("several processes are sampling (WORLD_SIZE > 1): give them one sample.out=PATH.npz")
     mine = seeds[rank::world]  # ranks take strided shares of the seed list, as EDM's generate.py
     images, labels = [], []
     with run.stage("sample"):
@@ -273,15 +274,19 @@ def run_sample(cfg: DictConfig) -> dict:
             if y is not None:
                 labels.append(y.cpu().numpy())
     out = Path(cfg.sample.out) if cfg.sample.get("out") else run.out / "samples.npz"
-    if world > 1:
-        out = out.with_name(f"{out.stem}.rank{rank:03d}-of-{world:03d}.npz")
     arrays = {"arr_0": np.concatenate(images)}
     if labels:
         arrays["arr_1"] = np.concatenate(labels)
-    with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    summary = {"task": "sample", "out": str(out), "n": len(mine), "seeds": str(cfg.sample.seeds),
-               "theta": str(base_path), "sampler": plain(cfg.sampler), "seconds": run.seconds}
+    if world == 1:
+        write_npz(out, arrays)
+    else:
+        # each rank writes its share; rank 0 waits for all of them and interleaves them back into seed order
+        write_npz(rank_part(out, rank, world), arrays)
+        if rank == 0:
+            merge_rank_parts(out, world, timeout_s=float(cfg.sample.get("merge_timeout_s", 3600)))
+    summary = {"task": "sample", "out": str(out), "n": len(mine), "rank": rank, "world_size": world,
+               "seeds": str(cfg.sample.seeds), "theta": str(base_path), "sampler": plain(cfg.sampler),
+               "seconds": run.seconds}
     write_json(run.out / "summary.json", summary)
     log.info("wrote %d samples to %s", len(mine), out)
     return summary
@@ -304,3 +309,44 @@ def run_export(cfg: DictConfig) -> dict:
     write_json(run.out / "summary.json", summary)
     log.info("exported %s → %s", base_path, weights)
     return summary
+
+
+def write_npz(path: Path, arrays: dict) -> None:
+    """Write arrays to an .npz atomically."""
+    import numpy as np
+
+    from neon.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def rank_part(out: Path, rank: int, world: int) -> Path:
+    """The file one rank writes its share of samples to."""
+    return out.with_name(f"{out.stem}.rank{rank:03d}-of-{world:03d}.npz")
+
+
+def merge_rank_parts(out: Path, world: int, timeout_s: float = 3600.0) -> None:
+    """Interleave the ranks' shares (rank r holds seeds r, r + W, ...) into one file in seed order."""
+    import time
+
+    import numpy as np
+
+    parts = [rank_part(out, r, world) for r in range(world)]
+    deadline = time.monotonic() + timeout_s
+    while not all(p.exists() for p in parts):
+        if time.monotonic() > deadline:
+            missing = [str(p) for p in parts if not p.exists()]
+            raise NeonError(f"sample shares never appeared: {', '.join(missing)} (did every rank finish?)")
+        time.sleep(1.0)
+    loaded = [dict(np.load(p)) for p in parts]
+    merged = {}
+    for key in loaded[0]:
+        total = sum(len(d[key]) for d in loaded)
+        arr = np.empty((total, *loaded[0][key].shape[1:]), dtype=loaded[0][key].dtype)
+        for r, d in enumerate(loaded):
+            arr[r::world] = d[key]
+        merged[key] = arr
+    write_npz(out, merged)
+    for p in parts:
+        p.unlink()

@@ -23,14 +23,17 @@ TINY_TOY = [
 ]
 
 
-def run_cli(args: list[str], tmp_path: Path, run_dir: str = "run", module: str = "neon.cli") -> subprocess.CompletedProcess:
-    """Run a command of the package with a private cache under tmp_path."""
-    env = dict(os.environ, NEON_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
-    extra = [f"hydra.run.dir={tmp_path / run_dir}"] if module == "neon.cli" else []
-    code = f"import sys; from {module} import main; sys.argv[0] = 'neon'; main()"
-    return subprocess.run(
-        [sys.executable, "-c", code, *args, *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
+def cli_command(args: list[str], tmp_path: Path, run_dir: str = "run", env: dict | None = None) -> dict:
+    """Keyword arguments for subprocess.run/Popen of `neon ARGS` with a private cache under tmp_path."""
+    full_env = dict(os.environ, NEON_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore", **(env or {}))
+    code = "import sys; from neon.cli import main; sys.argv[0] = 'neon'; main()"
+    return dict(args=[sys.executable, "-c", code, *args, f"hydra.run.dir={tmp_path / run_dir}"], cwd=tmp_path,
+                env=full_env, capture_output=True, text=True)
+
+
+def run_cli(args: list[str], tmp_path: Path, run_dir: str = "run", env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `neon ARGS` with a private cache under tmp_path."""
+    return subprocess.run(**cli_command(args, tmp_path, run_dir, env), timeout=600)
 
 
 def summary_of(tmp_path: Path, run_dir: str = "run") -> dict:

@@ -18,7 +18,9 @@ from omegaconf import OmegaConf
 from neon.data.synthetic import SyntheticDataModule, write_synthetic_set
 from neon.errors import NeonError
 from neon.io import StateDict, atomic_path, digest_state_dict, load_state_dict, save_state_dict, write_json
-from neon.metrics.evaluate import fid_from_features, load_reference, sample_features
+from neon.metrics.evaluate import sample_features
+from neon.metrics.reference import Reference, load_reference
+from neon.metrics.scores import compute_scores
 from neon.module import NeonModule
 from neon.runtime import Run, log, plain, positive_int
 
@@ -173,26 +175,40 @@ class Evaluator:
         first = int(m.seed_offset if seed_offset is None else seed_offset)
         self.seeds = list(range(first, first + self.num_samples))
         self.extractor = instantiate(m.extractor)
+        self.metrics = list(m.get("compute") or ["fid"])
         self.sampler_cfg = OmegaConf.merge(run.cfg.sampler, m.get("sampler") or {})
-        self._reference: tuple[np.ndarray, np.ndarray] | None = None
+        self._reference: Reference | None = None
 
-    def reference(self) -> tuple[np.ndarray, np.ndarray]:
-        """metrics.reference (.npz with mu, sigma), else the data module's own reference statistics."""
+    def reference(self) -> Reference:
+        """metrics.reference (an EDM or ADM .npz), else the data module's own reference."""
         if self._reference is None:
             ref = self.run.cfg.metrics.get("reference")
-            self._reference = load_reference(ref) if ref else instantiate(self.run.cfg.data).reference_statistics(self.extractor)
+            self._reference = (load_reference(ref, self.extractor) if ref
+                               else instantiate(self.run.cfg.data).reference(self.extractor))
         return self._reference
 
     def key(self, digest: str) -> dict[str, Any]:
         m = self.run.cfg.metrics
         return {
             "weights": digest, "family": self.run.cfg.model._target_, "sampler": plain(self.sampler_cfg),
-            "extractor": plain(m.extractor), "seeds": [self.seeds[0], self.num_samples],
+            "extractor": plain(m.extractor), "seeds": [self.seeds[0], self.num_samples], "metrics": self.metrics,
             "block_size": m.block_size, "reference": plain(m.get("reference")) or plain(self.run.cfg.data),
         }
 
+    def trace(self) -> dict[str, Any]:
+        """What a reported number was computed from: samples, seeds, extractor, reference."""
+        return {"num_samples": self.num_samples, "seeds": f"{self.seeds[0]}-{self.seeds[-1]}",
+                "extractor": plain(self.run.cfg.metrics.extractor), "metrics": self.metrics,
+                "reference": plain(self.run.cfg.metrics.get("reference")) or "data"}
+
+    def score_features(self, features: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The configured metrics of these features against the reference."""
+        m = self.run.cfg.metrics
+        return compute_scores(features, self.reference(), self.metrics, isc_splits=int(m.get("isc_splits", 10)),
+                              pr_k=int(m.get("pr_k", 3)))
+
     def score(self, state: StateDict) -> dict[str, Any]:
-        """{'fid': ..., 'digest': ...} for these weights."""
+        """{'fid': ..., other metrics, 'digest': ...} for these weights; features kept beside the result."""
         digest = digest_state_dict(state)
 
         def build(work: Path) -> None:
@@ -201,8 +217,9 @@ class Evaluator:
             block = int(self.run.cfg.metrics.block_size)
             feats = sample_features(self.module, instantiate(self.sampler_cfg), self.seeds, self.extractor, block,
                                     progress=self.num_samples > 10 * block)
-            write_json(work / "result.json", {"fid": fid_from_features(feats, self.reference()), "digest": digest,
-                                              "num_samples": self.num_samples})
+            if self.run.cfg.metrics.get("keep_features", True):
+                np.savez(work / "features.npz", **{k: v.astype(np.float32) for k, v in feats.items()})
+            write_json(work / "result.json", {**self.score_features(feats), "digest": digest, **self.trace()})
 
         folder, _ = self.run.cache.get_or_build("eval", self.key(digest), build)
         return json.loads((folder / "result.json").read_text())

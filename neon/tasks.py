@@ -65,7 +65,8 @@ def run_neon(cfg: DictConfig) -> dict:
         theta_s = load_state_dict(f_dir / "theta_s.safetensors")
 
     evaluator = Evaluator(run, module)
-    fids = sweep_w(run, evaluator, theta_r, theta_s, ws, "θ_neon")
+    results = sweep_w(run, evaluator, theta_r, theta_s, ws, "θ_neon")
+    fids = [r["fid"] for r in results]
     with run.stage("evaluate"):
         fid_base = next((f for w, f in zip(ws, fids) if w == 0.0), None)
         if fid_base is None:
@@ -84,7 +85,8 @@ def run_neon(cfg: DictConfig) -> dict:
                 "finetune", finetune_key(run, base_digest, {"real_data": plain(cfg.data)}),
                 lambda work: finetune_into(run, module, real, work),
             )
-        control = sweep_w(run, evaluator, theta_r, load_state_dict(c_dir / "theta_s.safetensors"), ws, "control")
+        control = [r["fid"] for r in sweep_w(run, evaluator, theta_r, load_state_dict(c_dir / "theta_s.safetensors"),
+                                             ws, "control")]
 
     best = min(range(len(ws)), key=lambda i: fids[i])
     with run.stage("merge"):
@@ -107,8 +109,8 @@ def run_neon(cfg: DictConfig) -> dict:
         "n_synthetic": cfg.neon.n_synthetic,
         "sampler": plain(cfg.sampler),
         "eval_sampler": plain(evaluator.sampler_cfg),
-        "metric": {"extractor": plain(cfg.metrics.extractor), "num_samples": evaluator.num_samples,
-                   "seeds": f"{evaluator.seeds[0]}-{evaluator.seeds[-1]}"},
+        "metric": evaluator.trace(),
+        "scores_neon": {k: v for k, v in results[best].items() if k not in ("digest",)},
         "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
         "artifacts": {"theta_r": str(base_path), "synthetic": str(s_dir) if s_dir else "streamed",
                       "theta_s": str(f_dir / "theta_s.safetensors"), "theta_neon": str(run.out / "theta_neon.safetensors")},
@@ -124,16 +126,16 @@ def run_neon(cfg: DictConfig) -> dict:
     return summary
 
 
-def sweep_w(run: Run, evaluator: Evaluator, theta_r: dict, theta_s: dict, ws: list, label: str) -> list[float]:
-    """FID of (1 + w)·θ_r − w·θ_s for every w."""
-    fids = []
+def sweep_w(run: Run, evaluator: Evaluator, theta_r: dict, theta_s: dict, ws: list, label: str) -> list[dict]:
+    """Scores of (1 + w)·θ_r − w·θ_s for every w."""
+    results = []
     for w in tqdm(ws, desc=f"merge + evaluate ({label})", unit="w"):
         with run.stage("merge"):
             merged = extrapolate(theta_r, theta_s, w)
         with run.stage("evaluate"):
-            fids.append(evaluator.score(merged)["fid"])
-        log.info("%s w = %s: FID %.6g", label, w_label(w), fids[-1])
-    return fids
+            results.append(evaluator.score(merged))
+        log.info("%s w = %s: FID %.6g", label, w_label(w), results[-1]["fid"])
+    return results
 
 
 def print_table(summary: dict) -> None:
@@ -228,22 +230,39 @@ def run_merge(cfg: DictConfig) -> dict:
 
 
 def run_evaluate(cfg: DictConfig) -> dict:
-    """Score each of `task.checkpoints` (default model.checkpoint) with the configured metric."""
+    """Score each of `task.checkpoints` (default model.checkpoint), or an ADM-layout sample file
+    (`samples=PATH.npz`, uint8 NHWC `arr_0`) from any project."""
+    import numpy as np
+
+    from neon.metrics.evaluate import features_of_images
+    from neon.metrics.reference import uint8_images_to_unit
+
+    samples = cfg.get("samples")
     paths = list(cfg.task.get("checkpoints") or []) or ([cfg.model.checkpoint] if cfg.model.get("checkpoint") else [])
-    if not paths:
-        raise NeonError("task=evaluate needs model.checkpoint=PATH or task.checkpoints=[PATH,...]")
+    if not paths and not samples:
+        raise NeonError("task=evaluate needs samples=PATH.npz, model.checkpoint=PATH or task.checkpoints=[PATH,...]")
     run = Run.from_config(cfg)
     module = run.build_module()
     evaluator = Evaluator(run, module)
     results = {}
     with run.stage("evaluate"):
+        if samples:
+            if not Path(samples).is_file():
+                raise NeonError(f"samples '{samples}' do not exist: give an .npz with uint8 NHWC images in arr_0")
+            with np.load(samples) as f:
+                if "arr_0" not in f.files:
+                    raise NeonError(f"samples '{samples}' hold {sorted(f.files)}: expected uint8 NHWC images in arr_0")
+                images = uint8_images_to_unit(f["arr_0"], f"samples '{samples}'")
+            feats = features_of_images(images, evaluator.extractor, int(cfg.metrics.block_size))
+            results[str(samples)] = evaluator.score_features(feats)
         for path in paths:
-            state = module.read_checkpoint(path)
-            results[str(path)] = evaluator.score(state)["fid"]
-            log.info("%s: FID %.6g", path, results[str(path)])
-    summary = {"task": "evaluate", "fid": results, "eval_sampler": plain(evaluator.sampler_cfg),
-               "metric": {"extractor": plain(cfg.metrics.extractor), "num_samples": evaluator.num_samples},
-               "seconds": run.seconds}
+            results[str(path)] = evaluator.score(module.read_checkpoint(path))
+    for name, r in results.items():
+        log.info("%s: %s", name, ", ".join(f"{k} {v:.6g}" for k, v in r.items() if isinstance(v, float)))
+    summary = {"task": "evaluate", "scores": results, "fid": {k: r["fid"] for k, r in results.items()},
+               "eval_sampler": plain(evaluator.sampler_cfg), "metric": evaluator.trace(), "seconds": run.seconds}
+    if samples:
+        summary["metric"]["num_samples"] = {str(samples): len(images)}
     write_json(run.out / "summary.json", summary)
     return summary
 
@@ -350,3 +369,50 @@ def merge_rank_parts(out: Path, world: int, timeout_s: float = 3600.0) -> None:
     write_npz(out, merged)
     for p in parts:
         p.unlink()
+
+
+def run_reference(cfg: DictConfig) -> dict:
+    """Compute (and cache) reference statistics and features for an image folder, an .npz of uint8
+    images (`task.source`), or the `data` group's real data; write them as an .npz (mu, sigma, pool)."""
+    import shutil
+
+    import numpy as np
+
+    from neon.metrics.evaluate import features_of_images
+    from neon.metrics.images import digest_source, read_image_source
+    from neon.metrics.reference import reference_from_features, uint8_images_to_unit
+
+    run = Run.from_config(cfg)
+    extractor = instantiate(cfg.metrics.extractor)
+    source = cfg.task.get("source")
+    key = {"extractor": plain(cfg.metrics.extractor),
+           "source": digest_source(source) if source else plain(cfg.data)}
+
+    def build(work: Path) -> None:
+        if source:
+            images = uint8_images_to_unit(read_image_source(source), f"image source '{source}'")
+            ref = reference_from_features(features_of_images(images, extractor, int(cfg.metrics.block_size))["pool"],
+                                          str(source))
+        else:
+            ref = instantiate(cfg.data).reference(extractor)
+        arrays = {"mu": ref.mu, "sigma": ref.sigma}
+        if ref.features is not None:
+            arrays["pool"] = ref.features.astype(np.float32)
+        np.savez(work / "reference.npz", **arrays)
+
+    with run.stage("reference"):
+        folder, built = run.cache.get_or_build("reference", key, build)
+    out = Path(cfg.task.out) if cfg.task.get("out") else run.out / "reference.npz"
+    from neon.io import atomic_path
+
+    with atomic_path(out) as tmp:
+        shutil.copyfile(folder / "reference.npz", tmp)
+    with np.load(out) as f:
+        n = len(f["pool"]) if "pool" in f.files else None
+        dim = len(f["mu"])
+    summary = {"task": "reference", "out": str(out), "source": str(source) if source else plain(cfg.data),
+               "extractor": plain(cfg.metrics.extractor), "num_images": n, "feature_dim": dim,
+               "cached": not built, "seconds": run.seconds}
+    write_json(run.out / "summary.json", summary)
+    log.info("reference statistics (%s images, %d-d) → %s", n, dim, out)
+    return summary

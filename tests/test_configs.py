@@ -37,7 +37,7 @@ def test_option_composes_and_instantiates(group: str, option: str):
     model_spec = OmegaConf.masked_copy(cfg.model, [k for k in cfg.model if k not in MODEL_META_KEYS])
     assert isinstance(instantiate(model_spec), NeonModule)
     assert callable(instantiate(cfg.sampler))
-    assert hasattr(instantiate(cfg.data), "reference_statistics")
+    assert hasattr(instantiate(cfg.data), "reference")
     assert callable(instantiate(cfg.metrics.extractor))
     assert callable(instantiate(cfg.neon.optimizer))
     if cfg.get("logger"):

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from neon.metrics.extractors import FeatureExtractor
+from neon.metrics.reference import Reference, reference_from_features
 
 
 def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +47,6 @@ class DigitsDataModule(L.LightningDataModule):
         return DataLoader(LabelledImages(self.images, self.labels), batch_size=self.batch_size, shuffle=True,
                           drop_last=len(self.images) > self.batch_size, generator=gen, num_workers=self.num_workers)
 
-    def reference_statistics(self, extractor: FeatureExtractor) -> tuple[np.ndarray, np.ndarray]:
-        """Feature mean and covariance of all real digits."""
-        feats = extractor(self.images).double().numpy()
-        return feats.mean(0), np.cov(feats, rowvar=False)
+    def reference(self, extractor: FeatureExtractor) -> Reference:
+        """Statistics and features of all real digits."""
+        return reference_from_features(extractor(self.images).double().numpy(), "sklearn digits")

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from neon.metrics.extractors import FeatureExtractor, IdentityFeatures
+from neon.metrics.reference import Reference, reference_from_features
 
 
 class PointSet(Dataset):
@@ -64,9 +65,8 @@ class Gaussian2DDataModule(L.LightningDataModule):
             PointSet(self.points), batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers
         )
 
-    def reference_statistics(self, extractor: FeatureExtractor) -> tuple[np.ndarray, np.ndarray]:
-        """Exact mean and covariance in the identity feature space; sample statistics otherwise."""
+    def reference(self, extractor: FeatureExtractor) -> Reference:
+        """The exact Gaussian in the identity feature space; the training points' features otherwise."""
         if isinstance(extractor, IdentityFeatures):
-            return self.mean.copy(), self.cov.copy()
-        feats = extractor(self.points).double().numpy()
-        return feats.mean(0), np.cov(feats, rowvar=False)
+            return Reference(self.mean.copy(), self.cov.copy(), None, "exact Gaussian")
+        return reference_from_features(extractor(self.points).double().numpy(), "gaussian2d training points")

@@ -18,6 +18,6 @@ class NoRealData:
         """Pretraining or the control fine-tune: not available without data."""
         self._missing("pretraining or the real-data control")
 
-    def reference_statistics(self, extractor):
+    def reference(self, extractor):
         """Reference statistics: give them as metrics.reference instead."""
         self._missing("the reference statistics")

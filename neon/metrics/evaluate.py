@@ -1,19 +1,38 @@
-"""Scoring a generator: sample with fixed seeds, extract features, Fréchet distance to a reference."""
+"""Scoring a generator: sample with fixed seeds, extract features block by block (images are never all
+in memory), gather them across processes in seed order."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from neon.data.synthetic import generate_block
-from neon.errors import NeonError
 from neon.metrics.extractors import FeatureExtractor
-from neon.metrics.frechet import feature_statistics, frechet_distance
 from neon.module import NeonModule, Sampler
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world size) of the running process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def interleave(shares: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Rank r holds items r, r + W, ...: put them back in order."""
+    world = len(shares)
+    out = {}
+    for key in shares[0]:
+        total = sum(len(s[key]) for s in shares)
+        arr = np.empty((total, *shares[0][key].shape[1:]), dtype=shares[0][key].dtype)
+        for r, share in enumerate(shares):
+            arr[r::world] = share[key]
+        out[key] = arr
+    return out
 
 
 @torch.no_grad()
@@ -24,32 +43,29 @@ def sample_features(
     extractor: FeatureExtractor,
     block_size: int,
     progress: bool = False,
-) -> np.ndarray:
-    """Features [N, D] of one sample per seed; class labels follow the balanced rule i mod C."""
+) -> dict[str, np.ndarray]:
+    """Features of one sample per seed (labels by the balanced rule i mod C). Under a process group each
+    rank draws its strided share of the seeds; the features are gathered once, in seed order, so the
+    result equals one process's."""
+    rank, world = distributed_rank()
+    mine = list(range(rank, len(seeds), world))
+    parts: dict[str, list[np.ndarray]] = {}
+    for start in tqdm(range(0, len(mine), block_size), desc="evaluate", unit="block", disable=not progress):
+        out = generate_block(module, sampler, seeds, mine[start:start + block_size], class_balanced=True)
+        for key, value in extractor.extract(out["x"]).items():
+            parts.setdefault(key, []).append(value.double().cpu().numpy())
+    local = {k: np.concatenate(v) for k, v in parts.items()}
+    if world == 1:
+        return local
+    shares: list = [None] * world
+    dist.all_gather_object(shares, local)
+    return interleave(shares)
 
 
-    feats = []
-    starts = range(0, len(seeds), block_size)
-    for start in tqdm(starts, desc="evaluate", unit="block", disable=not progress):
-        block = range(start, min(len(seeds), start + block_size))
-        out = generate_block(module, sampler, seeds, block, class_balanced=True)
-        feats.append(extractor(out["x"]).double().cpu().numpy())
-    return np.concatenate(feats)
-
-
-def load_reference(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Reference statistics from an .npz holding `mu` and `sigma`."""
-    path = Path(path)
-    if not path.is_file():
-        raise NeonError(f"reference statistics '{path}' do not exist: give an .npz with 'mu' and 'sigma'")
-    with np.load(path) as f:
-        missing = {"mu", "sigma"} - set(f.files)
-        if missing:
-            raise NeonError(f"reference '{path}' lacks {sorted(missing)}: it must hold 'mu' and 'sigma'")
-        return f["mu"], f["sigma"]
-
-
-def fid_from_features(features: np.ndarray, reference: tuple[np.ndarray, np.ndarray]) -> float:
-    """Fréchet distance between the features' Gaussian fit and the reference statistics."""
-    mu, sigma = feature_statistics(features)
-    return frechet_distance(mu, sigma, *reference)
+def features_of_images(images: torch.Tensor, extractor: FeatureExtractor, batch: int = 500) -> dict[str, np.ndarray]:
+    """Every named feature of float images in [-1, 1], in batches."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for i in range(0, len(images), batch):
+        for key, value in extractor.extract(images[i:i + batch]).items():
+            parts.setdefault(key, []).append(value.double().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}

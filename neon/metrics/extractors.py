@@ -1,4 +1,4 @@
-"""Feature extractors behind one interface: a callable from a batch of samples to feature vectors."""
+"""Feature extractors behind one interface: samples in → named feature arrays out."""
 
 from __future__ import annotations
 
@@ -6,12 +6,17 @@ import torch
 
 
 class FeatureExtractor:
-    """Maps samples [N, ...] to features [N, D]; `name` identifies it in caches and summaries."""
+    """Maps samples [N, ...] to features. `__call__` gives the features FID and precision/recall use
+    ('pool'); `extract` gives every named output in one pass (Inception adds 'logits' for IS)."""
 
     name = "base"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All outputs of one pass, by name."""
+        return {"pool": self(x)}
 
 
 class IdentityFeatures(FeatureExtractor):

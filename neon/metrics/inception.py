@@ -4,6 +4,7 @@ with its weights read from a local file: nothing is downloaded."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ class InceptionFeatures(FeatureExtractor):
         self.weights = weights or os.environ.get("NEON_INCEPTION_WEIGHTS")
         self.batch_size = batch_size
         self._net = None
+        self._warned_gray = False
 
     def network(self):
         """torch-fidelity's FID Inception, built from the local weights file on first use."""
@@ -35,15 +37,30 @@ class InceptionFeatures(FeatureExtractor):
                 )
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-            self._net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+            self._net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                                     feature_extractor_weights_path=str(self.weights)).eval()
         return self._net
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extract(x)["pool"]
+
+    @torch.no_grad()
+    def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """2048-d pool features and the 1008 unbiased logits (for IS) of images in [-1, 1]."""
+        if x.ndim != 4 or x.shape[1] not in (1, 3):
+            raise NeonError(f"Inception features need images [N, 1 or 3, H, W]; found shape {tuple(x.shape)}")
+        if x.is_floating_point() and (x.min() < -1.01 or x.max() > 1.01):
+            raise NeonError(f"images must be in [-1, 1]; found range [{x.min().item():.3g}, {x.max().item():.3g}]")
         net = self.network()
         images = (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
         if images.shape[1] == 1:
+            if not self._warned_gray:
+                warnings.warn("grayscale images: repeating the channel three times for Inception (as torch-fidelity)")
+                self._warned_gray = True
             images = images.repeat(1, 3, 1, 1)
-        return torch.cat([net(images[i:i + self.batch_size])[0].double().cpu()
-                          for i in range(0, len(images), self.batch_size)])
+        pools, logits = [], []
+        for i in range(0, len(images), self.batch_size):
+            pool, logit = net(images[i:i + self.batch_size])
+            pools.append(pool.double().cpu())
+            logits.append(logit.double().cpu())
+        return {"pool": torch.cat(pools), "logits": torch.cat(logits)}

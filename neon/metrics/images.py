@@ -1,0 +1,49 @@
+"""Reading real images for reference statistics: an image folder or an .npz of uint8 images."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from neon.errors import NeonError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def read_image_source(source: str | Path) -> np.ndarray:
+    """uint8 NHWC images from a folder (all image files, sorted, same size) or an .npz (`arr_0`)."""
+    source = Path(source)
+    if source.is_dir():
+        from PIL import Image
+
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise NeonError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under '{source}'")
+        arrays = []
+        for f in files:
+            with Image.open(f) as im:
+                arrays.append(np.asarray(im.convert("RGB" if im.mode not in ("L",) else "L")))
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise NeonError(f"images under '{source}' differ in size ({sorted(shapes)[:3]} ...): resize them to one size")
+        images = np.stack(arrays)
+        return images[..., None] if images.ndim == 3 else images
+    if source.suffix == ".npz" and source.is_file():
+        with np.load(source) as f:
+            if "arr_0" not in f.files:
+                raise NeonError(f"'{source}' holds {sorted(f.files)}: expected uint8 NHWC images in arr_0")
+            return f["arr_0"]
+    raise NeonError(f"image source '{source}' is neither a folder of images nor an .npz file")
+
+
+def digest_source(source: str | Path) -> str:
+    """A content hash of an image folder or file (names, sizes and bytes)."""
+    source = Path(source)
+    h = hashlib.sha256()
+    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    for f in files:
+        h.update(str(f.relative_to(source) if source.is_dir() else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,69 @@
+"""Reference statistics: read EDM-style (`mu`, `sigma`) and ADM-style (`arr_0` images and/or `mu`,
+`sigma`, or pool activations) .npz files, or compute them from images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from neon.errors import NeonError
+from neon.metrics.extractors import FeatureExtractor
+from neon.metrics.frechet import feature_statistics
+
+ACTIVATION_KEYS = ("pool", "activations", "features")
+
+
+@dataclass
+class Reference:
+    """What a metric compares against: Gaussian statistics, and real features where available (P/R)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: np.ndarray | None = None
+    source: str = ""
+
+
+def uint8_images_to_unit(images: np.ndarray, what: str) -> torch.Tensor:
+    """uint8 NHWC images (the ADM layout) → float NCHW in [-1, 1], checking dtype and shape."""
+    if images.dtype != np.uint8:
+        lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+        raise NeonError(f"{what}: images must be uint8 in [0, 255] (NHWC); found {images.dtype} with range "
+                        f"[{lo:.3g}, {hi:.3g}]: convert with (x * 127.5 + 128).clip(0, 255).astype(uint8)")
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise NeonError(f"{what}: images must be NHWC with 1 or 3 channels; found shape {images.shape}")
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def load_reference(path: str | Path, extractor: FeatureExtractor | None = None) -> Reference:
+    """Read a reference .npz: `mu`+`sigma` (EDM), pool activations, or `arr_0` uint8 images (ADM batch),
+    whose features are then computed with `extractor`."""
+    path = Path(path)
+    if not path.is_file():
+        raise NeonError(f"reference statistics '{path}' do not exist: give an .npz with mu and sigma "
+                        "(EDM fid-refs), or an ADM reference batch, or make one with task=reference")
+    with np.load(path) as f:
+        keys = set(f.files)
+        features = next((f[k].astype(np.float64) for k in ACTIVATION_KEYS if k in keys), None)
+        images = f["arr_0"] if "arr_0" in keys and f["arr_0"].ndim == 4 else None
+        if features is None and "arr_0" in keys and f["arr_0"].ndim == 2:
+            features = f["arr_0"].astype(np.float64)
+        mu, sigma = (f["mu"], f["sigma"]) if {"mu", "sigma"} <= keys else (None, None)
+    if features is None and images is not None and extractor is not None:
+        from neon.metrics.evaluate import features_of_images
+
+        features = features_of_images(uint8_images_to_unit(images, f"reference '{path}'"), extractor)["pool"]
+    if mu is None and features is not None:
+        mu, sigma = feature_statistics(features)
+    if mu is None:
+        raise NeonError(f"reference '{path}' holds {sorted(keys)}: expected mu and sigma, pool activations "
+                        f"({', '.join(ACTIVATION_KEYS)}), or uint8 images in arr_0")
+    return Reference(np.asarray(mu, np.float64), np.asarray(sigma, np.float64), features, str(path))
+
+
+def reference_from_features(features: np.ndarray, source: str) -> Reference:
+    """A Reference from real features."""
+    mu, sigma = feature_statistics(features)
+    return Reference(mu, sigma, features, source)

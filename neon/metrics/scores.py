@@ -1,0 +1,57 @@
+"""FID, Inception Score and precision/recall from one pass of features. The IS and precision/recall
+arithmetic is torch-fidelity's own (called, not re-implemented), so the numbers are the library's."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from neon.metrics.frechet import feature_statistics, frechet_distance
+from neon.metrics.reference import Reference
+
+
+def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
+    """Mean and std of IS over `splits` (torch-fidelity: shuffled with its fixed seed)."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    out = isc_features_to_metric(torch.from_numpy(np.asarray(logits, np.float32)), splits=splits)
+    return float(out["inception_score_mean"]), float(out["inception_score_std"])
+
+
+def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = 3) -> tuple[float, float]:
+    """Kynkäänniemi et al. improved precision and recall with k-NN radii (torch-fidelity's definition)."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    out = prc_features_to_metric(torch.from_numpy(np.asarray(generated, np.float32)),
+                                 torch.from_numpy(np.asarray(real, np.float32)),
+                                 prc_neighborhood=k, prc_batch_size=10000, save_cpu_ram=True, verbose=False)
+    return float(out["precision"]), float(out["recall"])
+
+
+def compute_scores(features: dict[str, np.ndarray], reference: Reference, metrics: Iterable[str] = ("fid",),
+                   isc_splits: int = 10, pr_k: int = 3) -> dict[str, float | None]:
+    """The requested metrics ('fid', 'isc', 'pr') of generated features against a reference."""
+    pool = features["pool"]
+    out: dict[str, float | None] = {"num_samples": int(len(pool))}
+    for name in metrics:
+        if name == "fid":
+            if len(pool) < pool.shape[1]:
+                warnings.warn(f"FID from {len(pool)} samples of {pool.shape[1]}-d features: the covariance is "
+                              "singular and the FID unreliable; use more samples than feature dimensions")
+            out["fid"] = frechet_distance(*feature_statistics(pool), reference.mu, reference.sigma)
+        elif name == "isc":
+            if "logits" not in features:
+                raise ValueError("the Inception Score needs an extractor with class logits (metrics.extractor=Inception)")
+            out["isc_mean"], out["isc_std"] = inception_score(features["logits"], isc_splits)
+        elif name == "pr":
+            if reference.features is None:
+                warnings.warn(f"precision/recall need real features; reference '{reference.source}' has only statistics")
+                out["precision"] = out["recall"] = None
+            else:
+                out["precision"], out["recall"] = precision_recall(pool, reference.features, pr_k)
+        else:
+            raise ValueError(f"unknown metric '{name}': use fid, isc or pr")
+    return out

@@ -75,20 +75,20 @@ def test_evaluate_task_scores_an_adm_sample_file(inception: Path, tmp_path: Path
     np.savez(tmp_path / "samples.npz", arr_0=smooth_images(24, 3))
     np.savez(tmp_path / "real.npz", arr_0=smooth_images(24, 4))
     proc = run_cli(["task=evaluate", f"samples={tmp_path / 'samples.npz'}", "metrics=fid50k",
-                    f"metrics.extractor.weights={inception}", f"metrics.reference={tmp_path / 'real.npz'}",
+                    f"metrics.inception_weights={inception}", f"metrics.reference={tmp_path / 'real.npz'}",
                     "metrics.block_size=12"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = summary_of(tmp_path)
     scores = summary["scores"][str(tmp_path / "samples.npz")]
     assert scores["num_samples"] == 24 and scores["fid"] > 0 and scores["isc_mean"] > 0
     assert 0 <= scores["precision"] <= 1 and 0 <= scores["recall"] <= 1
-    assert summary["metric"]["extractor"]["weights"] == str(inception)
+    assert summary["metric"]["extractor"]["weights"] == str(inception)  # traceable: which network scored it
 
 
 def test_missing_inception_weights_name_the_file(tmp_path: Path):
     np.savez(tmp_path / "samples.npz", arr_0=smooth_images(4, 3))
     proc = run_cli(["task=evaluate", f"samples={tmp_path / 'samples.npz'}", "metrics=fid50k",
-                    "metrics.extractor.weights=/nowhere/w.pth", "metrics.reference=x.npz"], tmp_path)
+                    "metrics.inception_weights=/nowhere/w.pth", "metrics.reference=x.npz"], tmp_path)
     assert proc.returncode == 2 and "weights-inception-2015-12-05-6726825d.pth" in proc.stderr
 
 

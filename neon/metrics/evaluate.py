@@ -53,7 +53,7 @@ def sample_features(
     for start in tqdm(range(0, len(mine), block_size), desc="evaluate", unit="block", disable=not progress):
         out = generate_block(module, sampler, seeds, mine[start:start + block_size], class_balanced=True)
         for key, value in extractor.extract(out["x"]).items():
-            parts.setdefault(key, []).append(value.double().cpu().numpy())
+            parts.setdefault(key, []).append(value.float().cpu().numpy())  # float32: 50K × 2048 is 400 MB
     local = {k: np.concatenate(v) for k, v in parts.items()}
     if world == 1:
         return local
@@ -67,5 +67,5 @@ def features_of_images(images: torch.Tensor, extractor: FeatureExtractor, batch:
     parts: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(images), batch):
         for key, value in extractor.extract(images[i:i + batch]).items():
-            parts.setdefault(key, []).append(value.double().cpu().numpy())
+            parts.setdefault(key, []).append(value.float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}

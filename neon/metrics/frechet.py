@@ -5,10 +5,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and unbiased covariance (N − 1) of features [N, D], in float64."""
-    features = np.asarray(features, dtype=np.float64)
-    return features.mean(axis=0), np.cov(features, rowvar=False).reshape(features.shape[1], -1)
+def feature_statistics(features: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance (N − 1) of features [N, D], in float64.
+
+    Accumulated over row chunks (two passes: mean, then centred products), so 50K × 2048 float32
+    features need one chunk in float64 beside them, not a float64 copy of all of them.
+    """
+    n, d = features.shape
+    mu = np.zeros(d, np.float64)
+    for i in range(0, n, chunk):
+        mu += features[i:i + chunk].sum(axis=0, dtype=np.float64)
+    mu /= n
+    sigma = np.zeros((d, d), np.float64)
+    for i in range(0, n, chunk):
+        centred = features[i:i + chunk].astype(np.float64)
+        centred -= mu
+        sigma += centred.T @ centred
+    return mu, sigma / max(n - 1, 1)
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:

@@ -31,7 +31,7 @@ class InceptionFeatures(FeatureExtractor):
         if self._net is None:
             if not self.weights or not Path(self.weights).is_file():
                 raise NeonError(
-                    f"Inception weights not found (metrics.extractor.weights={self.weights!r}): FID needs torch-fidelity's "
+                    f"Inception weights not found (metrics.inception_weights={self.weights!r}): FID needs torch-fidelity's "
                     f"'{WEIGHTS_FILE}' (the TF-FID Inception ported to PyTorch, from the torch-fidelity releases); "
                     "download it once and pass its path, or set NEON_INCEPTION_WEIGHTS"
                 )
@@ -55,7 +55,8 @@ class InceptionFeatures(FeatureExtractor):
         images = (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
         if images.shape[1] == 1:
             if not self._warned_gray:
-                warnings.warn("grayscale images: repeating the channel three times for Inception (as torch-fidelity)")
+                warnings.warn("grayscale images: repeating the channel three times for Inception (as torch-fidelity)",
+                              stacklevel=2)
                 self._warned_gray = True
             images = images.repeat(1, 3, 1, 1)
         pools, logits = [], []

@@ -40,7 +40,7 @@ def compute_scores(features: dict[str, np.ndarray], reference: Reference, metric
         if name == "fid":
             if len(pool) < pool.shape[1]:
                 warnings.warn(f"FID from {len(pool)} samples of {pool.shape[1]}-d features: the covariance is "
-                              "singular and the FID unreliable; use more samples than feature dimensions")
+                              "singular and the FID unreliable; use more samples than feature dimensions", stacklevel=2)
             out["fid"] = frechet_distance(*feature_statistics(pool), reference.mu, reference.sigma)
         elif name == "isc":
             if "logits" not in features:
@@ -48,7 +48,8 @@ def compute_scores(features: dict[str, np.ndarray], reference: Reference, metric
             out["isc_mean"], out["isc_std"] = inception_score(features["logits"], isc_splits)
         elif name == "pr":
             if reference.features is None:
-                warnings.warn(f"precision/recall need real features; reference '{reference.source}' has only statistics")
+                warnings.warn(f"precision/recall need real features; reference '{reference.source}' has only statistics",
+                              stacklevel=2)
                 out["precision"] = out["recall"] = None
             else:
                 out["precision"], out["recall"] = precision_recall(pool, reference.features, pr_k)

@@ -119,15 +119,18 @@ class NeonModule(L.LightningModule):
         self.load_neon_weights(self.read_checkpoint(path), source=f"checkpoint '{path}'")
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        self._batch_size = len(batch["x"])
         loss = self.loss(batch)
         # logging costs a sizeable share of a small network's step: only on the steps the logger keeps
         if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
-    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # here rather than in on_train_batch_end, so callbacks of that hook (snapshots) see the updated EMA
         if self.ema is not None:
-            self.ema_rule.update(self.ema, self.net, batch_size=len(batch["x"]) * self.trainer.world_size)
+            self.ema_rule.update(self.ema, self.net, batch_size=self._batch_size * self.trainer.world_size)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         if self.optimizer_factory is None:

@@ -17,14 +17,24 @@ def w_label(w: WSpec) -> str:
     return f"{w:g}" if isinstance(w, float) else json.dumps(w, sort_keys=True)
 
 
-def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float], control: Sequence[float] | None = None) -> None:
-    """`w_curve.csv` (columns w,fid[,fid_control]) and `w_curve.png`."""
+def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float], control: Sequence[float] | None = None,
+                  grid: dict[int, Sequence[float]] | None = None) -> None:
+    """`w_curve.csv` (columns w,fid[,fid_control] at the best budget; with several budgets also
+    `w_grid.csv`, columns budget_steps,w,fid) and `w_curve.png` (one line per budget)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["w", "fid", *(["fid_control"] if control else [])])
     for i, (w, fid) in enumerate(zip(ws, fids)):
         writer.writerow([w_label(w), repr(float(fid)), *([repr(float(control[i]))] if control else [])])
     write_text(out / "w_curve.csv", buf.getvalue())
+    if grid and len(grid) > 1:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["budget_steps", "w", "fid"])
+        for budget, curve in grid.items():
+            for w, fid in zip(ws, curve):
+                writer.writerow([budget, w_label(w), repr(float(fid))])
+        write_text(out / "w_grid.csv", buf.getvalue())
 
     import matplotlib
 
@@ -34,8 +44,11 @@ def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float], control
     scalar = [(w, f) for w, f in zip(ws, fids) if isinstance(w, float)]
     fig, ax = plt.subplots(figsize=(6, 4))
     if scalar:
+        for budget, curve in (grid or {}).items() if grid and len(grid) > 1 else []:
+            pts = sorted((w, f) for w, f in zip(ws, curve) if isinstance(w, float))
+            ax.plot(*zip(*pts), marker=".", markersize=2, alpha=0.6, label=f"B = {budget}")
         xs, ys = zip(*sorted(scalar))
-        ax.plot(xs, ys, marker="o", markersize=3)
+        ax.plot(xs, ys, marker="o", markersize=3, color="C0" if not grid or len(grid) == 1 else "k", label="best budget")
         if all(y > 0 for y in ys):
             ax.set_yscale("log")
         ax.axvline(0.0, color="k", linestyle=":", linewidth=1, label="θ_r (w = 0)")

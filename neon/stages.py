@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from filelock import FileLock
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -135,29 +136,71 @@ def synthetic_data(run: Run, module: NeonModule, directory: Path | None) -> Synt
 # ------------------------------------------------------------------ θ_s
 
 
-def finetune_into(run: Run, module: NeonModule, data: SyntheticDataModule, out_dir: Path, callbacks: Sequence = ()) -> NeonModule:
-    """Fine-tune a copy of θ_r on S for neon.budget_steps optimizer steps with the family's own loss."""
+def budgets_of(cfg) -> list[int]:
+    """neon.budget_steps as a sorted list: one number, or several (snapshots of one fine-tune)."""
+    value = plain(cfg.neon.budget_steps)
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise NeonError("neon.budget_steps is empty: give a number of steps or a list, e.g. [100,200,400]")
+    return sorted({positive_int(v, "neon.budget_steps") for v in values})
+
+
+def finetune_module(run: Run, module: NeonModule, data, steps: int, callbacks: Sequence = ()) -> NeonModule:
+    """Fine-tune a copy of θ_r on `data` for `steps` optimizer steps with the family's own loss."""
     cfg = run.cfg
-    steps = positive_int(cfg.neon.budget_steps, "neon.budget_steps")
     tuned = copy.deepcopy(module).cpu().train()
     tuned.optimizer_factory = instantiate(cfg.neon.optimizer)
     if not cfg.neon.get("finetune_ema", True):
         tuned.ema = tuned.ema_rule = None  # θ_s is then the raw fine-tuned network
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run.trainer(max_steps=steps, callbacks=list(callbacks)).fit(tuned, datamodule=data)
-    save_state_dict(tuned.neon_weights(), out_dir / THETA_S)
     return tuned
 
 
-def finetune_key(run: Run, base_digest: str, synthetic: dict[str, Any]) -> dict[str, Any]:
-    """What θ_s depends on."""
+class SnapshotAtSteps(L.Callback):
+    """Calls `save(module)` when the fine-tune has taken each of the given numbers of optimizer steps."""
+
+    def __init__(self, savers: dict[int, Callable[[NeonModule], None]]):
+        self.savers = dict(savers)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: NeonModule, outputs, batch, batch_idx: int) -> None:
+        save = self.savers.pop(trainer.global_step, None)
+        if save is not None and trainer.is_global_zero:
+            save(pl_module)
+
+
+def finetune_key(run: Run, base_digest: str, data_key: dict[str, Any], budget: int) -> dict[str, Any]:
+    """What θ_s after `budget` steps depends on."""
     n = run.cfg.neon
     return {
-        "theta_r": base_digest, "synthetic": synthetic, "budget_steps": n.budget_steps,
+        "theta_r": base_digest, "synthetic": data_key, "budget_steps": budget,
         "batch_size": n.batch_size, "optimizer": plain(n.optimizer), "seed": run.cfg.seed,
         "finetune_ema": n.get("finetune_ema", True),
         "trainer": {k: plain(v) for k, v in run.cfg.trainer.items() if k in ("precision", "accumulate_grad_batches")},
     }
+
+
+def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data_key: dict[str, Any],
+                      budgets: Sequence[int]) -> dict[int, Path]:
+    """θ_s after every budget: from the cache, or from one fine-tune to the largest missing budget that
+    snapshots each missing one on the way (the reference protocol's budget axis)."""
+    keys = {b: finetune_key(run, base_digest, data_key, b) for b in budgets}
+    folders = {b: run.cache.path("finetune", keys[b]) for b in budgets}
+    missing = [b for b in budgets if not folders[b].is_dir()]
+    if missing:
+        with FileLock(str(folders[max(missing)]) + ".run.lock"):  # a concurrent job may be training it
+            missing = [b for b in budgets if not folders[b].is_dir()]
+            if missing:
+                def saver(b: int) -> Callable[[NeonModule], None]:
+                    return lambda tuned: run.cache.get_or_build(
+                        "finetune", keys[b], lambda work: save_state_dict(tuned.neon_weights(), work / THETA_S))
+
+                finetune_module(run, module, data, max(missing), [SnapshotAtSteps({b: saver(b) for b in missing})])
+                log.info("θ_s: fine-tuned %d steps, snapshots at %s", max(missing), missing)
+    for b in budgets:
+        if b not in missing:
+            log.info("θ_s: reusing %s (budget %d)", folders[b], b)
+    return {b: folders[b] / THETA_S for b in budgets}
 
 
 # ------------------------------------------------------------------ evaluation

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from neon.callbacks import NeonMerge, merged_name
 from neon.errors import NeonError
-from neon.io import load_state_dict, write_json
+from neon.io import load_state_dict, save_state_dict, write_json
 from neon.merge import extrapolate, merge_files
 from neon.report import w_label, write_w_curve
 from neon.runtime import Run, log, merge_ws, plain, positive_int
@@ -20,8 +20,9 @@ from neon.stages import (
     THETA_R,
     Evaluator,
     copy_weights,
-    finetune_into,
-    finetune_key,
+    budgets_of,
+    finetune_module,
+    finetuned_weights,
     load_base,
     pretrain_into,
     save_checkpoint_pair,
@@ -34,7 +35,7 @@ from neon.stages import (
 def validate(cfg: DictConfig) -> None:
     """Fail early, with one clear line, on the settings users type every day."""
     merge_ws(cfg)
-    positive_int(cfg.neon.budget_steps, "neon.budget_steps")
+    budgets_of(cfg)
     positive_int(cfg.neon.n_synthetic, "neon.n_synthetic")
 
 
@@ -42,7 +43,7 @@ def run_neon(cfg: DictConfig) -> dict:
     """synthesize → fine-tune → merge → evaluate (pretraining first when no model.checkpoint is given)."""
     validate(cfg)
     run = Run.from_config(cfg)
-    ws = merge_ws(cfg)
+    ws, budgets = merge_ws(cfg), budgets_of(cfg)
 
     with run.stage("pretrain"):
         module, base_digest, base_path = load_base(run)
@@ -57,16 +58,14 @@ def run_neon(cfg: DictConfig) -> dict:
             log.info("S: %s %s", "wrote" if built else "reusing", s_dir)
 
     with run.stage("finetune"):
-        data = synthetic_data(run, module, s_dir)
-        f_dir, built = run.cache.get_or_build(
-            "finetune", finetune_key(run, base_digest, s_key), lambda work: finetune_into(run, module, data, work)
-        )
-        log.info("θ_s: %s %s", "fine-tuned into" if built else "reusing", f_dir)
-        theta_s = load_state_dict(f_dir / "theta_s.safetensors")
+        theta_s_paths = finetuned_weights(run, module, synthetic_data(run, module, s_dir), base_digest, s_key, budgets)
 
     evaluator = Evaluator(run, module)
-    results = sweep_w(run, evaluator, theta_r, theta_s, ws, "θ_neon")
-    fids = [r["fid"] for r in results]
+    grid = {}  # budget → scores per w
+    for budget in budgets:
+        grid[budget] = sweep_w(run, evaluator, theta_r, load_state_dict(theta_s_paths[budget]), ws, f"B={budget}")
+    best_b, best = min(((b, i) for b in budgets for i in range(len(ws))), key=lambda bi: grid[bi[0]][bi[1]]["fid"])
+    fids = [r["fid"] for r in grid[best_b]]
     with run.stage("evaluate"):
         fid_base = next((f for w, f in zip(ws, fids) if w == 0.0), None)
         if fid_base is None:
@@ -81,48 +80,46 @@ def run_neon(cfg: DictConfig) -> dict:
         # the same fine-tune on the real data instead of S: shows the gain comes from self-generated data
         with run.stage("finetune"):
             real = instantiate(cfg.data, batch_size=positive_int(cfg.neon.batch_size, "neon.batch_size"))
-            c_dir, built = run.cache.get_or_build(
-                "finetune", finetune_key(run, base_digest, {"real_data": plain(cfg.data)}),
-                lambda work: finetune_into(run, module, real, work),
-            )
-        control = [r["fid"] for r in sweep_w(run, evaluator, theta_r, load_state_dict(c_dir / "theta_s.safetensors"),
-                                             ws, "control")]
+            c_path = finetuned_weights(run, module, real, base_digest, {"real_data": plain(cfg.data)}, [best_b])[best_b]
+        control = [r["fid"] for r in sweep_w(run, evaluator, theta_r, load_state_dict(c_path), ws, "control")]
 
-    best = min(range(len(ws)), key=lambda i: fids[i])
     with run.stage("merge"):
-        module.load_neon_weights(extrapolate(theta_r, theta_s, ws[best]))
+        module.load_neon_weights(extrapolate(theta_r, load_state_dict(theta_s_paths[best_b]), ws[best]))
         save_checkpoint_pair(module, run.out / "theta_neon", cfg.model)
 
-    write_w_curve(run.out, ws, fids, control)
+    write_w_curve(run.out, ws, fids, control, grid={b: [r["fid"] for r in grid[b]] for b in budgets})
     summary = {
         "task": "neon",
         "family": cfg.model._target_,
         "fid_base": fid_base,
         "fid_neon": fids[best],
         "w": ws[best],
+        "budget_steps": best_b,
         "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, fids)],
+        "grid": [{"budget_steps": b, "w": w_label(w), "fid": r["fid"]} for b in budgets for w, r in zip(ws, grid[b])],
         "fid_noise": noise,
         "control": None if control is None else {
             "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, control)],
             "fid_best": min(control), "w": ws[control.index(min(control))]},
-        "budget_steps": cfg.neon.budget_steps,
         "n_synthetic": cfg.neon.n_synthetic,
         "sampler": plain(cfg.sampler),
         "eval_sampler": plain(evaluator.sampler_cfg),
         "metric": evaluator.trace(),
-        "scores_neon": {k: v for k, v in results[best].items() if k not in ("digest",)},
+        "scores_neon": {k: v for k, v in grid[best_b][best].items() if k not in ("digest",)},
         "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
         "artifacts": {"theta_r": str(base_path), "synthetic": str(s_dir) if s_dir else "streamed",
-                      "theta_s": str(f_dir / "theta_s.safetensors"), "theta_neon": str(run.out / "theta_neon.safetensors")},
+                      "theta_s": {str(b): str(p) for b, p in theta_s_paths.items()},
+                      "theta_neon": str(run.out / "theta_neon.safetensors")},
         "seed": cfg.seed,
     }
     write_json(run.out / "summary.json", summary)
     run.log_results(
         [{"w": w, "fid": f} for w, f in zip(ws, fids) if isinstance(w, float)],
-        {"fid_base": fid_base, "fid_neon": fids[best], **({"w": ws[best]} if isinstance(ws[best], float) else {})},
+        {"fid_base": fid_base, "fid_neon": fids[best], "budget_steps": best_b,
+         **({"w": ws[best]} if isinstance(ws[best], float) else {})},
     )
     print_table(summary)
-    log.info("FID base %.6g → neon %.6g at w = %s (%s)", fid_base, fids[best], w_label(ws[best]), run.out)
+    log.info("FID base %.6g → neon %.6g at w = %s, B = %d (%s)", fid_base, fids[best], w_label(ws[best]), best_b, run.out)
     return summary
 
 
@@ -204,9 +201,11 @@ def run_finetune(cfg: DictConfig) -> dict:
             synthesize_into(run, module, s_dir)
     merge_cb = NeonMerge(ws, run.out)
     with run.stage("finetune"):
-        finetune_into(run, module, synthetic_data(run, module, s_dir), run.out, callbacks=[merge_cb])
+        budget = max(budgets_of(cfg))
+        tuned = finetune_module(run, module, synthetic_data(run, module, s_dir), budget, callbacks=[merge_cb])
+        save_state_dict(tuned.neon_weights(), run.out / "theta_s.safetensors")
     summary = {"task": "finetune", "theta_r": str(base_path), "theta_s": str(run.out / "theta_s.safetensors"),
-               "theta_neon": {k: str(v) for k, v in merge_cb.paths.items()}, "budget_steps": cfg.neon.budget_steps,
+               "theta_neon": {k: str(v) for k, v in merge_cb.paths.items()}, "budget_steps": budget,
                "seconds": run.seconds}
     write_json(run.out / "summary.json", summary)
     return summary

@@ -42,7 +42,7 @@ def test_rerun_reuses_finished_stages(tiny_toy_run: Path):
     proc = run_cli(TINY_TOY, tiny_toy_run, run_dir="rerun")
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = (tiny_toy_run / "rerun" / "cli.log").read_text()
-    assert "θ_r: reusing" in log and "S: reusing" in log and "θ_s: fine-tuned into" in log
+    assert "θ_r: reusing" in log and "S: reusing" in log and "θ_s: fine-tuned 5 steps" in log
     second = summary_of(tiny_toy_run, "rerun")
     assert second["fid_neon"] == first["fid_neon"] and second["w_curve"] == first["w_curve"]
     # and a third run redoes nothing at all
@@ -79,3 +79,24 @@ def test_each_stage_runs_alone_on_given_paths(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     fids = json.loads((tmp_path / "ev" / "summary.json").read_text())["fid"]
     assert set(fids) == {str(theta_r), str(merged)} and all(v >= 0 for v in fids.values())
+
+
+def test_budget_list_is_one_finetune_with_snapshots(tmp_path: Path):
+    base = [a for a in TINY_TOY if not a.startswith("neon.budget_steps")]
+    proc = run_cli([*base, "neon.budget_steps=[3,6]"], tmp_path, "both")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (tmp_path / "both" / "cli.log").read_text()
+    assert "fine-tuned 6 steps, snapshots at [3, 6]" in log
+    summary = summary_of(tmp_path, "both")
+    assert {g["budget_steps"] for g in summary["grid"]} == {3, 6} and summary["budget_steps"] in (3, 6)
+    assert (tmp_path / "both" / "w_grid.csv").read_text().startswith("budget_steps,w,fid")
+    # a later job asking for one of those budgets reuses the snapshot, and it equals a fresh 3-step fine-tune
+    proc = run_cli([*base, "neon.budget_steps=3"], tmp_path, "reuse")
+    assert "θ_s: reusing" in (tmp_path / "reuse" / "cli.log").read_text()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    proc = run_cli([*base, "neon.budget_steps=3"], fresh)
+    assert proc.returncode == 0
+    a = load_file(summary_of(tmp_path, "reuse")["artifacts"]["theta_s"]["3"])
+    b = load_file(summary_of(fresh)["artifacts"]["theta_s"]["3"])
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -210,16 +210,17 @@ class Evaluator:
     """Scores weights loaded into one module: evaluation sampler, fixed seeds, reference statistics.
     Results are cached by the weights' digest and the metric settings."""
 
-    def __init__(self, run: Run, module: NeonModule, seed_offset: int | None = None):
+    def __init__(self, run: Run, module: NeonModule, seed_offset: int | None = None, num_samples: int | None = None,
+                 sampler_overrides: dict | None = None):
         self.run = run
         self.module = module
         m = run.cfg.metrics
-        self.num_samples = positive_int(m.num_samples, "metrics.num_samples")
+        self.num_samples = positive_int(num_samples or m.num_samples, "metrics.num_samples")
         first = int(m.seed_offset if seed_offset is None else seed_offset)
         self.seeds = list(range(first, first + self.num_samples))
         self.extractor = instantiate(m.extractor)
         self.metrics = list(m.get("compute") or ["fid"])
-        self.sampler_cfg = OmegaConf.merge(run.cfg.sampler, m.get("sampler") or {})
+        self.sampler_cfg = OmegaConf.merge(run.cfg.sampler, m.get("sampler") or {}, sampler_overrides or {})
         self._reference: Reference | None = None
 
     def reference(self) -> Reference:

@@ -415,3 +415,81 @@ def run_reference(cfg: DictConfig) -> dict:
     write_json(run.out / "summary.json", summary)
     log.info("reference statistics (%s images, %d-d) → %s", n, dim, out)
     return summary
+
+
+def run_report(cfg: DictConfig) -> dict:
+    """Tables and plots of a finished sweep folder (`dir=`)."""
+    folder = cfg.get("dir") or cfg.task.get("dir")
+    if not folder:
+        raise NeonError("task=report needs dir=<sweep folder>, e.g. dir=multirun/2026-11-26_10-00-00_000000")
+    from neon.sweep import write_report
+
+    paths = write_report(folder, heat_key=cfg.task.heat_key)
+    for p in paths:
+        log.info("wrote %s", p)
+    return {"task": "report", "files": [str(p) for p in paths]}
+
+
+def run_search(cfg: DictConfig) -> dict:
+    """The reference search protocol in one process: a coarse grid over (budget snapshot, CFG, w) on a
+    small-sample FID, each w-line stopped once FID exceeds its best by more than `task.tolerance`, then
+    w ± `task.refine_step` around the best point, then a large-sample FID there. Every score is cached,
+    so a killed search restarted with the same config redoes nothing it finished."""
+    validate(cfg)
+    run = Run.from_config(cfg)
+    t = cfg.task
+    ws, budgets = sorted(merge_ws(cfg)), budgets_of(cfg)
+    if any(not isinstance(w, float) for w in ws):
+        raise NeonError("task=search sweeps scalar w: give neon.w as a list of numbers")
+    cfg_values = list(t.cfg_values or []) if t.get("cfg_key") else [None]
+    with run.stage("pretrain"):
+        module, base_digest, base_path = load_base(run)
+    theta_r = copy_weights(module.neon_weights())
+    with run.stage("synthesize"):
+        s_key = synthetic_key(run, base_digest)
+        s_dir = None if cfg.neon.synthetic.mode == "stream" else run.cache.get_or_build(
+            "synthetic", s_key, lambda work: synthesize_into(run, module, work))[0]
+    with run.stage("finetune"):
+        thetas = finetuned_weights(run, module, synthetic_data(run, module, s_dir), base_digest, s_key, budgets)
+    loaded: dict[int, dict] = {}
+    points: list[dict] = []
+
+    def score(budget: int, cfg_value, w: float, num_samples: int | None = None) -> float:
+        overrides = {t.cfg_key: cfg_value} if cfg_value is not None else None
+        evaluator = Evaluator(run, module, num_samples=num_samples, sampler_overrides=overrides)
+        if budget not in loaded:
+            loaded[budget] = load_state_dict(thetas[budget])
+        with run.stage("evaluate"):
+            result = evaluator.score(extrapolate(theta_r, loaded[budget], w))
+        points.append({"budget_steps": budget, "cfg": cfg_value, "w": w, "fid": result["fid"],
+                       "num_samples": evaluator.num_samples})
+        write_json(run.out / "search.json", {"points": points})  # progress, readable while it runs
+        return result["fid"]
+
+    coarse = {}
+    for cfg_value in cfg_values:
+        for budget in budgets:
+            best_line = float("inf")
+            for w in ws:
+                fid = coarse[(budget, cfg_value, w)] = score(budget, cfg_value, w)
+                best_line = min(best_line, fid)
+                if fid > best_line + float(t.tolerance):
+                    log.info("B=%d cfg=%s: stop at w=%g (FID %.4g > best %.4g + %g)", budget, cfg_value, w, fid,
+                             best_line, t.tolerance)
+                    break
+    (b, c, w), fid = min(coarse.items(), key=lambda kv: kv[1])
+    refined = {(b, c, w): fid}
+    for dw in (-float(t.refine_step), float(t.refine_step)):
+        refined[(b, c, round(w + dw, 6))] = score(b, c, round(w + dw, 6))
+    (b, c, w), fid_small = min(refined.items(), key=lambda kv: kv[1])
+    final_n = t.get("final_num_samples")
+    fid_final = score(b, c, w, num_samples=final_n) if final_n else fid_small
+    fid_base = score(b, c, 0.0, num_samples=final_n) if final_n else score(b, c, 0.0)
+    summary = {"task": "search", "fid_base": fid_base, "fid_neon": fid_final, "fid_search": fid_small, "w": w,
+               "budget_steps": b, "cfg_key": t.get("cfg_key"), "cfg": c, "points": points,
+               "tolerance": float(t.tolerance), "theta_r": str(base_path), "seconds": run.seconds}
+    write_json(run.out / "search.json", {"points": points, "chosen": {"budget_steps": b, "cfg": c, "w": w}})
+    write_json(run.out / "summary.json", summary)
+    log.info("search: best B=%d cfg=%s w=%g: FID %.6g (search) / %.6g (final), θ_r %.6g", b, c, w, fid_small,
+             fid_final, fid_base)
+    return summary

@@ -1,0 +1,153 @@
+"""Sweep-level results: one table over every job of a multirun, and the report plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from neon.errors import NeonError
+from neon.io import atomic_path, write_text
+
+COLUMNS = ("fid_base", "fid_neon", "w", "budget_steps", "n_synthetic")
+
+
+def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Every finished job under a sweep folder: its overrides and summary.json."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise NeonError(f"sweep folder '{sweep_dir}' does not exist: give the folder a multirun wrote (multirun/...)")
+    jobs = []
+    for summary in sorted(sweep_dir.glob("*/summary.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        overrides_file = summary.parent / ".hydra" / "overrides.yaml"
+        overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+        jobs.append({"dir": summary.parent, "overrides": dict(o.split("=", 1) for o in overrides if "=" in o),
+                     "summary": json.loads(summary.read_text())})
+    return jobs
+
+
+def write_sweep_table(sweep_dir: str | Path) -> list[Path]:
+    """`sweep.csv` and `sweep.md`: one row per job, its overrides then its headline numbers."""
+    sweep_dir = Path(sweep_dir)
+    jobs = [j for j in collect_jobs(sweep_dir) if j["summary"].get("task") == "neon"]
+    keys = sorted({k for j in jobs for k in j["overrides"]})
+    if len(jobs) > 1:  # the swept settings: overrides every job shares say nothing about the rows
+        keys = [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
+    header = ["job", *keys, *COLUMNS, "seconds"]
+    rows = []
+    for j in jobs:
+        s = j["summary"]
+        rows.append([j["dir"].name, *(j["overrides"].get(k, "") for k in keys),
+                     *(_fmt(s.get(c)) for c in COLUMNS), _fmt(sum(s.get("seconds", {}).values()))])
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+    write_text(sweep_dir / "sweep.csv", buf.getvalue())
+    md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    md += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    write_text(sweep_dir / "sweep.md", "\n".join(md) + "\n")
+    return [sweep_dir / "sweep.csv", sweep_dir / "sweep.md"]
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else "" if value is None else str(value)
+
+
+class SweepTable(Callback):
+    """Hydra callback: when a multirun ends, gather every job's results into sweep.csv and sweep.md."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            write_sweep_table(config.hydra.sweep.dir)
+        except NeonError:
+            pass  # a sweep of other tasks has no Neon results to tabulate
+
+
+def _lookup(summary: dict, dotted: str) -> Any:
+    node: Any = summary
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def write_report(sweep_dir: str | Path, heat_key: str = "sampler.cfg") -> list[Path]:
+    """The sweep table plus PNGs: w-curves per budget, the U-curve over budget, and a w × `heat_key` heatmap."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    sweep_dir = Path(sweep_dir)
+    jobs = [j for j in collect_jobs(sweep_dir) if j["summary"].get("task") == "neon"]
+    if not jobs:
+        raise NeonError(f"no finished neon jobs (*/summary.json) under '{sweep_dir}'")
+    out = write_sweep_table(sweep_dir)
+    points = []  # (setting label without budget, budget, w, fid, heat value)
+    for j in jobs:
+        s = j["summary"]
+        label = ", ".join(f"{k}={v}" for k, v in sorted(j["overrides"].items())
+                          if k not in ("neon.budget_steps", "neon.w")) or "default"
+        for g in s.get("grid") or [{"budget_steps": s["budget_steps"], **p} for p in s["w_curve"]]:
+            try:
+                w = float(g["w"])
+            except ValueError:
+                continue  # block-wise w have no place on a w axis
+            points.append((label, int(g["budget_steps"]), w, float(g["fid"]), _lookup(s, heat_key)))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curves = defaultdict(list)
+    for label, budget, w, fid, _ in points:
+        curves[(label, budget)].append((w, fid))
+    for (label, budget), pts in sorted(curves.items()):
+        xs, ys = zip(*sorted(set(pts)))
+        ax.plot(xs, ys, marker="o", markersize=3, label=f"B={budget} {label}"[:60])
+    ax.set_xlabel("w"), ax.set_ylabel("FID"), ax.set_title("w-curve per budget"), ax.legend(fontsize=6)
+    _save(fig, sweep_dir / "report_w_curves.png")
+    out.append(sweep_dir / "report_w_curves.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    best = defaultdict(dict)
+    for label, budget, _, fid, _ in points:
+        best[label][budget] = min(fid, best[label].get(budget, float("inf")))
+    for label, by_budget in sorted(best.items()):
+        xs = sorted(by_budget)
+        ax.plot(xs, [by_budget[b] for b in xs], marker="o", label=label[:60])
+    ax.set_xlabel("fine-tune budget (steps)"), ax.set_ylabel("best FID over w"), ax.set_title("U-curve over budget")
+    ax.legend(fontsize=6)
+    _save(fig, sweep_dir / "report_u_curve.png")
+    out.append(sweep_dir / "report_u_curve.png")
+
+    heat = [(h, w, fid) for _, _, w, fid, h in points if h is not None]
+    if heat:
+        hs, ws = sorted({h for h, _, _ in heat}), sorted({w for _, w, _ in heat})
+        grid = np.full((len(hs), len(ws)), np.nan)
+        for h, w, fid in heat:
+            i, k = hs.index(h), ws.index(w)
+            grid[i, k] = fid if np.isnan(grid[i, k]) else min(grid[i, k], fid)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis_r")
+        ax.set_xticks(range(len(ws)), [f"{w:g}" for w in ws], fontsize=7)
+        ax.set_yticks(range(len(hs)), [str(h) for h in hs])
+        ax.set_xlabel("w"), ax.set_ylabel(heat_key), ax.set_title(f"best FID over budgets: w × {heat_key}")
+        fig.colorbar(im)
+        name = f"report_heatmap_w_{heat_key.replace('.', '_')}.png"
+        _save(fig, sweep_dir / name)
+        out.append(sweep_dir / name)
+    return out

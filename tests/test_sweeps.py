@@ -1,0 +1,49 @@
+"""Sweeps: the sweep table after a multirun, the report plots, and the resumable search protocol."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from tests.conftest import TINY_TOY, run_cli, summary_of
+
+BASE = [a for a in TINY_TOY if not a.startswith("neon.w")]
+
+
+def test_multirun_writes_a_sweep_table_and_report(tmp_path: Path):
+    proc = run_cli(["-m", *BASE, "neon.w=[0.0,1.0]", "sampler.score_scale=1.05,1.1", "neon.budget_steps=[3,5]",
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "sweep" / "sweep.csv").open()))
+    assert [r["sampler.score_scale"] for r in rows] == ["1.05", "1.1"]
+    assert all(float(r["fid_neon"]) <= float(r["fid_base"]) + 1e-9 for r in rows)
+    assert (tmp_path / "sweep" / "sweep.md").read_text().startswith("| job | sampler.score_scale |")
+    proc = run_cli(["task=report", f"dir={tmp_path / 'sweep'}", "task.heat_key=sampler.score_scale"], tmp_path, "rep")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("report_w_curves.png", "report_u_curve.png", "report_heatmap_w_sampler_score_scale.png"):
+        assert (tmp_path / "sweep" / name).read_bytes()[:4] == b"\x89PNG", name
+
+
+def test_report_of_a_missing_folder_is_one_line(tmp_path: Path):
+    proc = run_cli(["task=report", f"dir={tmp_path / 'nope'}"], tmp_path)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_search_stops_early_refines_and_resumes(tmp_path: Path):
+    args = ["task=search", *BASE, "neon.budget_steps=[3,6]", "neon.w=[0.0,100.0,1000.0,10000.0,100000.0]",
+            "task.tolerance=0.0", "task.final_num_samples=3000"]
+    proc = run_cli(args, tmp_path, "s1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary_of(tmp_path, "s1")
+    coarse = [p for p in s["points"] if p["num_samples"] == 2000 and p["w"] in (0.0, 100.0, 1000.0, 1e4, 1e5)]
+    assert len(coarse) < 10  # some w-line stopped before its end
+    best = s["w"]
+    assert any(abs(p["w"] - (best - 0.1)) < 1e-9 or abs(p["w"] - best) < 1e-9 for p in s["points"])
+    assert s["points"][-2]["num_samples"] == 3000 and s["fid_neon"] == s["points"][-2]["fid"]
+    evals = len(list((tmp_path / "cache" / "eval").glob("*[0-9a-f]")))
+    proc = run_cli(args, tmp_path, "s2")  # as if restarted: every point is served from the cache
+    assert proc.returncode == 0
+    assert len(list((tmp_path / "cache" / "eval").glob("*[0-9a-f]"))) == evals
+    again = json.loads((tmp_path / "s2" / "summary.json").read_text())
+    assert again["points"] == s["points"] and again["w"] == s["w"]

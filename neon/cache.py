@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +15,16 @@ from typing import Any
 from filelock import FileLock
 
 from neon.io import digest_config, write_json
+
+CHECKSUMS = "checksums.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class ArtifactCache:
@@ -20,26 +34,48 @@ class ArtifactCache:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self._verified: set[Path] = set()
 
     def path(self, kind: str, key_obj: Any) -> Path:
         """Where the artifact for this key lives (whether or not it exists yet)."""
         return self.root / kind / digest_config(key_obj)
 
     def get_or_build(self, kind: str, key_obj: Any, build: Callable[[Path], None]) -> tuple[Path, bool]:
-        """Return (folder, built_now), calling `build(work_dir)` only when the artifact is missing."""
+        """Return (folder, built_now), calling `build(work_dir)` only when the artifact is missing (or was
+        found corrupt: its files no longer match the checksums written when it was built)."""
         final = self.path(kind, key_obj)
-        if final.is_dir():
+        if final.is_dir() and self._intact(final):
             return final, False
         final.parent.mkdir(parents=True, exist_ok=True)
+        # an OS-level lock: released by the kernel when its holder dies, so a stale lock never blocks
         with FileLock(str(final) + ".lock"):
-            if final.is_dir():  # another job finished it while we waited
-                return final, False
+            if final.is_dir():
+                if self._intact(final):  # another job finished it while we waited
+                    return final, False
+                corrupt = final.with_name(f"{final.name}.corrupt-{int(time.time())}")
+                warnings.warn(f"cached artifact '{final}' fails its checksums: moved to '{corrupt}', rebuilding",
+                              stacklevel=2)
+                os.replace(final, corrupt)
             work = final.with_name(final.name + ".partial")
             work.mkdir(exist_ok=True)
             build(work)
             write_json(work / "key.json", key_obj)
+            write_json(work / CHECKSUMS, {p.name: _sha256(p) for p in sorted(work.iterdir()) if p.is_file()})
             os.replace(work, final)
         return final, True
+
+    def _intact(self, folder: Path) -> bool:
+        # verified once per process: later reads in the same job trust the first check
+        if folder in self._verified:
+            return True
+        sums_file = folder / CHECKSUMS
+        if not sums_file.is_file():
+            return False
+        sums = json.loads(sums_file.read_text())
+        ok = all((folder / name).is_file() and _sha256(folder / name) == digest for name, digest in sums.items())
+        if ok:
+            self._verified.add(folder)
+        return ok
 
     def clear(self, kind: str | None = None) -> None:
         """Delete cached artifacts (of one kind, or all)."""

@@ -50,6 +50,37 @@ def check_overrides(args: list[str], conf_dir: Path = CONF_DIR) -> None:
                 raise NeonError(f"unknown {key} '{option}': choose one of {', '.join(choices)}")
 
 
+def check_keys(args: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Reject an override of a key that does not exist, in one line with the valid keys, before any work."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
+
+    plain = [a for a in args if "=" in a and not a.startswith(("-", "hydra.", "hydra/", "+", "~"))]
+    sweep_free = [a.split("=", 1)[0] + "=" + _first_choice(a.split("=", 1)[1]) for a in plain]
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        try:
+            compose("config", overrides=sweep_free)
+        except ConfigCompositionException as exc:
+            bad = next((a for a in sweep_free if f"'{a.split('=', 1)[0]}'" in str(exc)), None)
+            if bad is None or "not in struct" not in str(exc.__cause__ or exc):
+                raise NeonError(str(exc).splitlines()[0]) from None
+            key = bad.split("=", 1)[0]
+            parent = key.rpartition(".")[0]
+            groups_only = [a for a in sweep_free if "." not in a.split("=", 1)[0]]
+            node = OmegaConf.select(compose("config", overrides=groups_only), parent) if parent else None
+            valid = sorted(node.keys()) if node is not None and hasattr(node, "keys") else []
+            hint = f"; {parent or 'the config'} has: {', '.join(valid)}" if valid else ""
+            raise NeonError(f"no config key '{key}' (use +{key}=... to add a new one){hint}") from None
+
+
+def _first_choice(value: str) -> str:
+    # a sweep "a,b,c" composes like its first value; brackets and quotes stay whole
+    if value.startswith(("[", "{", "'", '"')) or "," not in value:
+        return value
+    return value.split(",", 1)[0]
+
+
 def _finish_loggers() -> None:
     # One wandb run per job: close it so the next job of a sweep starts its own.
     wandb = sys.modules.get("wandb")
@@ -91,6 +122,7 @@ def main() -> None:
     """Entry point of the `neon` command."""
     try:
         check_overrides(sys.argv[1:])
+        check_keys(sys.argv[1:])
     except NeonError as exc:
         print(f"neon: error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -31,6 +31,7 @@ def one_line_error(proc) -> str:
         ("neon.budget_steps=0", "neon.budget_steps must be a positive integer, got 0"),
         ("neon.n_synthetic=-5", "neon.n_synthetic must be a positive integer, got -5"),
         ("model.checkpoint=/no/such/theta.safetensors", "'/no/such/theta.safetensors' does not exist"),
+        ("neon.synthetic.blok=3", "no config key 'neon.synthetic.blok'"),
     ],
 )
 def test_cli_rejects_bad_input_in_one_line(tmp_path: Path, override: str, expect: str):

@@ -73,3 +73,45 @@ def test_failed_build_leaves_no_artifact_and_keeps_partial_work(tmp_path: Path):
     seen = []
     cache.get_or_build("thing", {"k": 2}, lambda work: seen.append(sorted(p.name for p in work.iterdir())))
     assert seen == [["half.txt"]] and final.is_dir()
+
+
+def test_corrupt_artifact_is_detected_and_rebuilt(tmp_path: Path):
+    cache = ArtifactCache(tmp_path)
+    folder, _ = cache.get_or_build("thing", {"k": 3}, lambda work: (work / "data.bin").write_bytes(b"good"))
+    (folder / "data.bin").write_bytes(b"evil")  # bit rot, or a half-copied file
+    rebuilt = []
+    with pytest.warns(UserWarning, match="fails its checksums"):
+        folder2, built = ArtifactCache(tmp_path).get_or_build(
+            "thing", {"k": 3}, lambda work: rebuilt.append((work / "data.bin").write_bytes(b"good")))
+    assert built and rebuilt and (folder2 / "data.bin").read_bytes() == b"good"
+    assert list(tmp_path.glob("thing/*.corrupt-*"))
+
+
+def _hold_lock_and_die(lock_path: str, ready: str) -> None:
+    import os
+
+    from filelock import FileLock
+
+    lock = FileLock(lock_path)
+    lock.acquire()
+    Path(ready).write_text("held")
+    time.sleep(60)
+    os._exit(0)
+
+
+def test_lock_of_a_killed_job_does_not_block(tmp_path: Path):
+    cache = ArtifactCache(tmp_path / "c")
+    final = cache.path("thing", {"k": 4})
+    final.parent.mkdir(parents=True)
+    ready = tmp_path / "ready"
+    proc = mp.get_context("spawn").Process(target=_hold_lock_and_die, args=(str(final) + ".lock", str(ready)))
+    proc.start()
+    for _ in range(600):
+        if ready.exists():
+            break
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: the holder never releases the lock itself
+    proc.join()
+    start = time.monotonic()
+    folder, built = cache.get_or_build("thing", {"k": 4}, lambda work: (work / "x").write_text("1"))
+    assert built and time.monotonic() - start < 5

@@ -88,6 +88,30 @@ def _finish_loggers() -> None:
         wandb.finish()
 
 
+def _sweep_group() -> str | None:
+    # one wandb group per sweep: the sweep folder's name; single runs have no group
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    return Path(hc.sweep.dir).name if hc.mode == RunMode.MULTIRUN else None
+
+
+def _wandb_offline() -> bool:
+    # without credentials wandb cannot reach its server: log offline instead of failing the job
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online":
+        return False
+    netrc = Path.home() / ".netrc"
+    return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("neon_sweep_group", _sweep_group, replace=True)
+    OmegaConf.register_new_resolver("neon_wandb_offline", _wandb_offline, replace=True)
+
+
 def _quiet_libraries() -> None:
     # Lightning's start-up banners (accelerators, tips) and a deprecation inside Lightning itself
     # say nothing about the run; the log keeps what does.
@@ -120,6 +144,7 @@ def _run(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     """Entry point of the `neon` command."""
+    _register_resolvers()
     try:
         check_overrides(sys.argv[1:])
         check_keys(sys.argv[1:])

@@ -82,6 +82,8 @@ class Run:
         for step, row in enumerate(rows):
             self.logger.log_metrics({f"neon/{k}": v for k, v in row.items()}, step=step)
         self.logger.log_metrics({f"summary/{k}": v for k, v in summary.items()}, step=len(rows))
+        if hasattr(self.logger, "log_image") and (self.out / "w_curve.png").exists():
+            self.logger.log_image("neon/w_curve", images=[str(self.out / "w_curve.png")])
         self.logger.save()
 
     @contextlib.contextmanager

@@ -47,3 +47,15 @@ def test_search_stops_early_refines_and_resumes(tmp_path: Path):
     assert len(list((tmp_path / "cache" / "eval").glob("*[0-9a-f]"))) == evals
     again = json.loads((tmp_path / "s2" / "summary.json").read_text())
     assert again["points"] == s["points"] and again["w"] == s["w"]
+
+
+def test_wandb_offline_one_run_per_job_in_one_group(tmp_path: Path):
+    proc = run_cli(["-m", *BASE, "neon.w=[0.0,1.0]", "logger=wandb", "sampler.score_scale=1.0,1.1",
+                    f"hydra.sweep.dir={tmp_path / 'grp7f3a'}"], tmp_path, env={"WANDB_API_KEY": "", "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((tmp_path / "grp7f3a").glob("*/wandb/offline-run-*/run-*.wandb"))
+    assert len(runs) == 2  # one finished run per job, each in its own job folder
+    for run in runs:
+        raw = run.read_bytes()  # protobuf records keep strings as they are
+        for key in (b"grp7f3a", b"neon/fid", b"neon/w", b"summary/fid_neon", b"neon/w_curve"):
+            assert key in raw, key

@@ -4,23 +4,30 @@ artifact cache; the others run one stage alone on paths the user gives, writing 
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from neon.callbacks import NeonMerge, merged_name
 from neon.errors import NeonError
-from neon.io import load_state_dict, save_state_dict, write_json
+from neon.io import atomic_path, load_state_dict, save_state_dict, write_json, write_text
 from neon.merge import extrapolate, merge_files
+from neon.metrics.evaluate import features_of_images, interleave
+from neon.metrics.images import digest_source, read_image_source
+from neon.metrics.reference import reference_from_features, uint8_images_to_unit
 from neon.report import w_label, write_w_curve
 from neon.runtime import Run, log, merge_ws, plain, positive_int
+from neon.seeding import parse_seeds
 from neon.stages import (
     THETA_R,
     Evaluator,
-    copy_weights,
     budgets_of,
+    copy_weights,
     finetune_module,
     finetuned_weights,
     load_base,
@@ -30,6 +37,7 @@ from neon.stages import (
     synthetic_data,
     synthetic_key,
 )
+from neon.sweep import write_report
 
 
 def validate(cfg: DictConfig) -> None:
@@ -231,10 +239,6 @@ def run_merge(cfg: DictConfig) -> dict:
 def run_evaluate(cfg: DictConfig) -> dict:
     """Score each of `task.checkpoints` (default model.checkpoint), or an ADM-layout sample file
     (`samples=PATH.npz`, uint8 NHWC `arr_0`) from any project."""
-    import numpy as np
-
-    from neon.metrics.evaluate import features_of_images
-    from neon.metrics.reference import uint8_images_to_unit
 
     samples = cfg.get("samples")
     paths = list(cfg.task.get("checkpoints") or []) or ([cfg.model.checkpoint] if cfg.model.get("checkpoint") else [])
@@ -269,9 +273,6 @@ def run_evaluate(cfg: DictConfig) -> dict:
 def run_sample(cfg: DictConfig) -> dict:
     """One image per seed (`sample.seeds`) into an .npz in the ADM evaluation suite's layout
     (`arr_0` samples, `arr_1` labels for conditional models)."""
-    import numpy as np
-
-    from neon.seeding import parse_seeds
 
     run = Run.from_config(cfg)
     seeds = parse_seeds(cfg.sample.seeds)
@@ -312,9 +313,6 @@ def run_sample(cfg: DictConfig) -> dict:
 
 def run_export(cfg: DictConfig) -> dict:
     """Write the loaded θ (e.g. from an official snapshot) as safetensors plus a YAML model config."""
-    from omegaconf import OmegaConf
-
-    from neon.io import save_state_dict, write_text
 
     run = Run.from_config(cfg)
     module, digest, base_path = load_base(run)
@@ -331,9 +329,6 @@ def run_export(cfg: DictConfig) -> dict:
 
 def write_npz(path: Path, arrays: dict) -> None:
     """Write arrays to an .npz atomically."""
-    import numpy as np
-
-    from neon.io import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
@@ -346,9 +341,6 @@ def rank_part(out: Path, rank: int, world: int) -> Path:
 
 def merge_rank_parts(out: Path, world: int, timeout_s: float = 3600.0) -> None:
     """Interleave the ranks' shares (rank r holds seeds r, r + W, ...) into one file in seed order."""
-    import time
-
-    import numpy as np
 
     parts = [rank_part(out, r, world) for r in range(world)]
     deadline = time.monotonic() + timeout_s
@@ -357,14 +349,8 @@ def merge_rank_parts(out: Path, world: int, timeout_s: float = 3600.0) -> None:
             missing = [str(p) for p in parts if not p.exists()]
             raise NeonError(f"sample shares never appeared: {', '.join(missing)} (did every rank finish?)")
         time.sleep(1.0)
-    loaded = [dict(np.load(p)) for p in parts]
-    merged = {}
-    for key in loaded[0]:
-        total = sum(len(d[key]) for d in loaded)
-        arr = np.empty((total, *loaded[0][key].shape[1:]), dtype=loaded[0][key].dtype)
-        for r, d in enumerate(loaded):
-            arr[r::world] = d[key]
-        merged[key] = arr
+
+    merged = interleave([dict(np.load(p)) for p in parts])
     write_npz(out, merged)
     for p in parts:
         p.unlink()
@@ -373,13 +359,6 @@ def merge_rank_parts(out: Path, world: int, timeout_s: float = 3600.0) -> None:
 def run_reference(cfg: DictConfig) -> dict:
     """Compute (and cache) reference statistics and features for an image folder, an .npz of uint8
     images (`task.source`), or the `data` group's real data; write them as an .npz (mu, sigma, pool)."""
-    import shutil
-
-    import numpy as np
-
-    from neon.metrics.evaluate import features_of_images
-    from neon.metrics.images import digest_source, read_image_source
-    from neon.metrics.reference import reference_from_features, uint8_images_to_unit
 
     run = Run.from_config(cfg)
     extractor = instantiate(cfg.metrics.extractor)
@@ -402,7 +381,6 @@ def run_reference(cfg: DictConfig) -> dict:
     with run.stage("reference"):
         folder, built = run.cache.get_or_build("reference", key, build)
     out = Path(cfg.task.out) if cfg.task.get("out") else run.out / "reference.npz"
-    from neon.io import atomic_path
 
     with atomic_path(out) as tmp:
         shutil.copyfile(folder / "reference.npz", tmp)
@@ -422,7 +400,6 @@ def run_report(cfg: DictConfig) -> dict:
     folder = cfg.get("dir") or cfg.task.get("dir")
     if not folder:
         raise NeonError("task=report needs dir=<sweep folder>, e.g. dir=multirun/2026-11-26_10-00-00_000000")
-    from neon.sweep import write_report
 
     paths = write_report(folder, heat_key=cfg.task.heat_key)
     for p in paths:

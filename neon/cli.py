@@ -75,10 +75,10 @@ def check_keys(args: list[str], conf_dir: Path = CONF_DIR) -> None:
 
 
 def _first_choice(value: str) -> str:
-    # a sweep "a,b,c" composes like its first value; brackets and quotes stay whole
-    if value.startswith(("[", "{", "'", '"')) or "," not in value:
+    # only the key is checked here: sweeps ("a,b", "interval(0,2)", "range(...)") stand in as null
+    if value.startswith(("[", "{", "'", '"')) or ("," not in value and "(" not in value):
         return value
-    return value.split(",", 1)[0]
+    return "null"
 
 
 def _finish_loggers() -> None:

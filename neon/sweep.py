@@ -41,16 +41,16 @@ def write_sweep_table(sweep_dir: str | Path) -> list[Path]:
     if len(jobs) > 1:  # the swept settings: overrides every job shares say nothing about the rows
         keys = [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
     header = ["job", *keys, *COLUMNS, "seconds"]
-    rows = []
+    rows = []  # full precision for the CSV; the markdown table rounds
     for j in jobs:
         s = j["summary"]
         rows.append([j["dir"].name, *(j["overrides"].get(k, "") for k in keys),
-                     *(_fmt(s.get(c)) for c in COLUMNS), _fmt(sum(s.get("seconds", {}).values()))])
+                     *(s.get(c) for c in COLUMNS), round(sum(s.get("seconds", {}).values()), 3)])
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+    csv.writer(buf, lineterminator="\n").writerows([header, *[["" if c is None else c for c in r] for r in rows]])
     write_text(sweep_dir / "sweep.csv", buf.getvalue())
     md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    md += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    md += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
     write_text(sweep_dir / "sweep.md", "\n".join(md) + "\n")
     return [sweep_dir / "sweep.csv", sweep_dir / "sweep.md"]
 

@@ -59,3 +59,25 @@ def test_wandb_offline_one_run_per_job_in_one_group(tmp_path: Path):
         raw = run.read_bytes()  # protobuf records keep strings as they are
         for key in (b"grp7f3a", b"neon/fid", b"neon/w", b"summary/fid_neon", b"neon/w_curve"):
             assert key in raw, key
+
+
+def test_submitit_local_launcher_runs_jobs_as_separate_processes(tmp_path: Path):
+    # the same launcher path as hydra/launcher=submitit_slurm on a cluster, on this machine
+    proc = run_cli(["-m", *BASE, "neon.w=[0.0,1.0]", "sampler.score_scale=1.05,1.1", "hydra/launcher=submitit_local",
+                    "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={tmp_path / 'sw'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "sw" / "sweep.csv").open()))
+    assert len(rows) == 2 and {r["sampler.score_scale"] for r in rows} == {"1.05", "1.1"}
+    assert len([p for p in (tmp_path / "cache" / "pretrain").iterdir() if p.is_dir()]) == 1  # θ_r built once
+
+
+def test_optuna_sweeper_minimises_fid_over_w(tmp_path: Path):
+    proc = run_cli(["-m", *BASE, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=minimize",
+                    "neon.w=interval(0,2)", f"hydra.sweep.dir={tmp_path / 'opt'}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import yaml
+
+    result = yaml.safe_load((tmp_path / "opt" / "optimization_results.yaml").read_text())
+    rows = list(csv.DictReader((tmp_path / "opt" / "sweep.csv").open()))
+    assert len(rows) == 3 and result["best_value"] == min(float(r["fid_neon"]) for r in rows)
+    assert 0 <= result["best_params"]["neon.w"] <= 2

@@ -53,6 +53,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("builtins", "set"): set,
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
     ("torch.storage", "_load_from_bytes"): _bytes_to_storage,
     ("torch_utils.persistence", "_reconstruct_persistent_obj"): _Persistent,
     ("dnnlib.util", "EasyDict"): _EasyDict,

@@ -71,6 +71,10 @@ class NeonModule(L.LightningModule):
         """One sample per seed with `sampler`; returns (samples, labels or None)."""
         raise NotImplementedError
 
+    def config_overrides(self) -> dict:
+        """Model-config entries that differ from the config because a checkpoint set them."""
+        return {}
+
     def export_samples(self, x: torch.Tensor):
         """Samples as a numpy array for .npz files (families with images return uint8 NHWC)."""
         return x.detach().cpu().numpy()

@@ -42,7 +42,7 @@ def save_checkpoint_pair(module: NeonModule, stem: Path, model_cfg: Any) -> None
             {
                 "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
                 "pytorch-lightning_version": L.__version__,
-                "hyper_parameters": {"model": plain(model_cfg)},
+                "hyper_parameters": {"model": {**plain(model_cfg), **module.config_overrides()}},
                 "epoch": 0,
                 "global_step": 0,
             },

@@ -259,7 +259,8 @@ def run_evaluate(cfg: DictConfig) -> dict:
             feats = features_of_images(images, evaluator.extractor, int(cfg.metrics.block_size))
             results[str(samples)] = evaluator.score_features(feats)
         for path in paths:
-            results[str(path)] = evaluator.score(module.read_checkpoint(path))
+            module.load_checkpoint(path)
+            results[str(path)] = evaluator.score(copy_weights(module.neon_weights()))
     for name, r in results.items():
         log.info("%s: %s", name, ", ".join(f"{k} {v:.6g}" for k, v in r.items() if isinstance(v, float)))
     summary = {"task": "evaluate", "scores": results, "fid": {k: r["fid"] for k, r in results.items()},
@@ -318,6 +319,7 @@ def run_export(cfg: DictConfig) -> dict:
     module, digest, base_path = load_base(run)
     weights = save_state_dict(module.neon_weights(), run.out / "model.safetensors")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.update(module.config_overrides())
     model_cfg["checkpoint"] = str(weights.resolve())
     write_text(run.out / "model.yaml", OmegaConf.to_yaml(model_cfg))
     summary = {"task": "export", "source": str(base_path), "weights": str(weights), "config": str(run.out / "model.yaml"),

@@ -162,3 +162,15 @@ def test_writer_emits_the_official_hook(tmp_path: Path):
     write_snapshot(tmp_path / "s.pkl")
     raw = (tmp_path / "s.pkl").read_bytes()
     assert raw[:1] == b"\x80" and b"_reconstruct_persistent_obj" in raw and b"torch_utils.persistence" in raw
+
+
+def test_snapshot_brings_its_architecture(tmp_path: Path):
+    written = write_snapshot(tmp_path / "snap.pkl", dict(TINY_DDPMPP, model_channels=8, attn_resolutions=[8]))
+    module = EDMModule(dict(TINY_DDPMPP))  # config says 16 channels, attention at 4×4
+    module.load_checkpoint(tmp_path / "snap.pkl")
+    assert module.network_kwargs["model_channels"] == 8 and module.config_overrides()["network"]["attn_resolutions"] == [8]
+    for key, value in written.state_dict().items():
+        assert torch.equal(module.ema.state_dict()[key], value), key
+    x, s = torch.randn(2, 3, 8, 8), torch.tensor([1.0, 5.0])
+    labels = torch.eye(10)[[1, 2]]
+    assert torch.allclose(module.ema.eval()(x, s, labels), written(x, s, labels))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,11 @@ from neon.families.edm.snapshot import read_snapshot
 from neon.module import EMA, Batch, NeonModule, Sampler
 from neon.seeding import PerSampleRNG
 
-# Settings a snapshot must share with the config for its weights to mean the same thing.
-_IDENTITY_KEYS = ("img_resolution", "img_channels", "label_dim", "model_type")
+log = logging.getLogger("neon")
+
+# What a snapshot must share with the config: the data it generates. The rest of the architecture
+# (channels, blocks, attention, dropout, ...) is taken from the snapshot's recorded constructor kwargs.
+_IDENTITY_KEYS = ("img_resolution", "img_channels", "label_dim")
 
 
 def build_network(network: Mapping[str, Any]) -> Precond:
@@ -93,17 +98,43 @@ class EDMModule(NeonModule):
         """Official `*.pkl` snapshots (their `ema` network) as well as safetensors and torch files."""
         if Path(path).suffix != ".pkl":
             return super().read_checkpoint(path)
+        return self._checked_snapshot(path).state_dict
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load θ; an official snapshot also brings its architecture (rebuilt from its recorded kwargs)."""
+        if Path(path).suffix == ".pkl":
+            snap = self._checked_snapshot(path)
+            adopted = {"precond": snap.class_name, **snap.init_kwargs}
+            changed = sorted(k for k in adopted if not _same(adopted[k], self.network_kwargs.get(k, adopted[k])))
+            changed += sorted(k for k in self.network_kwargs if k not in adopted and k != "precond")
+            if changed:
+                log.info("snapshot '%s' sets the architecture: %s", path,
+                         ", ".join(f"{k}={adopted.get(k, '(default)')!r}" for k in changed))
+                self._rebuild({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in adopted.items()})
+        super().load_checkpoint(path)
+
+    def _checked_snapshot(self, path: str | Path):
         snap = read_snapshot(path)
         want = self.network_kwargs.get("precond", "EDMPrecond")
         if snap.class_name != want:
             raise NeonError(f"snapshot '{path}' holds a {snap.class_name} network but model.network.precond is {want}")
-        for key in _IDENTITY_KEYS + tuple(k for k in snap.init_kwargs if k not in _IDENTITY_KEYS):
+        for key in _IDENTITY_KEYS:
             if key in snap.init_kwargs and key in self.network_kwargs and not _same(snap.init_kwargs[key], self.network_kwargs[key]):
                 raise NeonError(
                     f"snapshot '{path}' was built with {key}={snap.init_kwargs[key]!r} but the model config says "
                     f"{key}={self.network_kwargs[key]!r}: set model.network.{key} to match the snapshot"
                 )
-        return snap.state_dict
+        return snap
+
+    def _rebuild(self, network: dict[str, Any]) -> None:
+        self.network_kwargs = network
+        self.net = build_network(network)
+        if self.ema is not None:
+            self.ema = copy.deepcopy(self.net).requires_grad_(False)
+
+    def config_overrides(self) -> dict[str, Any]:
+        """The network settings actually in use (a snapshot may have set them)."""
+        return {"network": dict(self.network_kwargs)}
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

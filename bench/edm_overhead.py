@@ -12,7 +12,6 @@ framework, dominates a step). Usage: .venv/bin/python bench/edm_overhead.py [--t
 from __future__ import annotations
 
 import argparse
-import time
 from functools import partial
 
 import lightning as L
@@ -20,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from neon.families.edm import EDMModule, heun_sampler
+from timing import best_of  # bench/ is on the path when a script here runs
 
 NETWORKS = {
     "digits ResMLP 8x8": dict(precond="EDMPrecond", img_resolution=8, img_channels=1, label_dim=10, model_type="ResMLP",
@@ -39,13 +39,6 @@ class Repeat(IterableDataset):
             yield self.batch
 
 
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def bench(name: str, network: dict, n_images: int, steps: int, batch: int, num_steps: int) -> None:

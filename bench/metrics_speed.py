@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -25,15 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from neon.metrics.frechet import feature_statistics  # noqa: E402
 from neon.metrics.inception import InceptionFeatures  # noqa: E402
 from tests.inception_weights import write_random_inception  # noqa: E402
+from timing import best_of  # noqa: E402  (bench/ is on the path when a script here runs)
 
 
-def best_of(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main() -> None:

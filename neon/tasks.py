@@ -47,26 +47,30 @@ def validate(cfg: DictConfig) -> None:
     positive_int(cfg.neon.n_synthetic, "neon.n_synthetic")
 
 
+def theta_r_and_theta_s(run: Run, budgets: list[int]) -> tuple:
+    """The cached front of the pipeline: θ_r (loaded or pretrained), S, and θ_s at every budget.
+    Returns (module holding θ_r, θ_r's digest, θ_r's file, a copy of θ_r, S's folder or None, θ_s files)."""
+    with run.stage("pretrain"):
+        module, base_digest, base_path = load_base(run)
+    theta_r = copy_weights(module.neon_weights())
+    with run.stage("synthesize"):
+        s_key = synthetic_key(run, base_digest)
+        s_dir = None
+        if run.cfg.neon.synthetic.mode != "stream":
+            s_dir, built = run.cache.get_or_build("synthetic", s_key, lambda work: synthesize_into(run, module, work))
+            log.info("S: %s %s", "wrote" if built else "reusing", s_dir)
+    with run.stage("finetune"):
+        theta_s_paths = finetuned_weights(run, module, synthetic_data(run, module, s_dir), base_digest, s_key, budgets)
+    return module, base_digest, base_path, theta_r, s_dir, theta_s_paths
+
+
 def run_neon(cfg: DictConfig) -> dict:
     """synthesize → fine-tune → merge → evaluate (pretraining first when no model.checkpoint is given)."""
     validate(cfg)
     run = Run.from_config(cfg)
     ws, budgets = merge_ws(cfg), budgets_of(cfg)
 
-    with run.stage("pretrain"):
-        module, base_digest, base_path = load_base(run)
-    theta_r = copy_weights(module.neon_weights())
-
-    with run.stage("synthesize"):
-        s_key = synthetic_key(run, base_digest)
-        if cfg.neon.synthetic.mode == "stream":
-            s_dir = None
-        else:
-            s_dir, built = run.cache.get_or_build("synthetic", s_key, lambda work: synthesize_into(run, module, work))
-            log.info("S: %s %s", "wrote" if built else "reusing", s_dir)
-
-    with run.stage("finetune"):
-        theta_s_paths = finetuned_weights(run, module, synthetic_data(run, module, s_dir), base_digest, s_key, budgets)
+    module, base_digest, base_path, theta_r, s_dir, theta_s_paths = theta_r_and_theta_s(run, budgets)
 
     evaluator = Evaluator(run, module)
     grid = {}  # budget → scores per w
@@ -421,15 +425,7 @@ def run_search(cfg: DictConfig) -> dict:
     if any(not isinstance(w, float) for w in ws):
         raise NeonError("task=search sweeps scalar w: give neon.w as a list of numbers")
     cfg_values = list(t.cfg_values or []) if t.get("cfg_key") else [None]
-    with run.stage("pretrain"):
-        module, base_digest, base_path = load_base(run)
-    theta_r = copy_weights(module.neon_weights())
-    with run.stage("synthesize"):
-        s_key = synthetic_key(run, base_digest)
-        s_dir = None if cfg.neon.synthetic.mode == "stream" else run.cache.get_or_build(
-            "synthetic", s_key, lambda work: synthesize_into(run, module, work))[0]
-    with run.stage("finetune"):
-        thetas = finetuned_weights(run, module, synthetic_data(run, module, s_dir), base_digest, s_key, budgets)
+    module, _, base_path, theta_r, _, thetas = theta_r_and_theta_s(run, budgets)
     loaded: dict[int, dict] = {}
     points: list[dict] = []
 

@@ -3,7 +3,7 @@ in memory), gather them across processes in seed order."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -49,12 +49,11 @@ def sample_features(
     result equals one process's."""
     rank, world = distributed_rank()
     mine = list(range(rank, len(seeds), world))
-    parts: dict[str, list[np.ndarray]] = {}
-    for start in tqdm(range(0, len(mine), block_size), desc="evaluate", unit="block", disable=not progress):
-        out = generate_block(module, sampler, seeds, mine[start:start + block_size], class_balanced=True)
-        for key, value in extractor.extract(out["x"]).items():
-            parts.setdefault(key, []).append(value.float().cpu().numpy())  # float32: 50K × 2048 is 400 MB
-    local = {k: np.concatenate(v) for k, v in parts.items()}
+    starts = tqdm(range(0, len(mine), block_size), desc="evaluate", unit="block", disable=not progress)
+    local = concat_features(
+        extractor.extract(generate_block(module, sampler, seeds, mine[s:s + block_size], class_balanced=True)["x"])
+        for s in starts
+    )
     if world == 1:
         return local
     shares: list = [None] * world
@@ -64,8 +63,13 @@ def sample_features(
 
 def features_of_images(images: torch.Tensor, extractor: FeatureExtractor, batch: int = 500) -> dict[str, np.ndarray]:
     """Every named feature of float images in [-1, 1], in batches."""
+    return concat_features(extractor.extract(images[i:i + batch]) for i in range(0, len(images), batch))
+
+
+def concat_features(batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, np.ndarray]:
+    """Per-batch named features joined into float32 arrays (50K × 2048 is 400 MB, not 800)."""
     parts: dict[str, list[np.ndarray]] = {}
-    for i in range(0, len(images), batch):
-        for key, value in extractor.extract(images[i:i + batch]).items():
+    for feats in batches:
+        for key, value in feats.items():
             parts.setdefault(key, []).append(value.float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from neon.errors import NeonError
+from neon.metrics.evaluate import features_of_images
 from neon.metrics.extractors import FeatureExtractor
 from neon.metrics.frechet import feature_statistics
 
@@ -52,8 +53,6 @@ def load_reference(path: str | Path, extractor: FeatureExtractor | None = None) 
             features = f["arr_0"].astype(np.float64)
         mu, sigma = (f["mu"], f["sigma"]) if {"mu", "sigma"} <= keys else (None, None)
     if features is None and images is not None and extractor is not None:
-        from neon.metrics.evaluate import features_of_images
-
         features = features_of_images(uint8_images_to_unit(images, f"reference '{path}'"), extractor)["pool"]
     if mu is None and features is not None:
         mu, sigma = feature_statistics(features)

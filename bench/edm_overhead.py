@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from neon.families.edm import EDMModule, heun_sampler
+from neon.seeding import StepNoise
 from timing import best_of  # bench/ is on the path when a script here runs
 
 NETWORKS = {
@@ -66,7 +67,7 @@ def bench(name: str, network: dict, n_images: int, steps: int, batch: int, num_s
 
     def bare_loop() -> None:
         for _ in range(steps):
-            loss = module.loss(data)
+            loss = module.loss(data, StepNoise.single(len(data["x"])))
             opt.zero_grad()
             loss.backward()
             opt.step()

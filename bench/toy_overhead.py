@@ -14,10 +14,10 @@ from functools import partial
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
-from neon.data.gaussian2d import FullBatches
+from neon.data.batches import TensorItems, global_batch_loader
 from neon.families.toy2d import ToyDiffusion, ddim
+from neon.seeding import StepNoise
 
 
 def timed(fn) -> float:
@@ -38,14 +38,14 @@ def main() -> None:
     module = ToyDiffusion(optimizer=partial(torch.optim.Adam, lr=1e-4))
     trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
-    t_framework = timed(lambda: trainer.fit(module, DataLoader(FullBatches(points), batch_size=None)))
+    t_framework = timed(lambda: trainer.fit(module, global_batch_loader(TensorItems({"x": points}), len(points), seed=0)))
 
     bare = ToyDiffusion()
     opt = torch.optim.Adam(bare.net.parameters(), lr=1e-4)
 
     def bare_loop() -> None:
         for _ in range(args.steps):
-            loss = bare.loss({"x": points})
+            loss = bare.loss({"x": points}, StepNoise.single(len(points)))
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -14,6 +14,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from neon.distributed import barrier, broadcast, main_lock, rank_world
 from neon.io import digest_config, write_json
 
 CHECKSUMS = "checksums.json"
@@ -40,29 +41,55 @@ class ArtifactCache:
         """Where the artifact for this key lives (whether or not it exists yet)."""
         return self.root / kind / digest_config(key_obj)
 
-    def get_or_build(self, kind: str, key_obj: Any, build: Callable[[Path], None]) -> tuple[Path, bool]:
+    def get_or_build(self, kind: str, key_obj: Any, build: Callable[[Path], None],
+                     collective: bool = False) -> tuple[Path, bool]:
         """Return (folder, built_now), calling `build(work_dir)` only when the artifact is missing (or was
-        found corrupt: its files no longer match the checksums written when it was built)."""
+        found corrupt: its files no longer match the checksums written when it was built). A `collective`
+        build is one every rank of a DDP job takes part in: rank 0 decides and commits, all ranks build."""
         final = self.path(kind, key_obj)
-        if final.is_dir() and self._intact(final):
-            return final, False
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # an OS-level lock: released by the kernel when its holder dies, so a stale lock never blocks
-        with FileLock(str(final) + ".lock"):
-            if final.is_dir():
-                if self._intact(final):  # another job finished it while we waited
+        rank, world = rank_world()
+        if world == 1 or not collective:
+            if final.is_dir() and self._intact(final):
+                return final, False
+            final.parent.mkdir(parents=True, exist_ok=True)
+            # an OS-level lock: released by the kernel when its holder dies, so a stale lock never blocks
+            with FileLock(str(final) + ".lock"):
+                if self._ready(final):  # another job finished it while we waited
                     return final, False
-                corrupt = final.with_name(f"{final.name}.corrupt-{int(time.time())}")
-                warnings.warn(f"cached artifact '{final}' fails its checksums: moved to '{corrupt}', rebuilding",
-                              stacklevel=2)
-                os.replace(final, corrupt)
-            work = final.with_name(final.name + ".partial")
+                self._build(final, key_obj, build)
+            return final, True
+        if rank == 0:
+            final.parent.mkdir(parents=True, exist_ok=True)
+        with main_lock(str(final) + ".lock"):
+            ready = broadcast(self._ready(final) if rank == 0 else None)
+            if not ready:
+                self._build(final, key_obj, build, commit=rank == 0, sync=barrier)
+        barrier()  # the other ranks use the folder only once rank 0 has renamed it into place
+        return final, not ready
+
+    def _ready(self, final: Path) -> bool:
+        # an intact artifact is ready; a corrupt one is set aside so that it is rebuilt
+        if not final.is_dir():
+            return False
+        if self._intact(final):
+            return True
+        corrupt = final.with_name(f"{final.name}.corrupt-{int(time.time())}")
+        warnings.warn(f"cached artifact '{final}' fails its checksums: moved to '{corrupt}', rebuilding", stacklevel=3)
+        os.replace(final, corrupt)
+        return False
+
+    def _build(self, final: Path, key_obj: Any, build: Callable[[Path], None], commit: bool = True,
+               sync: Callable[[], None] = lambda: None) -> None:
+        work = final.with_name(final.name + ".partial")
+        if commit:
             work.mkdir(exist_ok=True)
-            build(work)
+        sync()  # the work folder exists before any rank writes into it
+        build(work)
+        sync()  # every rank's files are in before they are summed up
+        if commit:
             write_json(work / "key.json", key_obj)
             write_json(work / CHECKSUMS, {p.name: _sha256(p) for p in sorted(work.iterdir()) if p.is_file()})
             os.replace(work, final)
-        return final, True
 
     def _intact(self, folder: Path) -> bool:
         # verified once per process: later reads in the same job trust the first check

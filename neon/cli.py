@@ -81,8 +81,9 @@ def _first_choice(value: str) -> str:
     return "null"
 
 
-def _finish_loggers() -> None:
-    # One wandb run per job: close it so the next job of a sweep starts its own.
+def finish_loggers() -> None:
+    """Close the job's wandb run, if any."""
+    # one wandb run per job: close it so the next job of a sweep starts its own
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
@@ -112,7 +113,8 @@ def _register_resolvers() -> None:
     OmegaConf.register_new_resolver("neon_wandb_offline", _wandb_offline, replace=True)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    """Silence library chatter that says nothing about the run."""
     # Lightning's start-up banners (accelerators, tips) and a deprecation inside Lightning itself
     # say nothing about the run; the log keeps what does.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -121,24 +123,32 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
+def user_error(exc: BaseException) -> str | None:
+    """The one-line message for an error the user can fix, None for a bug (which keeps its traceback)."""
+    if isinstance(exc, NeonError):
+        return str(exc)
+    if isinstance(exc, MissingMandatoryValue):
+        key = getattr(exc, "full_key", "") or str(exc)
+        return f"{key} must be set on the command line (e.g. {key}=PATH)"
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _run(cfg: DictConfig) -> float | None:
-    _quiet_libraries()
+    from neon.distributed import launch
+
+    quiet_libraries()
     if cfg.get("threads"):
         import torch
 
         torch.set_num_threads(int(cfg.threads))
     try:
-        summary = get_method(cfg.task.entry)(cfg)
-    except NeonError as exc:
-        print(f"neon: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except MissingMandatoryValue as exc:
-        key = getattr(exc, "full_key", "") or str(exc)
-        print(f"neon: error: {key} must be set on the command line (e.g. {key}=PATH)", file=sys.stderr)
+        summary = launch(get_method(cfg.task.entry), cfg)
+    except (NeonError, MissingMandatoryValue) as exc:
+        print(f"neon: error: {user_error(exc)}", file=sys.stderr)
         sys.exit(2)
     finally:
-        _finish_loggers()
+        finish_loggers()
     # The value a Hydra sweeper (e.g. Optuna) minimises.
     return summary.get("fid_neon") if isinstance(summary, dict) else None
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from neon.errors import NeonError
 from neon.io import StateDict, load_state_dict
+from neon.seeding import StepNoise
 
 Batch = dict[str, torch.Tensor]
 Sampler = Callable[..., torch.Tensor]
@@ -59,10 +60,12 @@ class NeonModule(L.LightningModule):
         self.ema_rule = ema
         self.ema = copy.deepcopy(net).requires_grad_(False) if ema is not None else None
         self.num_classes = num_classes
+        self.noise_seed = 0  # seeds the training noise; the pipeline sets it from the run's seed
 
     # --- what a family implements
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """The family's own training loss on a batch (pretraining and fine-tuning use the same one)."""
+    def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
+        """The family's own training loss on a batch (pretraining and fine-tuning use the same one); every
+        random draw comes from `noise`, so it does not depend on the process count."""
         raise NotImplementedError
 
     def generate(
@@ -123,8 +126,12 @@ class NeonModule(L.LightningModule):
         self.load_neon_weights(self.read_checkpoint(path), source=f"checkpoint '{path}'")
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        self._batch_size = len(batch["x"])
-        loss = self.loss(batch)
+        self._batch_size = local = len(batch["x"])
+        rank, world = self.trainer.global_rank, self.trainer.world_size
+        # the global batch is the ranks' shares in rank order (GlobalBatchSampler), all of equal size
+        noise = StepNoise(self.noise_seed, self.global_step, slice(rank * local, (rank + 1) * local), local * world,
+                          self.device)
+        loss = self.loss(batch, noise)
         # logging costs a sizeable share of a small network's step: only on the steps the logger keeps
         if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)

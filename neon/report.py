@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 from neon.io import atomic_path, write_text
@@ -66,3 +67,36 @@ def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float], control
     with atomic_path(out / "w_curve.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
+
+
+def write_sample_grid(path: Path, x: Any, title: str) -> Path:
+    """A PNG of samples: images [N, C, H, W] in [-1, 1] tiled in a square grid, points [N, D] scattered."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.asarray(x.detach().cpu().float() if hasattr(x, "detach") else x)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if x.ndim == 4:
+        n, c, h, w = x.shape
+        side = int(np.ceil(np.sqrt(n)))
+        canvas = np.ones((side * (h + 1) + 1, side * (w + 1) + 1, c), dtype=np.float32)
+        for i in range(n):
+            r, col = divmod(i, side)
+            canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + col * (w + 1):1 + col * (w + 1) + w] = \
+                np.clip((x[i].transpose(1, 2, 0) + 1) / 2, 0, 1)
+        ax.imshow(canvas[..., 0] if c == 1 else canvas[..., :3], cmap="gray" if c == 1 else None,
+                  interpolation="nearest", vmin=0, vmax=1)
+        ax.axis("off")
+    else:
+        ax.scatter(x[:, 0], x[:, 1] if x.shape[1] > 1 else np.zeros(len(x)), s=4, alpha=0.6)
+        ax.set_aspect("equal")
+        ax.grid(True, linestyle="--", alpha=0.5)
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path

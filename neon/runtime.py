@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from neon.cache import ArtifactCache
+from neon.distributed import is_main
 from neon.errors import NeonError
 from neon.io import write_text
 from neon.merge import WSpec, check_w
@@ -68,22 +69,28 @@ class Run:
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Run":
         out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        # Hydra keeps the config with its interpolations in .hydra/; this is what actually ran.
-        write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        logger = instantiate(cfg.logger) if cfg.get("logger") else None
+        logger = None
+        if is_main():  # under DDP, rank 0 alone writes the run folder and logs
+            out.mkdir(parents=True, exist_ok=True)
+            # Hydra keeps the config with its interpolations in .hydra/; this is what actually ran.
+            write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            logger = instantiate(cfg.logger) if cfg.get("logger") else None
         return cls(cfg=cfg, out=out, cache=ArtifactCache(cfg.paths.cache_dir), logger=logger)
 
-    def log_results(self, rows: list[dict[str, float]], summary: dict[str, Any]) -> None:
-        """Send the w-curve (one step per w) and the headline numbers to the configured logger."""
+    def log_results(self, rows: list[dict[str, float]], summary: dict[str, Any],
+                    images: dict[str, Path] | None = None) -> None:
+        """Send the w-curve (one step per w), the headline numbers and PNGs (curves, sample grids) to the
+        configured logger; loggers without images (CSV) keep only the numbers."""
         if self.logger is None:
             return
         self.logger.log_hyperparams(plain(self.cfg))
         for step, row in enumerate(rows):
             self.logger.log_metrics({f"neon/{k}": v for k, v in row.items()}, step=step)
         self.logger.log_metrics({f"summary/{k}": v for k, v in summary.items()}, step=len(rows))
-        if hasattr(self.logger, "log_image") and (self.out / "w_curve.png").exists():
-            self.logger.log_image("neon/w_curve", images=[str(self.out / "w_curve.png")])
+        if hasattr(self.logger, "log_image"):
+            for key, path in (images or {}).items():
+                if Path(path).exists():
+                    self.logger.log_image(key, images=[str(path)])
         self.logger.save()
 
     @contextlib.contextmanager
@@ -130,6 +137,8 @@ class Run:
             logger=self.logger if self.logger is not None else False,
             callbacks=callbacks,
             default_root_dir=str(self.out),
+            # our loaders shard the global batches themselves (GlobalBatchSampler)
+            use_distributed_sampler=False,
             **overrides,
         )
 

@@ -61,3 +61,35 @@ class PerSampleRNG:
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         """Noise shaped like a batch tensor `x`."""
         return self.randn(*x.shape[1:], dtype=x.dtype).to(x.device)
+
+
+class StepNoise:
+    """The training noise of one optimizer step, drawn for the whole global batch from a generator seeded
+    by (seed, step); each process keeps its own rows. Any number of processes thus draws the same noise
+    for the same sample of the global batch, and a DDP fine-tune follows the one-process one."""
+
+    def __init__(self, seed: int, step: int, rows: slice, global_size: int, device: torch.device | str = "cpu"):
+        from neon.data.batches import mixed_seed
+
+        self.rows, self.global_size, self.device = rows, global_size, torch.device(device)
+        self.generator = torch.Generator(self.device).manual_seed(mixed_seed(seed, step))
+
+    @classmethod
+    def single(cls, batch_size: int, seed: int = 0, step: int = 0, device: torch.device | str = "cpu") -> "StepNoise":
+        """Noise for a whole batch in one process (tests, benchmarks, bare loops)."""
+        return cls(seed, step, slice(0, batch_size), batch_size, device)
+
+    def randn(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Standard normal noise of shape [local batch, *shape]."""
+        full = torch.randn((self.global_size, *shape), generator=self.generator, device=self.device, dtype=dtype)
+        return full[self.rows]
+
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Uniform [0, 1) noise of shape [local batch, *shape]."""
+        full = torch.rand((self.global_size, *shape), generator=self.generator, device=self.device, dtype=dtype)
+        return full[self.rows]
+
+    def randint(self, high: int, *shape: int) -> torch.Tensor:
+        """Integers in [0, high) of shape [local batch, *shape]."""
+        full = torch.randint(high, (self.global_size, *shape), generator=self.generator, device=self.device)
+        return full[self.rows]

@@ -12,11 +12,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from filelock import FileLock
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from neon.data.synthetic import SyntheticDataModule, write_synthetic_set
+from neon.distributed import barrier, broadcast, is_main, main_lock
 from neon.errors import NeonError
 from neon.io import StateDict, atomic_path, digest_state_dict, load_state_dict, save_state_dict, write_json
 from neon.metrics.evaluate import sample_features
@@ -59,9 +59,11 @@ def pretrain_into(run: Run, out_dir: Path) -> None:
     steps = positive_int(cfg.model.pretrain.steps, "model.pretrain.steps")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = run.build_module()
+    module.noise_seed = cfg.seed
     data = instantiate(cfg.data)
     run.trainer(max_steps=steps).fit(module, datamodule=data)
-    save_state_dict(module.neon_weights(), out_dir / THETA_R)
+    if is_main():
+        save_state_dict(module.neon_weights(), out_dir / THETA_R)
 
 
 def load_base(run: Run) -> tuple[NeonModule, str, Path]:
@@ -77,7 +79,7 @@ def load_base(run: Run) -> tuple[NeonModule, str, Path]:
     else:
         key = {"model": run.model_key(), "data": plain(run.cfg.data),
                "steps": plain(run.cfg.model.pretrain), "seed": run.cfg.seed}
-        folder, built = run.cache.get_or_build("pretrain", key, lambda work: pretrain_into(run, work))
+        folder, built = run.cache.get_or_build("pretrain", key, lambda work: pretrain_into(run, work), collective=True)
         log.info("θ_r: %s %s", "pretrained into" if built else "reusing", folder)
         path = folder / THETA_R
         module.load_neon_weights(load_state_dict(path), source=f"pretrained θ_r '{path}'")
@@ -150,6 +152,7 @@ def finetune_module(run: Run, module: NeonModule, data, steps: int, callbacks: S
     cfg = run.cfg
     tuned = copy.deepcopy(module).cpu().train()
     tuned.optimizer_factory = instantiate(cfg.neon.optimizer)
+    tuned.noise_seed = cfg.seed
     if not cfg.neon.get("finetune_ema", True):
         tuned.ema = tuned.ema_rule = None  # θ_s is then the raw fine-tuned network
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -186,10 +189,10 @@ def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data
     snapshots each missing one on the way (the reference protocol's budget axis)."""
     keys = {b: finetune_key(run, base_digest, data_key, b) for b in budgets}
     folders = {b: run.cache.path("finetune", keys[b]) for b in budgets}
-    missing = [b for b in budgets if not folders[b].is_dir()]
+    missing = broadcast([b for b in budgets if not folders[b].is_dir()])
     if missing:
-        with FileLock(str(folders[max(missing)]) + ".run.lock"):  # a concurrent job may be training it
-            missing = [b for b in budgets if not folders[b].is_dir()]
+        with main_lock(str(folders[max(missing)]) + ".run.lock"):  # a concurrent job may be training it
+            missing = broadcast([b for b in budgets if not folders[b].is_dir()])
             if missing:
                 def saver(b: int) -> Callable[[NeonModule], None]:
                     return lambda tuned: run.cache.get_or_build(
@@ -197,6 +200,7 @@ def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data
 
                 finetune_module(run, module, data, max(missing), [SnapshotAtSteps({b: saver(b) for b in missing})])
                 log.info("θ_s: fine-tuned %d steps, snapshots at %s", max(missing), missing)
+        barrier()  # rank 0 wrote the snapshots
     for b in budgets:
         if b not in missing:
             log.info("θ_s: reusing %s (budget %d)", folders[b], b)
@@ -261,9 +265,12 @@ class Evaluator:
             block = int(self.run.cfg.metrics.block_size)
             feats = sample_features(self.module, instantiate(self.sampler_cfg), self.seeds, self.extractor, block,
                                     progress=self.num_samples > 10 * block)
+            if not is_main():
+                return
             if self.run.cfg.metrics.get("keep_features", True):
                 np.savez(work / "features.npz", **{k: v.astype(np.float32) for k, v in feats.items()})
             write_json(work / "result.json", {**self.score_features(feats), "digest": digest, **self.trace()})
 
-        folder, _ = self.run.cache.get_or_build("eval", self.key(digest), build)
+        # collective: under DDP every rank samples its share of the seeds
+        folder, _ = self.run.cache.get_or_build("eval", self.key(digest), build, collective=True)
         return json.loads((folder / "result.json").read_text())

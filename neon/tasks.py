@@ -14,13 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from neon.callbacks import NeonMerge, merged_name
+from neon.distributed import is_main
 from neon.errors import NeonError
 from neon.io import atomic_path, load_state_dict, save_state_dict, write_json, write_text
 from neon.merge import extrapolate, merge_files
 from neon.metrics.evaluate import features_of_images, interleave
 from neon.metrics.images import digest_source, read_image_source
 from neon.metrics.reference import reference_from_features, uint8_images_to_unit
-from neon.report import w_label, write_w_curve
+from neon.report import w_label, write_sample_grid, write_w_curve
 from neon.runtime import Run, log, merge_ws, plain, positive_int
 from neon.seeding import parse_seeds
 from neon.stages import (
@@ -57,7 +58,8 @@ def theta_r_and_theta_s(run: Run, budgets: list[int]) -> tuple:
         s_key = synthetic_key(run, base_digest)
         s_dir = None
         if run.cfg.neon.synthetic.mode != "stream":
-            s_dir, built = run.cache.get_or_build("synthetic", s_key, lambda work: synthesize_into(run, module, work))
+            s_dir, built = run.cache.get_or_build("synthetic", s_key, lambda work: synthesize_into(run, module, work),
+                                                  collective=True)
             log.info("S: %s %s", "wrote" if built else "reusing", s_dir)
     with run.stage("finetune"):
         theta_s_paths = finetuned_weights(run, module, synthetic_data(run, module, s_dir), base_digest, s_key, budgets)
@@ -95,11 +97,6 @@ def run_neon(cfg: DictConfig) -> dict:
             c_path = finetuned_weights(run, module, real, base_digest, {"real_data": plain(cfg.data)}, [best_b])[best_b]
         control = [r["fid"] for r in sweep_w(run, evaluator, theta_r, load_state_dict(c_path), ws, "control")]
 
-    with run.stage("merge"):
-        module.load_neon_weights(extrapolate(theta_r, load_state_dict(theta_s_paths[best_b]), ws[best]))
-        save_checkpoint_pair(module, run.out / "theta_neon", cfg.model)
-
-    write_w_curve(run.out, ws, fids, control, grid={b: [r["fid"] for r in grid[b]] for b in budgets})
     summary = {
         "task": "neon",
         "family": cfg.model._target_,
@@ -118,27 +115,52 @@ def run_neon(cfg: DictConfig) -> dict:
         "eval_sampler": plain(evaluator.sampler_cfg),
         "metric": evaluator.trace(),
         "scores_neon": {k: v for k, v in grid[best_b][best].items() if k not in ("digest",)},
-        "seconds": {k: round(v, 3) for k, v in run.seconds.items()},
         "artifacts": {"theta_r": str(base_path), "synthetic": str(s_dir) if s_dir else "streamed",
                       "theta_s": {str(b): str(p) for b, p in theta_s_paths.items()},
                       "theta_neon": str(run.out / "theta_neon.safetensors")},
         "seed": cfg.seed,
     }
+    if not is_main():  # under DDP, rank 0 writes the results
+        return summary
+    with run.stage("merge"):
+        module.load_neon_weights(extrapolate(theta_r, load_state_dict(theta_s_paths[best_b]), ws[best]))
+        save_checkpoint_pair(module, run.out / "theta_neon", cfg.model)
+    write_w_curve(run.out, ws, fids, control, grid={b: [r["fid"] for r in grid[b]] for b in budgets})
+    grids = write_previews(run, evaluator, module, theta_r, f"w = {w_label(ws[best])}, B = {best_b}")
+    summary["seconds"] = {k: round(v, 3) for k, v in run.seconds.items()}
     write_json(run.out / "summary.json", summary)
     run.log_results(
         [{"w": w, "fid": f} for w, f in zip(ws, fids) if isinstance(w, float)],
         {"fid_base": fid_base, "fid_neon": fids[best], "budget_steps": best_b,
          **({"w": ws[best]} if isinstance(ws[best], float) else {})},
+        images={"neon/w_curve": run.out / "w_curve.png", **grids},
     )
     print_table(summary)
     log.info("FID base %.6g → neon %.6g at w = %s, B = %d (%s)", fid_base, fids[best], w_label(ws[best]), best_b, run.out)
     return summary
 
 
+def write_previews(run: Run, evaluator: Evaluator, module, theta_r: dict, neon_label: str) -> dict[str, Path]:
+    """Sample grids of θ_r and θ_neon (the module holds θ_neon) from the same seeds, with the evaluation
+    sampler: `samples_theta_r.png`, `samples_theta_neon.png`."""
+    n = int(run.cfg.get("preview_samples") or 0)
+    if n <= 0:
+        return {}
+    seeds, sampler = list(range(n)), instantiate(evaluator.sampler_cfg)
+    module.to(run.device).eval()
+    neon_x, _ = module.generate(seeds, sampler)
+    theta_neon = copy_weights(module.neon_weights())
+    module.load_neon_weights(theta_r)
+    base_x, _ = module.generate(seeds, sampler)
+    module.load_neon_weights(theta_neon)
+    return {"samples/theta_r": write_sample_grid(run.out / "samples_theta_r.png", base_x, "θ_r"),
+            "samples/theta_neon": write_sample_grid(run.out / "samples_theta_neon.png", neon_x, f"θ_neon ({neon_label})")}
+
+
 def sweep_w(run: Run, evaluator: Evaluator, theta_r: dict, theta_s: dict, ws: list, label: str) -> list[dict]:
     """Scores of (1 + w)·θ_r − w·θ_s for every w."""
     results = []
-    for w in tqdm(ws, desc=f"merge + evaluate ({label})", unit="w"):
+    for w in tqdm(ws, desc=f"merge + evaluate ({label})", unit="w", disable=not is_main()):
         with run.stage("merge"):
             merged = extrapolate(theta_r, theta_s, w)
         with run.stage("evaluate"):
@@ -175,10 +197,12 @@ def run_pretrain(cfg: DictConfig) -> dict:
     run = Run.from_config(cfg)
     with run.stage("pretrain"):
         pretrain_into(run, run.out)
+    summary = {"task": "pretrain", "theta_r": str(run.out / THETA_R), "seconds": run.seconds}
+    if not is_main():
+        return summary
     module = run.build_module()
     module.load_neon_weights(load_state_dict(run.out / THETA_R))
     save_checkpoint_pair(module, run.out / "theta_r", cfg.model)
-    summary = {"task": "pretrain", "theta_r": str(run.out / THETA_R), "seconds": run.seconds}
     write_json(run.out / "summary.json", summary)
     return summary
 
@@ -192,10 +216,11 @@ def run_synthesize(cfg: DictConfig) -> dict:
     out = Path(cfg.task.out) if cfg.task.get("out") else run.out / "synthetic"
     with run.stage("synthesize"):
         synthesize_into(run, module, out)
-    write_json(out / "key.json", synthetic_key(run, digest))
     summary = {"task": "synthesize", "synthetic": str(out), "theta_r": str(base_path),
                "n_synthetic": cfg.neon.n_synthetic, "sampler": plain(cfg.sampler), "seconds": run.seconds}
-    write_json(run.out / "summary.json", summary)
+    if is_main():
+        write_json(out / "key.json", synthetic_key(run, digest))
+        write_json(run.out / "summary.json", summary)
     return summary
 
 
@@ -215,11 +240,12 @@ def run_finetune(cfg: DictConfig) -> dict:
     with run.stage("finetune"):
         budget = max(budgets_of(cfg))
         tuned = finetune_module(run, module, synthetic_data(run, module, s_dir), budget, callbacks=[merge_cb])
-        save_state_dict(tuned.neon_weights(), run.out / "theta_s.safetensors")
     summary = {"task": "finetune", "theta_r": str(base_path), "theta_s": str(run.out / "theta_s.safetensors"),
                "theta_neon": {k: str(v) for k, v in merge_cb.paths.items()}, "budget_steps": budget,
                "seconds": run.seconds}
-    write_json(run.out / "summary.json", summary)
+    if is_main():
+        save_state_dict(tuned.neon_weights(), run.out / "theta_s.safetensors")
+        write_json(run.out / "summary.json", summary)
     return summary
 
 
@@ -271,7 +297,8 @@ def run_evaluate(cfg: DictConfig) -> dict:
                "eval_sampler": plain(evaluator.sampler_cfg), "metric": evaluator.trace(), "seconds": run.seconds}
     if samples:
         summary["metric"]["num_samples"] = {str(samples): len(images)}
-    write_json(run.out / "summary.json", summary)
+    if is_main():
+        write_json(run.out / "summary.json", summary)
     return summary
 
 
@@ -438,7 +465,8 @@ def run_search(cfg: DictConfig) -> dict:
             result = evaluator.score(extrapolate(theta_r, loaded[budget], w))
         points.append({"budget_steps": budget, "cfg": cfg_value, "w": w, "fid": result["fid"],
                        "num_samples": evaluator.num_samples})
-        write_json(run.out / "search.json", {"points": points})  # progress, readable while it runs
+        if is_main():
+            write_json(run.out / "search.json", {"points": points})  # progress, readable while it runs
         return result["fid"]
 
     coarse = {}
@@ -463,8 +491,9 @@ def run_search(cfg: DictConfig) -> dict:
     summary = {"task": "search", "fid_base": fid_base, "fid_neon": fid_final, "fid_search": fid_small, "w": w,
                "budget_steps": b, "cfg_key": t.get("cfg_key"), "cfg": c, "points": points,
                "tolerance": float(t.tolerance), "theta_r": str(base_path), "seconds": run.seconds}
-    write_json(run.out / "search.json", {"points": points, "chosen": {"budget_steps": b, "cfg": c, "w": w}})
-    write_json(run.out / "summary.json", summary)
+    if is_main():
+        write_json(run.out / "search.json", {"points": points, "chosen": {"budget_steps": b, "cfg": c, "w": w}})
+        write_json(run.out / "summary.json", summary)
     log.info("search: best B=%d cfg=%s w=%g: FID %.6g (search) / %.6g (final), θ_r %.6g", b, c, w, fid_small,
              fid_final, fid_base)
     return summary

@@ -14,7 +14,7 @@ from neon.families.edm import EDMModule, heun_sampler
 from neon.families.edm.losses import edm_loss
 from neon.families.edm.module import build_network
 from neon.families.edm.snapshot import read_snapshot
-from neon.seeding import PerSampleRNG
+from neon.seeding import PerSampleRNG, StepNoise
 from tests.edm_snapshot import TINY_DDPMPP, write_snapshot
 
 # The released CIFAR-10 DDPM++ network's constructor kwargs (edm-cifar10-32x32-cond-vp.pkl).
@@ -137,11 +137,11 @@ def test_quantized_output_and_sample_export(tiny: EDMModule):
 def test_edm_loss_weighting():
     net = build_network(dict(TINY_DDPMPP, label_dim=0)).eval()
     images = torch.randn(4, 3, 8, 8) * 0.5
-    torch.manual_seed(5)
-    loss = edm_loss(net, images, None)
-    torch.manual_seed(5)
-    sigma = (torch.randn([4, 1, 1, 1]) * 1.2 - 1.2).exp()
-    noise = torch.randn_like(images) * sigma
+    loss = edm_loss(net, images, None, StepNoise.single(4, seed=5))
+    # the same draws in the same order: ln σ first, then the image noise
+    gen = torch.Generator().manual_seed(StepNoise.single(4, seed=5).generator.initial_seed())
+    sigma = (torch.randn([4, 1, 1, 1], generator=gen) * 1.2 - 1.2).exp()
+    noise = torch.randn([4, 3, 8, 8], generator=gen) * sigma
     weight = (sigma ** 2 + 0.25) / (sigma * 0.5) ** 2
     torch.testing.assert_close(loss, weight * (net(images + noise, sigma, None) - images) ** 2)
 
@@ -150,12 +150,12 @@ def test_training_step_and_ema_halflife():
     module = EDMModule(dict(TINY_DDPMPP), ema_halflife_kimg=0.5)
     assert module.ema_rule.beta(batch_size=500) == pytest.approx(0.5)
     batch = {"x": torch.rand(6, 3, 8, 8) * 2 - 1, "label": torch.tensor([0, 1, 2, 3, 4, 5])}
-    loss = module.loss(batch)
+    loss = module.loss(batch, StepNoise.single(6))
     assert loss.ndim == 0 and math.isfinite(loss.item())
     with pytest.raises(NeonError, match="expects \\(3, 8, 8\\)"):
-        module.loss({"x": torch.rand(2, 1, 8, 8), "label": torch.tensor([0, 1])})
+        module.loss({"x": torch.rand(2, 1, 8, 8), "label": torch.tensor([0, 1])}, StepNoise.single(2))
     with pytest.raises(NeonError, match="no labels"):
-        module.loss({"x": batch["x"]})
+        module.loss({"x": batch["x"]}, StepNoise.single(6))
 
 
 def test_writer_emits_the_official_hook(tmp_path: Path):

@@ -27,7 +27,8 @@ def test_run_folder_holds_config_summary_and_w_curve(tiny_toy_run: Path):
     fids = [float(r["fid"]) for r in rows]
     assert summary["fid_base"] == fids[0] and summary["fid_neon"] == min(fids)
     assert summary["w"] == [0.0, 0.5, 1.0][fids.index(min(fids))]
-    assert (run / "w_curve.png").read_bytes()[:4] == b"\x89PNG"
+    for png in ("w_curve.png", "samples_theta_r.png", "samples_theta_neon.png"):
+        assert (run / png).read_bytes()[:4] == b"\x89PNG", png
     assert (run / ".hydra" / "config.yaml").exists()
     assert set(load_file(run / "theta_neon.safetensors")) == {"inp.weight", "inp.bias", "out.weight", "out.bias",
                                                               *[f"blocks.{i}.{p}" for i in range(4) for p in ("weight", "bias")]}

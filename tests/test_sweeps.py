@@ -57,7 +57,8 @@ def test_wandb_offline_one_run_per_job_in_one_group(tmp_path: Path):
     assert len(runs) == 2  # one finished run per job, each in its own job folder
     for run in runs:
         raw = run.read_bytes()  # protobuf records keep strings as they are
-        for key in (b"grp7f3a", b"neon/fid", b"neon/w", b"summary/fid_neon", b"neon/w_curve"):
+        for key in (b"grp7f3a", b"neon/fid", b"neon/w", b"summary/fid_neon", b"neon/w_curve", b"samples/theta_r",
+                    b"samples/theta_neon"):
             assert key in raw, key
 
 

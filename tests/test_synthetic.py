@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from functools import partial
+from itertools import islice
 from pathlib import Path
 
 import pytest
 import torch
 
-from neon.data.synthetic import SyntheticDataModule, SyntheticShards, write_synthetic_set
+from neon.data.synthetic import SyntheticDataModule, read_synthetic_set, write_synthetic_set
 from neon.errors import NeonError
 from neon.families.toy2d import ToyDiffusion, ddim
 from neon.seeding import PerSampleRNG, parse_seeds
+from tests.process_group import in_process_group
 
 SEEDS = list(range(100, 161))  # 61 samples: blocks and shards do not divide it evenly
 
@@ -49,29 +51,36 @@ def test_parse_seeds():
         parse_seeds("a-b")
 
 
-def test_shards_are_identical_across_shard_sizes_and_ranks(toy, tmp_path: Path):
-    write_synthetic_set(toy, sampler(), SEEDS, tmp_path / "one", block_size=8, shard_size=64, progress=False)
-    for r in range(3):  # three "processes", each writing its strided share of shards
-        write_synthetic_set(toy, sampler(), SEEDS, tmp_path / "three", block_size=8, shard_size=16,
-                            rank=r, world_size=3, progress=False)
-    a, b = SyntheticShards(tmp_path / "one").data, SyntheticShards(tmp_path / "three").data
+def _write_share(rank: int, out: str, shard_size: int) -> None:
+    torch.manual_seed(0)
+    write_synthetic_set(ToyDiffusion().eval(), sampler(), SEEDS, out, block_size=8, shard_size=shard_size,
+                        progress=False)
+
+
+def test_shards_are_identical_across_shard_sizes_and_ranks(tmp_path: Path):
+    in_process_group(1, _write_share, str(tmp_path / "one"), 64)
+    in_process_group(3, _write_share, str(tmp_path / "three"), 16)  # three processes share the blocks
+    a, b = read_synthetic_set(tmp_path / "one").tensors, read_synthetic_set(tmp_path / "three").tensors
     assert torch.equal(a["seed"], torch.tensor(SEEDS)) and torch.equal(a["seed"], b["seed"])
     assert torch.equal(a["x"], b["x"])
+    assert sorted(p.name for p in (tmp_path / "three").iterdir()) == [f"shard_0000{i}.pt" for i in range(4)]
 
 
 @pytest.mark.parametrize("mode", ["shards", "stream"])
 def test_loader_batch_size_and_workers_do_not_change_S(toy, tmp_path: Path, mode: str):
     write_synthetic_set(toy, sampler(), SEEDS, tmp_path / "s", block_size=8, shard_size=64, progress=False)
-    reference = by_seed([SyntheticShards(tmp_path / "s").data])
+    reference = by_seed([read_synthetic_set(tmp_path / "s").tensors])
     for batch_size, workers in ((1, 0), (7, 0), (7, 2)):
         if mode == "shards":
             dm = SyntheticDataModule(batch_size, directory=tmp_path / "s", num_workers=workers)
         else:
             dm = SyntheticDataModule(batch_size, module=toy, sampler=sampler(), seeds=SEEDS, block_size=8,
                                      num_workers=workers)
-        got = by_seed(dm.train_dataloader())
-        assert sorted(got) == SEEDS
-        assert all(torch.equal(got[s], reference[s]) for s in SEEDS), (batch_size, workers)
+        loader = dm.train_dataloader()
+        # shards: endless global batches, one epoch is its whole batches; a stream ends after S
+        got = by_seed(loader if mode == "stream" else islice(loader, len(SEEDS) // batch_size))
+        assert len(got) == (len(SEEDS) if mode == "stream" else len(SEEDS) // batch_size * batch_size)
+        assert all(torch.equal(got[s], reference[s]) for s in got), (batch_size, workers)
 
 
 def test_interrupted_synthesis_resumes_missing_shards_only(toy, tmp_path: Path):
@@ -108,12 +117,12 @@ class Conditional(ToyDiffusion):
 def test_labels_are_kept_and_class_balanced_on_request(tmp_path: Path):
     model = Conditional()
     write_synthetic_set(model, sampler(), SEEDS, tmp_path / "bal", block_size=8, shard_size=16, progress=False)
-    data = SyntheticShards(tmp_path / "bal").data
+    data = read_synthetic_set(tmp_path / "bal").tensors
     assert torch.equal(data["label"], torch.arange(len(SEEDS)) % 3)
     assert torch.equal((data["x"][:, 0] / 10).round().long(), data["label"])  # each label stays with its sample
     write_synthetic_set(model, sampler(), SEEDS, tmp_path / "free", block_size=8, shard_size=16,
                         class_balanced=False, progress=False)
-    free = SyntheticShards(tmp_path / "free").data
+    free = read_synthetic_set(tmp_path / "free").tensors
     assert not torch.equal(free["label"], data["label"]) and set(free["label"].tolist()) <= {0, 1, 2}
     batch = next(iter(SyntheticDataModule(5, directory=tmp_path / "bal").train_dataloader()))
     assert set(batch) == {"x", "label", "seed"}

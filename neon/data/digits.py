@@ -5,8 +5,9 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from neon.data.batches import TensorItems, global_batch_loader
 from neon.metrics.extractors import FeatureExtractor
 from neon.metrics.reference import Reference, reference_from_features
 
@@ -20,19 +21,6 @@ def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(digits.target.astype(np.int64))
 
 
-class LabelledImages(Dataset):
-    """Images and labels as {'x', 'label'} items."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.images[i], "label": self.labels[i]}
-
-
 class DigitsDataModule(L.LightningDataModule):
     """The real digits for pretraining (and for the real-data control fine-tune)."""
 
@@ -43,9 +31,8 @@ class DigitsDataModule(L.LightningDataModule):
         self.num_classes = 10
 
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(LabelledImages(self.images, self.labels), batch_size=self.batch_size, shuffle=True,
-                          drop_last=len(self.images) > self.batch_size, generator=gen, num_workers=self.num_workers)
+        data = TensorItems({"x": self.images, "label": self.labels})
+        return global_batch_loader(data, self.batch_size, self.seed, self.num_workers)
 
     def reference(self, extractor: FeatureExtractor) -> Reference:
         """Statistics and features of all real digits."""

@@ -7,38 +7,15 @@ from collections.abc import Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader
 
+from neon.data.batches import TensorItems, global_batch_loader
 from neon.metrics.extractors import FeatureExtractor, IdentityFeatures
 from neon.metrics.reference import Reference, reference_from_features
 
 
-class PointSet(Dataset):
-    """A tensor of points as a dataset of {'x': point} items."""
-
-    def __init__(self, points: torch.Tensor):
-        self.points = points
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"x": self.points[i]}
-
-
-class FullBatches(IterableDataset):
-    """The whole set as one batch, forever: full-batch training without a Lightning epoch per step."""
-
-    def __init__(self, points: torch.Tensor):
-        self.points = points
-
-    def __iter__(self):
-        while True:
-            yield {"x": self.points}
-
-
 class Gaussian2DDataModule(L.LightningDataModule):
-    """`n_train` points from N(mean, cov), drawn once from `seed`."""
+    """`n_train` points from N(mean, cov), drawn once from `seed` (which also orders the batches)."""
 
     def __init__(
         self,
@@ -53,17 +30,14 @@ class Gaussian2DDataModule(L.LightningDataModule):
         self.mean = np.asarray(mean, dtype=np.float64)
         self.cov = np.asarray(cov, dtype=np.float64)
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers, self.seed = num_workers, seed
         rng = np.random.default_rng(seed)
         self.points = torch.from_numpy(rng.multivariate_normal(self.mean, self.cov, n_train).astype(np.float32))
         self.num_classes = 0
 
     def train_dataloader(self) -> DataLoader:
-        if self.batch_size >= len(self.points):
-            return DataLoader(FullBatches(self.points), batch_size=None)
-        return DataLoader(
-            PointSet(self.points), batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers
-        )
+        # batch_size ≥ n_train: full-batch training, the whole set every step
+        return global_batch_loader(TensorItems({"x": self.points}), self.batch_size, self.seed, self.num_workers)
 
     def reference(self, extractor: FeatureExtractor) -> Reference:
         """The exact Gaussian in the identity feature space; the training points' features otherwise."""

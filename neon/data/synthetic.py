@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from neon.data.batches import TensorItems, global_batch_loader
+from neon.distributed import barrier, broadcast, rank_world
 from neon.errors import NeonError
 from neon.io import atomic_path
 from neon.module import NeonModule, Sampler
@@ -57,54 +58,55 @@ def write_synthetic_set(
     block_size: int = 256,
     shard_size: int = 8192,
     class_balanced: bool = True,
-    rank: int = 0,
-    world_size: int = 1,
     progress: bool = True,
 ) -> list[Path]:
-    """Write S as shards `shard_XXXXX.pt`; rank r writes shards r, r + W, ...; finished shards are kept."""
+    """Write S as shards `shard_XXXXX.pt`, computed block by block. Under DDP the ranks share the blocks
+    (the union is the one-process S, bit for bit) and rank 0 joins them into shards. Finished blocks and
+    shards are kept, so an interrupted run resumes where it stopped, with any number of processes."""
     if shard_size % block_size:
         raise NeonError(f"neon.synthetic.shard_size ({shard_size}) must be a multiple of block_size ({block_size})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n_shards = math.ceil(len(seeds) / shard_size)
-    paths = []
-    mine = range(rank, n_shards, world_size)
-    bar = tqdm(total=sum(min(len(seeds), (s + 1) * shard_size) - s * shard_size for s in mine),
-               desc="synthesize S", unit="sample", disable=not progress)
-    for s in mine:
-        path = out_dir / f"shard_{s:05d}.pt"
-        lo, hi = s * shard_size, min(len(seeds), (s + 1) * shard_size)
-        if not path.exists():  # resume: shards already written are complete (atomic rename)
-            parts = []
-            for block in _blocks(lo, hi, block_size):
-                parts.append(generate_block(module, sampler, seeds, block, class_balanced))
-                bar.update(len(block))
-            shard = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-            with atomic_path(path) as tmp:
-                torch.save(shard, tmp)
-        else:
-            bar.update(hi - lo)
-        paths.append(path)
+    rank, world = rank_world()
+    shards = [(out_dir / f"shard_{s:05d}.pt", range(lo, min(len(seeds), lo + shard_size)))
+              for s, lo in enumerate(range(0, len(seeds), shard_size))]
+    blocks = [(out_dir / f"block_{b.start:09d}.pt", b)
+              for path, span in shards if not path.exists() for b in _blocks(span.start, span.stop, block_size)]
+    # rank 0 decides what is missing before anyone writes, so every rank sees the same list
+    todo = broadcast([i for i, (path, _) in enumerate(blocks) if not path.exists()])
+    mine = todo[rank::world]
+    bar = tqdm(total=sum(len(blocks[i][1]) for i in mine), desc="synthesize S", unit="sample",
+               disable=not progress or rank != 0)
+    for i in mine:
+        path, block = blocks[i]
+        out = generate_block(module, sampler, seeds, block, class_balanced)
+        with atomic_path(path) as tmp:
+            torch.save(out, tmp)
+        bar.update(len(block))
     bar.close()
-    return paths
+    barrier()
+    if rank == 0:
+        for path, span in shards:
+            if path.exists():
+                continue
+            parts = [p for p, b in blocks if span.start <= b.start < span.stop]
+            loaded = [torch.load(p, weights_only=True) for p in parts]
+            with atomic_path(path) as tmp:
+                torch.save({k: torch.cat([part[k] for part in loaded]) for k in loaded[0]}, tmp)
+            for p in parts:
+                p.unlink()
+    barrier()
+    return [path for path, _ in shards]
 
 
-class SyntheticShards(Dataset):
+def read_synthetic_set(directory: str | Path) -> TensorItems:
     """S read back from its shards (memory-mapped): items {'x', 'seed'[, 'label']}."""
-
-    def __init__(self, directory: str | Path):
-        directory = Path(directory)
-        files = sorted(directory.glob("shard_*.pt"))
-        if not files:
-            raise NeonError(f"no synthetic shards (shard_*.pt) in '{directory}': run task=synthesize first")
-        shards = [torch.load(f, map_location="cpu", mmap=True, weights_only=True) for f in files]
-        self.data = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
-
-    def __len__(self) -> int:
-        return len(self.data["x"])
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {k: v[i] for k, v in self.data.items()}
+    directory = Path(directory)
+    files = sorted(directory.glob("shard_*.pt"))
+    if not files:
+        raise NeonError(f"no synthetic shards (shard_*.pt) in '{directory}': run task=synthesize first")
+    shards = [torch.load(f, map_location="cpu", mmap=True, weights_only=True) for f in files]
+    return TensorItems({k: torch.cat([s[k] for s in shards]) for k in shards[0]})
 
 
 class SyntheticStream(IterableDataset):
@@ -148,15 +150,11 @@ class SyntheticDataModule(L.LightningDataModule):
         self.directory = directory
         self.stream_args = (module, sampler, seeds, block_size, class_balanced)
 
-    def dataset(self) -> Dataset:
-        """S as a dataset: the shards, or a live stream."""
-        if self.directory is not None:
-            return SyntheticShards(self.directory)
-        return SyntheticStream(*self.stream_args)
-
     def train_dataloader(self) -> DataLoader:
-        ds = self.dataset()
-        if isinstance(ds, IterableDataset):
-            return DataLoader(ds, batch_size=self.batch_size, num_workers=self.num_workers)
-        gen = torch.Generator().manual_seed(self.shuffle_seed)
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, generator=gen, num_workers=self.num_workers)
+        if self.directory is not None:
+            return global_batch_loader(read_synthetic_set(self.directory), self.batch_size, self.shuffle_seed,
+                                       self.num_workers)
+        if rank_world()[1] > 1:
+            raise NeonError("neon.synthetic.mode=stream runs in one process: with trainer=ddp use "
+                            "neon.synthetic.mode=cached (the ranks then share the sampling)")
+        return DataLoader(SyntheticStream(*self.stream_args), batch_size=self.batch_size, num_workers=self.num_workers)

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from neon.module import Batch, NeonModule, Sampler
-from neon.seeding import PerSampleRNG
+from neon.seeding import PerSampleRNG, StepNoise
 
 
 def cosine_alpha_bar(steps: int, s: float = 0.008) -> torch.Tensor:
@@ -76,11 +76,11 @@ class ToyDiffusion(NeonModule):
         self.train_steps = train_steps
         self.register_buffer("alpha_bar", cosine_alpha_bar(train_steps), persistent=False)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
         x = batch["x"]
-        idx = torch.randint(0, self.train_steps, (len(x),), device=x.device)
+        idx = noise.randint(self.train_steps)
         a = self.alpha_bar[idx].unsqueeze(1)
-        eps = torch.randn_like(x)
+        eps = noise.randn(*x.shape[1:], dtype=x.dtype)
         noised = a.sqrt() * x + (1 - a).sqrt() * eps
         pred = self.net(noised, idx.float() / max(1, self.train_steps - 1))
         return F.mse_loss(pred, eps)

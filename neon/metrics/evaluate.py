@@ -11,15 +11,9 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from neon.data.synthetic import generate_block
+from neon.distributed import rank_world
 from neon.metrics.extractors import FeatureExtractor
 from neon.module import NeonModule, Sampler
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world size) of the running process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def interleave(shares: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -47,9 +41,9 @@ def sample_features(
     """Features of one sample per seed (labels by the balanced rule i mod C). Under a process group each
     rank draws its strided share of the seeds; the features are gathered once, in seed order, so the
     result equals one process's."""
-    rank, world = distributed_rank()
+    rank, world = rank_world()
     mine = list(range(rank, len(seeds), world))
-    starts = tqdm(range(0, len(mine), block_size), desc="evaluate", unit="block", disable=not progress)
+    starts = tqdm(range(0, len(mine), block_size), desc="evaluate", unit="block", disable=not progress or rank != 0)
     local = concat_features(
         extractor.extract(generate_block(module, sampler, seeds, mine[s:s + block_size], class_balanced=True)["x"])
         for s in starts

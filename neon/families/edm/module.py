@@ -18,7 +18,7 @@ from neon.families.edm.losses import loss_for
 from neon.families.edm.precond import PRECONDS, Precond
 from neon.families.edm.snapshot import read_snapshot
 from neon.module import EMA, Batch, NeonModule, Sampler
-from neon.seeding import PerSampleRNG
+from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
 
@@ -70,7 +70,7 @@ class EDMModule(NeonModule):
             return None
         return F.one_hot(labels.long(), self.num_classes).to(torch.float32)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
         x = batch["x"]
         if tuple(x.shape[1:]) != self.image_shape:
             raise NeonError(f"images of shape {tuple(x.shape[1:])} do not fit the network, which expects {self.image_shape}")
@@ -78,7 +78,7 @@ class EDMModule(NeonModule):
         if self.num_classes and labels is None:
             raise NeonError("the model is class-conditional but the data has no labels")
         # summed over pixels, averaged over the batch, as the official training loop does
-        return self.loss_fn(self.net, x, labels, **self.loss_kwargs).sum() / len(x)
+        return self.loss_fn(self.net, x, labels, noise, **self.loss_kwargs).sum() / len(x)
 
     def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
         rng = PerSampleRNG(seeds, self.device)

@@ -1,0 +1,206 @@
+"""Several processes in one job (DDP): who runs them, how they find each other, and the few collective
+operations the pipeline needs. Every stage runs on every rank; ranks split sampling work and the
+fine-tune's batches, and only rank 0 writes results."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+
+from neon.errors import NeonError
+
+log = logging.getLogger("neon")
+
+# The variables torchrun exports: Lightning then treats the processes as launched by an outside launcher.
+ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the running process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    """True on the process that writes results (rank 0, or the only process)."""
+    return rank_world()[0] == 0
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    if rank_world()[1] > 1:
+        dist.barrier()
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's value of `obj` on every rank."""
+    if rank_world()[1] == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+@contextlib.contextmanager
+def main_lock(path: str) -> Iterator[None]:
+    """A file lock held by rank 0 on behalf of all ranks (they follow its decisions by `broadcast`)."""
+    with FileLock(path) if is_main() else contextlib.nullcontext():
+        yield
+
+
+# ------------------------------------------------------------------ how many processes, and who starts them
+
+
+def processes_wanted(trainer: DictConfig) -> int:
+    """Processes the trainer config asks for: devices × nodes under a DDP strategy, else 1."""
+    if "ddp" not in str(trainer.get("strategy") or ""):
+        return 1
+    devices, nodes = trainer.get("devices", 1), int(trainer.get("num_nodes", 1) or 1)
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    if not isinstance(devices, int) or devices < 1:
+        raise NeonError(f"trainer.devices must be a number of devices per node with a DDP strategy, got {devices!r}")
+    return devices * nodes
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a local process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def external_launch() -> dict[str, Any] | None:
+    """The process layout set by an outside launcher (torchrun, submitit with tasks_per_node > 1, srun),
+    or None when this is a lone process."""
+    env = os.environ
+    if {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"} <= env.keys() and int(env["WORLD_SIZE"]) > 1:
+        world = int(env["WORLD_SIZE"])
+        return {"rank": int(env["RANK"]), "world": world, "local_rank": int(env.get("LOCAL_RANK", env["RANK"])),
+                "local_world": int(env.get("LOCAL_WORLD_SIZE", world)), "node": int(env.get("GROUP_RANK", 0)),
+                "addr": env["MASTER_ADDR"], "port": int(env["MASTER_PORT"])}
+    if int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1 or int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        from submitit import JobEnvironment
+        from submitit.helpers import TorchDistributedEnvironment
+
+        job = JobEnvironment()
+        # submitit knows the hosts of both its local and its SLURM jobs; the port is derived from the job id
+        te = TorchDistributedEnvironment()
+        return {"rank": te.rank, "world": te.world_size, "local_rank": te.local_rank,
+                "local_world": te.local_world_size, "node": job.node, "addr": te.master_addr, "port": te.master_port}
+    return None
+
+
+def init_process_group(layout: dict[str, Any], accelerator: str) -> None:
+    """Join the job's process group (gloo on CPUs, NCCL on GPUs) and export torchrun's variables."""
+    os.environ.update({
+        "MASTER_ADDR": str(layout["addr"]), "MASTER_PORT": str(layout["port"]), "RANK": str(layout["rank"]),
+        "WORLD_SIZE": str(layout["world"]), "LOCAL_RANK": str(layout["local_rank"]),
+        "LOCAL_WORLD_SIZE": str(layout["local_world"]), "GROUP_RANK": str(layout["node"]),
+        "NODE_RANK": str(layout["node"]),
+    })
+    gpu = accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    if gpu:
+        torch.cuda.set_device(layout["local_rank"])
+    dist.init_process_group("nccl" if gpu else "gloo", rank=layout["rank"], world_size=layout["world"],
+                            timeout=timedelta(minutes=int(os.environ.get("NEON_DIST_TIMEOUT_MIN", "60"))))
+
+
+def launch(entry: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run a task in the processes the trainer config asks for. One process: call it. An outside launcher
+    (torchrun, submitit, srun) started them: join its group. Otherwise spawn them here, one per device, each
+    running the whole task; rank 0's result is returned. Tasks without `task.ddp` run as they are."""
+    if not cfg.task.get("ddp", False):
+        return entry(cfg)
+    wanted = processes_wanted(cfg.trainer)
+    layout = external_launch()
+    if layout is not None:
+        if layout["world"] != wanted:
+            raise NeonError(
+                f"the launcher started {layout['world']} processes but the trainer asks for {wanted} "
+                f"(trainer.devices × trainer.num_nodes with a DDP strategy): make them agree, e.g. "
+                f"hydra.launcher.tasks_per_node=trainer.devices")
+        return _run_rank(entry, cfg, layout)
+    if wanted == 1:
+        return entry(cfg)
+    if int(cfg.trainer.get("num_nodes", 1) or 1) > 1:
+        raise NeonError("trainer.num_nodes > 1 needs a launcher that starts every process: "
+                        "hydra/launcher=submitit_slurm (tasks_per_node = GPUs per node), srun or torchrun")
+    return _spawn(entry, cfg, wanted)
+
+
+def _spawn(entry: Callable[[DictConfig], Any], cfg: DictConfig, world: int) -> Any:
+    # the children have no Hydra context: give them the config with every interpolation resolved
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    log_files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    queue = mp.get_context("spawn").SimpleQueue()
+    context = mp.start_processes(_spawned_rank, args=(entry, resolved, world, free_port(), log_files, queue),
+                                 nprocs=world, start_method="spawn", join=False)
+    messages: list[tuple[str, Any]] = []
+    try:
+        while not context.join(timeout=0.2):
+            while not queue.empty():  # drained while running: a large result must not block its sender
+                messages.append(queue.get())
+    except mp.ProcessExitedException:
+        pass  # a rank stopped on a user error: its message is in the queue (the others were terminated)
+    while not queue.empty():
+        messages.append(queue.get())
+    errors = [value for kind, value in messages if kind == "error"]
+    if errors:
+        raise NeonError(errors[0])
+    results = [value for kind, value in messages if kind == "result"]
+    if not results:
+        raise NeonError(f"a rank of the {world}-process job stopped without a result: see its output above")
+    return results[0]
+
+
+def _run_rank(entry: Callable[[DictConfig], Any], cfg: DictConfig, layout: dict[str, Any]) -> Any:
+    if layout["rank"] != 0:
+        log.setLevel(logging.WARNING)  # one account of the job: rank 0's
+    init_process_group(layout, str(cfg.trainer.get("accelerator", "auto")))
+    # ranks started apart (torchrun) each got a Hydra run folder of their own: all use rank 0's
+    cfg.paths.output_dir = broadcast(str(cfg.paths.output_dir))
+    try:
+        return entry(cfg)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawned_rank(rank: int, entry, resolved: dict, world: int, port: int, log_files: list[str], queue) -> None:
+    from neon.cli import finish_loggers, quiet_libraries, user_error
+
+    # a fresh interpreter: set up logging and threads as the parent job did
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if rank == 0:
+        handlers += [logging.FileHandler(f) for f in log_files]
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, handlers=handlers,
+                        format=f"[%(asctime)s][%(name)s][%(levelname)s][rank {rank}] - %(message)s")
+    quiet_libraries()
+    cfg = OmegaConf.create(resolved)
+    torch.set_num_threads(int(cfg.get("threads") or max(1, (os.cpu_count() or 1) // world)))
+    layout = {"rank": rank, "world": world, "local_rank": rank, "local_world": world, "node": 0,
+              "addr": "127.0.0.1", "port": port}
+    try:
+        result = _run_rank(entry, cfg, layout)
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None:
+            raise
+        queue.put(("error", f"rank {rank}: {message}"))
+        raise SystemExit(2) from None
+    finally:
+        finish_loggers()
+    if rank == 0:
+        queue.put(("result", result))

@@ -18,6 +18,9 @@ from neon.distributed import barrier, broadcast, main_lock, rank_world
 from neon.io import digest_config, write_json
 
 CHECKSUMS = "checksums.json"
+# Raised whenever what a stage computes from the same key changes (v2: global batches and per-step
+# training noise), so that artifacts of older versions are never mistaken for current ones.
+FORMAT = 2
 
 
 def _sha256(path: Path) -> str:
@@ -39,7 +42,7 @@ class ArtifactCache:
 
     def path(self, kind: str, key_obj: Any) -> Path:
         """Where the artifact for this key lives (whether or not it exists yet)."""
-        return self.root / kind / digest_config(key_obj)
+        return self.root / kind / digest_config({"format": FORMAT, "key": key_obj})
 
     def get_or_build(self, kind: str, key_obj: Any, build: Callable[[Path], None],
                      collective: bool = False) -> tuple[Path, bool]:

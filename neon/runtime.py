@@ -37,6 +37,15 @@ def plain(node: Any) -> Any:
     return node
 
 
+def model_spec(cfg: DictConfig) -> dict[str, Any]:
+    """The model group as constructor settings, resolved against the whole config (so that
+    ${paths.cache_dir} and the like resolve); a missing mandatory value (???) raises."""
+    model = cfg.model
+    return {k: OmegaConf.to_container(model[k], resolve=True, throw_on_missing=True)
+            if isinstance(model[k], (DictConfig, ListConfig)) else model[k]
+            for k in model if k not in MODEL_META_KEYS}
+
+
 def merge_ws(cfg: DictConfig) -> list[WSpec]:
     """`neon.w` as a list of coefficients (a number, a list, or a block-wise mapping)."""
     w = plain(cfg.neon.w)
@@ -114,8 +123,7 @@ class Run:
 
     def build_module(self) -> NeonModule:
         """The family's LightningModule, with fresh weights."""
-        spec = OmegaConf.masked_copy(self.cfg.model, [k for k in self.cfg.model if k not in MODEL_META_KEYS])
-        module = instantiate(spec)
+        module = instantiate(model_spec(self.cfg))
         if not isinstance(module, NeonModule):
             raise NeonError(f"model._target_ {self.cfg.model._target_} is not a NeonModule family")
         return module

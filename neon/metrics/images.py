@@ -1,4 +1,4 @@
-"""Reading real images for reference statistics: an image folder or an .npz of uint8 images."""
+"""Image helpers: reading real images for reference statistics (a folder or an .npz of uint8 images), 8-bit rounding."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from neon.errors import NeonError
 
@@ -47,3 +48,8 @@ def digest_source(source: str | Path) -> str:
         h.update(str(f.relative_to(source) if source.is_dir() else f.name).encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images to 8-bit values, rounded as EDM's generator does when writing PNGs."""
+    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)

@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from neon.errors import NeonError
 from neon.io import StateDict
+from neon.metrics.images import to_uint8
 from neon.families.edm.losses import loss_for
 from neon.families.edm.precond import PRECONDS, Precond
 from neon.families.edm.snapshot import read_snapshot
@@ -136,7 +137,3 @@ class EDMModule(NeonModule):
         """The network settings actually in use (a snapshot may have set them)."""
         return {"network": dict(self.network_kwargs)}
 
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] images to 8-bit values, rounded as the official generator does."""
-    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)

@@ -1,0 +1,179 @@
+"""The VAR family as a NeonModule: θ is the next-scale transformer; the multi-scale VQVAE is a frozen
+tokenizer, read from the release's file or trained once on the data and cached (the tiny model)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import get_method
+from torch.nn import functional as F
+
+from neon.errors import NeonError
+from neon.families.var.transformer import VARTransformer
+from neon.families.var.vqvae import VQVAE
+from neon.io import StateDict, load_state_dict, save_state_dict
+from neon.module import Batch, NeonModule, Sampler
+from neon.seeding import PerSampleRNG, StepNoise
+
+log = logging.getLogger("neon")
+
+
+class VARModule(NeonModule):
+    """VAR: teacher-forced next-scale cross-entropy with class dropout to the null class; no EMA (as the
+    reference fine-tune); samples are images in [-1, 1] on the 8-bit grid of the reference's PNGs (`quantize`)."""
+
+    def __init__(self, network: Mapping[str, Any], vae: Mapping[str, Any], vae_checkpoint: str | None = None,
+                 vae_pretrain: Mapping[str, Any] | None = None, optimizer=None, cond_drop_rate: float = 0.1,
+                 label_smoothing: float = 0.0, quantize: bool = True):
+        self.network_kwargs = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(network).items()}
+        self.vae_kwargs = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(vae).items()}
+        self.vae_kwargs.setdefault("patch_nums", self.network_kwargs.get("patch_nums"))
+        net = VARTransformer(**self.network_kwargs)
+        super().__init__(net, optimizer=optimizer, num_classes=net.num_classes)
+        self.vae = VQVAE(**self.vae_kwargs)
+        if tuple(self.vae.patch_nums) != net.patch_nums:
+            raise NeonError(f"model.vae.patch_nums {list(self.vae.patch_nums)} differ from model.network.patch_nums "
+                            f"{list(net.patch_nums)}")
+        if self.vae.quantize.vocab_size != net.vocab_size or self.vae.quantize.channels != net.word_embed.in_features:
+            raise NeonError(f"the VQVAE (vocabulary {self.vae.quantize.vocab_size}, {self.vae.quantize.channels} "
+                            f"channels) does not fit the transformer (vocab_size {net.vocab_size}, vae_channels "
+                            f"{net.word_embed.in_features})")
+        if vae_checkpoint:
+            self.load_vae(vae_checkpoint)
+        elif vae_pretrain:
+            self.vae.load_state_dict(cached_tokenizer(self.vae_kwargs, dict(vae_pretrain)))
+        else:
+            raise NeonError("VAR needs its VQVAE: give model.vae_checkpoint=PATH (the release's "
+                            "vae_ch160v4096z32.pth)")
+        self.vae.eval().requires_grad_(False)
+        self.cond_drop_rate, self.label_smoothing, self.quantize = cond_drop_rate, label_smoothing, quantize
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the generated images."""
+        return (self.vae.in_channels, self.vae.image_size, self.vae.image_size)
+
+    def train(self, mode: bool = True) -> "VARModule":
+        super().train(mode)
+        self.vae.eval()  # the tokenizer stays frozen (no dropout, no statistics) in every stage
+        return self
+
+    # --- checkpoints
+    def load_vae(self, path: str | Path) -> None:
+        """The release's VQVAE state dict; its vocabulary and latent width must match model.vae."""
+        if not Path(path).is_file():
+            raise NeonError(f"model.vae_checkpoint '{path}' does not exist: VAR needs its VQVAE "
+                            "(e.g. vae_ch160v4096z32.pth from the VAR release)")
+        state = dict(load_state_dict(path))
+        own = self.vae.state_dict()
+        found = state.get("quantize.embedding.weight")
+        want = own["quantize.embedding.weight"]
+        if found is None:
+            raise NeonError(f"'{path}' is not a VAR VQVAE: it has no quantize.embedding.weight")
+        if tuple(found.shape) != tuple(want.shape):
+            raise NeonError(f"VQVAE '{path}' has a vocabulary of {found.shape[0]} codes of width {found.shape[1]} "
+                            f"but model.vae asks for {want.shape[0]} × {want.shape[1]} (vocab_size, z_channels)")
+        # usage counts depend on the number of scales (the 512 px model reuses the 256 px file): keep ours
+        if state.get("quantize.ema_vocab_hit_SV", own["quantize.ema_vocab_hit_SV"]).shape != \
+                own["quantize.ema_vocab_hit_SV"].shape:
+            state["quantize.ema_vocab_hit_SV"] = own["quantize.ema_vocab_hit_SV"]
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise NeonError(f"VQVAE '{path}' does not fit model.vae (missing {missing[:4]}, unexpected "
+                            f"{unexpected[:4]}): check ch, ch_mult and num_res_blocks")
+        self.vae.load_state_dict(state)
+
+    def read_checkpoint(self, path: str | Path) -> StateDict:
+        """A released `var_d*.pth` (a plain state dict), checked for depth, scales, classes and vocabulary."""
+        state = super().read_checkpoint(path)
+        net = self.net
+        depth = len({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
+        checks = [
+            ("depth", depth, net.depth, "model.network.depth"),
+            ("width", _dim(state, "class_emb.weight", 1), net.dim, "model.network.embed_dim"),
+            ("number of scales", _dim(state, "lvl_embed.weight", 0), len(net.patch_nums), "model.network.patch_nums"),
+            ("token count (Σ pn²)", _dim(state, "pos_1LC", 1), net.bounds[-1][1], "model.network.patch_nums"),
+            ("class count", _dim(state, "class_emb.weight", 0) - 1, net.num_classes, "model.network.num_classes"),
+            ("vocabulary", _dim(state, "head.weight", 0), net.vocab_size, "model.network.vocab_size"),
+        ]
+        for what, found, want, key in checks:
+            if found != want:
+                raise NeonError(f"VAR checkpoint '{path}' has {what} {found} but the config gives {want}: "
+                                f"set {key} to match (e.g. model=var_d{depth})")
+        return state
+
+    def config_overrides(self) -> dict[str, Any]:
+        return {"network": dict(self.network_kwargs)}
+
+    # --- training
+    def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
+        x, labels = batch["x"], batch.get("label")
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise NeonError(f"images of shape {tuple(x.shape[1:])} do not fit the VQVAE, which expects {self.image_shape}")
+        if labels is None:
+            raise NeonError("VAR is class-conditional but the data has no labels")
+        with torch.no_grad():
+            indices = self.vae.encode_indices(x)
+            inputs = self.vae.quantize.teacher_inputs(indices)
+        # class dropout to the null class, so that the same network also gives the unconditional logits
+        labels = torch.where(noise.rand().to(x.device) < self.cond_drop_rate, self.num_classes, labels.long())
+        logits = self.net(labels, inputs, noise if self.training else None)
+        target = torch.cat(indices, dim=1)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                               label_smoothing=self.label_smoothing)
+
+    # --- sampling
+    def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
+        rng = PerSampleRNG(seeds, self.device)
+        if labels is None:  # one uniform class per seed, drawn first as the release does
+            uniform = torch.full((1, self.num_classes), 1.0 / self.num_classes, device=self.device)
+            labels = torch.cat([torch.multinomial(uniform, 1, replacement=True, generator=g).view(1)
+                                for g in rng.generators])
+        labels = labels.to(self.device).long()
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            bad = labels[(labels < 0) | (labels >= self.num_classes)][0].item()
+            raise NeonError(f"class id {bad} is out of range: this VAR has classes 0..{self.num_classes - 1}")
+        x = sampler(self.sampling_net, self.vae, labels, rng)
+        if self.quantize:
+            x = png_codes(x).to(torch.float32) / 127.5 - 1
+        return x.to(torch.float32), labels
+
+    def export_samples(self, x: torch.Tensor) -> np.ndarray:
+        """Images as uint8 NHWC, the layout of the ADM evaluation suite."""
+        return png_codes(x).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def png_codes(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images as the 8-bit values the reference writes for VAR's synthetic PNGs (truncated, not rounded)."""
+    return ((x + 1) * 0.5).clamp(0, 1).mul(255).to(torch.uint8)
+
+
+def _dim(state: StateDict, key: str, axis: int) -> int | None:
+    return int(state[key].shape[axis]) if key in state else None
+
+
+def cached_tokenizer(vae_kwargs: dict[str, Any], recipe: dict[str, Any]) -> StateDict:
+    """A VQVAE trained on `recipe.images` (a function returning (images, labels)) once, then read from
+    the artifact cache at `recipe.cache_dir`."""
+    from neon.cache import ArtifactCache
+    from neon.families.var.tokenizer import train_vqvae
+
+    cache_dir = recipe.pop("cache_dir", ".neon_cache")
+    key = {"vae": vae_kwargs, "recipe": recipe}
+
+    def build(work: Path) -> None:
+        images, _ = get_method(recipe["images"])()
+        state = train_vqvae(VQVAE(**vae_kwargs), images, steps=int(recipe["steps"]), lr=float(recipe["lr"]),
+                            batch_size=int(recipe["batch_size"]), seed=int(recipe.get("seed", 0)))
+        save_state_dict(state, work / "vqvae.safetensors")
+
+    folder, built = ArtifactCache(cache_dir).get_or_build("tokenizer", key, build)
+    if built:
+        log.info("VQVAE: trained into %s", folder)
+    return load_state_dict(folder / "vqvae.safetensors")

@@ -1,0 +1,294 @@
+"""VAR's multi-scale VQVAE, written here with the state-dict keys and shapes of the released
+`vae_ch160v4096z32.pth`: a conv encoder/decoder and a residual quantizer over a pyramid of token maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """The VAE's normalisation: 32 groups, eps 1e-6."""
+    return nn.GroupNorm(32 if channels % 32 == 0 else 1, channels, eps=1e-6)
+
+
+class ResnetBlock(nn.Module):
+    """GN-SiLU-conv twice, with a 1×1 shortcut when the width changes."""
+
+    def __init__(self, cin: int, cout: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.dropout = group_norm(cout), nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.nin_shortcut(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the pixels of a feature map (1×1 convs for qkv and output)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = group_norm(channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, c, h * w).unbind(1)
+        weights = torch.bmm(q.transpose(1, 2), k).mul_(c ** -0.5).softmax(dim=2)  # [b, hw (query), hw (key)]
+        out = torch.bmm(v, weights.transpose(1, 2)).reshape(b, c, h, w)
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3×3 conv after padding one pixel on the right and bottom."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour ×2, then a 3×3 conv."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Level(nn.Module):
+    """One resolution of the encoder or decoder: blocks, attention at the lowest resolution, a resampler."""
+
+    def __init__(self, cin: int, cout: int, blocks: int, attention: bool, resample: type | None, dropout: float):
+        super().__init__()
+        self.block = nn.ModuleList(ResnetBlock(cin if j == 0 else cout, cout, dropout) for j in range(blocks))
+        self.attn = nn.ModuleList(AttnBlock(cout) for _ in range(blocks)) if attention else nn.ModuleList()
+        if resample is Downsample:
+            self.downsample = Downsample(cout)
+        elif resample is Upsample:
+            self.upsample = Upsample(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for j, block in enumerate(self.block):
+            x = block(x)
+            if len(self.attn):
+                x = self.attn[j](x)
+        if hasattr(self, "downsample"):
+            x = self.downsample(x)
+        if hasattr(self, "upsample"):
+            x = self.upsample(x)
+        return x
+
+
+class Middle(nn.Module):
+    """Resnet block, attention (optional), resnet block at the lowest resolution."""
+
+    def __init__(self, channels: int, attention: bool, dropout: float):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, dropout)
+        self.attn_1 = AttnBlock(channels) if attention else nn.Identity()
+        self.block_2 = ResnetBlock(channels, channels, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class Encoder(nn.Module):
+    """Image → latent map, downsampling by 2^(len(ch_mult) − 1)."""
+
+    def __init__(self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, in_channels: int, z_channels: int,
+                 using_sa: bool, using_mid_sa: bool, dropout: float):
+        super().__init__()
+        widths = [ch * m for m in (1, *ch_mult)]
+        last = len(ch_mult) - 1
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.down = nn.ModuleList(
+            Level(widths[i], widths[i + 1], num_res_blocks, using_sa and i == last, Downsample if i < last else None,
+                  dropout) for i in range(len(ch_mult)))
+        self.mid = Middle(widths[-1], using_mid_sa, dropout)
+        self.norm_out = group_norm(widths[-1])
+        self.conv_out = nn.Conv2d(widths[-1], z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level in self.down:
+            h = level(h)
+        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+
+
+class Decoder(nn.Module):
+    """Latent map → image in [-1, 1] (before clamping), upsampling by 2^(len(ch_mult) − 1)."""
+
+    def __init__(self, ch: int, ch_mult: Sequence[int], num_res_blocks: int, in_channels: int, z_channels: int,
+                 using_sa: bool, using_mid_sa: bool, dropout: float):
+        super().__init__()
+        last = len(ch_mult) - 1
+        top = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(z_channels, top, 3, padding=1)
+        self.mid = Middle(top, using_mid_sa, dropout)
+        # up[i] works at level i (up[0] is the full resolution); they run from the last level down
+        self.up = nn.ModuleList(
+            Level(ch * ch_mult[min(i + 1, last)], ch * ch_mult[i], num_res_blocks + 1, using_sa and i == last,
+                  Upsample if i > 0 else None, dropout) for i in range(len(ch_mult)))
+        self.norm_out = group_norm(ch * ch_mult[0])
+        self.conv_out = nn.Conv2d(ch * ch_mult[0], in_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))
+        for level in reversed(self.up):
+            h = level(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Phi(nn.Conv2d):
+    """The residual refinement of a token map: h·(1 − r) + conv(h)·r."""
+
+    def __init__(self, channels: int, ratio: float):
+        super().__init__(channels, channels, 3, padding=1)
+        self.ratio = abs(ratio)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h.mul(1 - self.ratio) + super().forward(h).mul_(self.ratio)
+
+
+class PhiSet(nn.Module):
+    """The Phi convs, shared by scales: `qresi_ls` (partially shared, the release), `qresi` (one shared) or
+    one per scale. Scale si of K uses the conv whose tick is nearest to si / (K − 1)."""
+
+    def __init__(self, channels: int, ratio: float, share: int, num_scales: int):
+        super().__init__()
+        self.share = share
+        if share == 1:
+            self.qresi = Phi(channels, ratio)
+            self.index = [0] * num_scales
+            return
+        count = num_scales if share == 0 else share
+        self.qresi_ls = nn.ModuleList(Phi(channels, ratio) for _ in range(count))
+        if share == 0:
+            self.index = list(range(num_scales))
+            return
+        edge = 1 / 3 / count if count == 4 else 1 / 2 / count
+        ticks = np.linspace(edge, 1 - edge, count)
+        # the nearest tick in float64 numpy arithmetic: its rounding settles exact ties as the release does
+        self.index = [int(np.argmin(np.abs(ticks - si / (num_scales - 1)))) if num_scales > 1 else 0
+                      for si in range(num_scales)]
+
+    def forward(self, h: torch.Tensor, si: int) -> torch.Tensor:
+        if self.share == 1:
+            return self.qresi(h)
+        return self.qresi_ls[self.index[si]](h)
+
+
+class MultiScaleQuantizer(nn.Module):
+    """Residual quantization over the token-map pyramid `patch_nums` (the last one is the latent size)."""
+
+    def __init__(self, vocab_size: int, channels: int, patch_nums: Sequence[int], quant_resi: float = 0.5,
+                 share_quant_resi: int = 4, beta: float = 0.25):
+        super().__init__()
+        self.vocab_size, self.channels, self.beta = vocab_size, channels, beta
+        self.patch_nums = tuple(int(p) for p in patch_nums)
+        self.embedding = nn.Embedding(vocab_size, channels)
+        self.quant_resi = PhiSet(channels, quant_resi, share_quant_resi, len(self.patch_nums))
+        # usage statistics kept by the release's training code; part of its state dict
+        self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), vocab_size))
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Codebook index of each row of z [N, C] (squared L2 distance)."""
+        weight = self.embedding.weight
+        dist = z.pow(2).sum(1, keepdim=True) + weight.pow(2).sum(1)
+        dist.addmm_(z, weight.T, beta=1, alpha=-2)
+        return dist.argmin(dim=1)
+
+    def _upsampled(self, h: torch.Tensor, si: int, size: int) -> torch.Tensor:
+        # a token map brought to the latent size (bicubic), then refined by its Phi
+        if si != len(self.patch_nums) - 1:
+            h = F.interpolate(h, size=(size, size), mode="bicubic")
+        return self.quant_resi(h, si)
+
+    def encode(self, f: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Latent map f [B, C, H, W] → (one index map [B, pn²] per scale, the quantized f̂)."""
+        b, c, size, _ = f.shape
+        rest, f_hat, indices = f.clone(), torch.zeros_like(f), []
+        last = len(self.patch_nums) - 1
+        for si, pn in enumerate(self.patch_nums):
+            z = F.interpolate(rest, size=(pn, pn), mode="area") if si != last else rest
+            idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, pn, pn)
+            h = self._upsampled(self.embedding(idx).permute(0, 3, 1, 2), si, size)
+            f_hat.add_(h)
+            rest.sub_(h)
+            indices.append(idx.reshape(b, pn * pn))
+        return indices, f_hat
+
+    def teacher_inputs(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The transformer's inputs for scales 1..K−1 [B, L − pn_0², C]: f̂ after each scale, area-pooled
+        to the next scale's size."""
+        b, size = indices[0].shape[0], self.patch_nums[-1]
+        f_hat = torch.zeros(b, self.channels, size, size, device=indices[0].device)
+        out = []
+        for si in range(len(self.patch_nums) - 1):
+            pn, nxt = self.patch_nums[si], self.patch_nums[si + 1]
+            h = self.embedding(indices[si]).transpose(1, 2).reshape(b, self.channels, pn, pn)
+            f_hat.add_(self._upsampled(h, si, size))
+            out.append(F.interpolate(f_hat, size=(nxt, nxt), mode="area").view(b, self.channels, -1).transpose(1, 2))
+        return torch.cat(out, dim=1)
+
+    def next_input(self, si: int, f_hat: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add scale si's token map h [B, C, pn, pn] into f̂ (in place); return (f̂, the next scale's input
+        map, or f̂ after the last scale)."""
+        f_hat.add_(self._upsampled(h, si, self.patch_nums[-1]))
+        if si == len(self.patch_nums) - 1:
+            return f_hat, f_hat
+        nxt = self.patch_nums[si + 1]
+        return f_hat, F.interpolate(f_hat, size=(nxt, nxt), mode="area")
+
+
+class VQVAE(nn.Module):
+    """Encoder, quantizer and decoder with the release's names: `encoder.*`, `quant_conv`, `quantize.*`,
+    `post_quant_conv`, `decoder.*`. Defaults are those of `vae_ch160v4096z32.pth`."""
+
+    def __init__(self, vocab_size: int = 4096, z_channels: int = 32, ch: int = 160,
+                 ch_mult: Sequence[int] = (1, 1, 2, 2, 4), num_res_blocks: int = 2, in_channels: int = 3,
+                 using_sa: bool = True, using_mid_sa: bool = True, dropout: float = 0.0, quant_resi: float = 0.5,
+                 share_quant_resi: int = 4, patch_nums: Sequence[int] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)):
+        super().__init__()
+        arch = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, in_channels=in_channels,
+                    z_channels=z_channels, using_sa=using_sa, using_mid_sa=using_mid_sa, dropout=dropout)
+        self.encoder, self.decoder = Encoder(**arch), Decoder(**arch)
+        self.quant_conv = nn.Conv2d(z_channels, z_channels, 3, padding=1)
+        self.post_quant_conv = nn.Conv2d(z_channels, z_channels, 3, padding=1)
+        self.quantize = MultiScaleQuantizer(vocab_size, z_channels, patch_nums, quant_resi, share_quant_resi)
+        self.downsample = 2 ** (len(ch_mult) - 1)
+        self.in_channels = in_channels
+
+    @property
+    def patch_nums(self) -> tuple[int, ...]:
+        """Side lengths of the token maps, coarse to fine."""
+        return self.quantize.patch_nums
+
+    @property
+    def image_size(self) -> int:
+        """Side length of the images this VAE encodes and decodes."""
+        return self.patch_nums[-1] * self.downsample
+
+    def encode_indices(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Images in [-1, 1] → one token-index map [B, pn²] per scale."""
+        return self.quantize.encode(self.quant_conv(self.encoder(images)))[0]
+
+    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """The accumulated latent f̂ → images in [-1, 1]."""
+        return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)

@@ -121,6 +121,8 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    # frozen parts (VAR's tokenizer) stay in eval mode on purpose
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 
 
 def user_error(exc: BaseException) -> str | None:

@@ -24,7 +24,7 @@ SMALL_RUN = ["sampler.num_steps=3", "neon.n_synthetic=30", "neon.budget_steps=2"
 
 
 def tiny_snapshot(tmp_path: Path, config: str) -> Path:
-    network = yaml.safe_load((Path(__file__).parent.parent / "conf" / "model" / f"{config}.yaml").read_text())["network"]
+    network = yaml.safe_load((Path(__file__).parent.parent / "conf" / "model" / f"{config}.yaml").read_text())["model"]["network"]
     network.update(img_resolution=8, model_channels=16, channel_mult=[1, 2], num_blocks=1)
     path = tmp_path / f"{config}.pkl"
     write_snapshot(path, network)

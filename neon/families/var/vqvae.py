@@ -243,7 +243,7 @@ class MultiScaleQuantizer(nn.Module):
         for si in range(len(self.patch_nums) - 1):
             pn, nxt = self.patch_nums[si], self.patch_nums[si + 1]
             h = self.embedding(indices[si]).transpose(1, 2).reshape(b, self.channels, pn, pn)
-            f_hat.add_(self._upsampled(h, si, size))
+            f_hat = f_hat + self._upsampled(h, si, size)
             out.append(F.interpolate(f_hat, size=(nxt, nxt), mode="area").view(b, self.channels, -1).transpose(1, 2))
         return torch.cat(out, dim=1)
 

@@ -22,10 +22,6 @@ from neon.errors import NeonError
 
 log = logging.getLogger("neon")
 
-# The variables torchrun exports: Lightning then treats the processes as launched by an outside launcher.
-ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK")
-
-
 def rank_world() -> tuple[int, int]:
     """(rank, world size) of the running process group, (0, 1) without one."""
     if dist.is_available() and dist.is_initialized():

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -16,6 +17,11 @@ from neon.seeding import StepNoise
 
 Batch = dict[str, torch.Tensor]
 Sampler = Callable[..., torch.Tensor]
+
+
+def plain_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor settings with tuples and config lists as plain lists (comparable, YAML-writable)."""
+    return {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(kwargs).items()}
 
 
 class EMA:

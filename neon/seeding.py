@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from neon.errors import NeonError
@@ -24,6 +25,11 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
         except ValueError:
             raise NeonError(f"bad seed list '{spec}': use forms like '0-49999' or '1,5,7-9'") from None
     return seeds
+
+
+def mixed_seed(*parts: int) -> int:
+    """One 63-bit seed from several integers (a run seed and an epoch or step)."""
+    return int(np.random.SeedSequence([int(p) % (1 << 63) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class PerSampleRNG:
@@ -69,8 +75,6 @@ class StepNoise:
     for the same sample of the global batch, and a DDP fine-tune follows the one-process one."""
 
     def __init__(self, seed: int, step: int, rows: slice, global_size: int, device: torch.device | str = "cpu"):
-        from neon.data.batches import mixed_seed
-
         self.rows, self.global_size, self.device = rows, global_size, torch.device(device)
         self.generator = torch.Generator(self.device).manual_seed(mixed_seed(seed, step))
 

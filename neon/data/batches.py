@@ -5,17 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from neon.distributed import rank_world
 from neon.errors import NeonError
-
-
-def mixed_seed(*parts: int) -> int:
-    """One 63-bit seed from several integers (a run seed and an epoch or step)."""
-    return int(np.random.SeedSequence([int(p) % (1 << 63) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+from neon.seeding import mixed_seed
 
 
 class TensorItems(Dataset):

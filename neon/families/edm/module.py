@@ -18,7 +18,7 @@ from neon.metrics.images import to_uint8
 from neon.families.edm.losses import loss_for
 from neon.families.edm.precond import PRECONDS, Precond
 from neon.families.edm.snapshot import read_snapshot
-from neon.module import EMA, Batch, NeonModule, Sampler
+from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs
 from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
@@ -49,7 +49,7 @@ class EDMModule(NeonModule):
 
     def __init__(self, network: Mapping[str, Any], optimizer=None, ema_halflife_kimg: float | None = 500.0,
                  ema_decay: float | None = None, loss: Mapping[str, float] | None = None, quantize: bool = True):
-        self.network_kwargs = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(network).items()}
+        self.network_kwargs = plain_kwargs(network)
         net = build_network(self.network_kwargs)
         if ema_decay is not None:
             ema = EMA(decay=ema_decay)
@@ -111,7 +111,7 @@ class EDMModule(NeonModule):
             if changed:
                 log.info("snapshot '%s' sets the architecture: %s", path,
                          ", ".join(f"{k}={adopted.get(k, '(default)')!r}" for k in changed))
-                self._rebuild({k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in adopted.items()})
+                self._rebuild(plain_kwargs(adopted))
         super().load_checkpoint(path)
 
     def _checked_snapshot(self, path: str | Path):

@@ -14,11 +14,13 @@ import torch
 from hydra.utils import get_method
 from torch.nn import functional as F
 
+from neon.cache import ArtifactCache
 from neon.errors import NeonError
+from neon.families.var.tokenizer import train_vqvae
 from neon.families.var.transformer import VARTransformer
 from neon.families.var.vqvae import VQVAE
 from neon.io import StateDict, load_state_dict, save_state_dict
-from neon.module import Batch, NeonModule, Sampler
+from neon.module import Batch, NeonModule, Sampler, plain_kwargs
 from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
@@ -31,8 +33,7 @@ class VARModule(NeonModule):
     def __init__(self, network: Mapping[str, Any], vae: Mapping[str, Any], vae_checkpoint: str | None = None,
                  vae_pretrain: Mapping[str, Any] | None = None, optimizer=None, cond_drop_rate: float = 0.1,
                  label_smoothing: float = 0.0, quantize: bool = True):
-        self.network_kwargs = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(network).items()}
-        self.vae_kwargs = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(vae).items()}
+        self.network_kwargs, self.vae_kwargs = plain_kwargs(network), plain_kwargs(vae)
         self.vae_kwargs.setdefault("patch_nums", self.network_kwargs.get("patch_nums"))
         net = VARTransformer(**self.network_kwargs)
         super().__init__(net, optimizer=optimizer, num_classes=net.num_classes)
@@ -161,9 +162,6 @@ def _dim(state: StateDict, key: str, axis: int) -> int | None:
 def cached_tokenizer(vae_kwargs: dict[str, Any], recipe: dict[str, Any]) -> StateDict:
     """A VQVAE trained on `recipe.images` (a function returning (images, labels)) once, then read from
     the artifact cache at `recipe.cache_dir`."""
-    from neon.cache import ArtifactCache
-    from neon.families.var.tokenizer import train_vqvae
-
     cache_dir = recipe.pop("cache_dir", ".neon_cache")
     key = {"vae": vae_kwargs, "recipe": recipe}
 

@@ -12,20 +12,10 @@ from neon.io import StateDict
 
 def quantize_with_loss(vae: VQVAE, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(f̂ with straight-through gradients to f, the VQ loss averaged over scales)."""
-    quant = vae.quantize
-    b, c, size, _ = f.shape
+    _, f_hats = vae.quantize.encode(f)
     target = f.detach()
-    rest, f_hat, loss = target.clone(), torch.zeros_like(target), f.new_zeros(())
-    last = len(quant.patch_nums) - 1
-    for si, pn in enumerate(quant.patch_nums):
-        z = F.interpolate(rest, size=(pn, pn), mode="area") if si != last else rest
-        with torch.no_grad():
-            idx = quant.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, pn, pn)
-        h = quant._upsampled(quant.embedding(idx).permute(0, 3, 1, 2), si, size)
-        f_hat = f_hat + h
-        rest = rest - h.detach()
-        loss = loss + quant.beta * F.mse_loss(f_hat.detach(), f) + F.mse_loss(f_hat, target)
-    return (f_hat.detach() - target) + f, loss / len(quant.patch_nums)
+    loss = sum(vae.quantize.beta * F.mse_loss(fh.detach(), f) + F.mse_loss(fh, target) for fh in f_hats)
+    return (f_hats[-1].detach() - target) + f, loss / len(f_hats)
 
 
 def train_vqvae(vae: VQVAE, images: torch.Tensor, steps: int, lr: float, batch_size: int, seed: int = 0) -> StateDict:

@@ -220,19 +220,22 @@ class MultiScaleQuantizer(nn.Module):
             h = F.interpolate(h, size=(size, size), mode="bicubic")
         return self.quant_resi(h, si)
 
-    def encode(self, f: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Latent map f [B, C, H, W] → (one index map [B, pn²] per scale, the quantized f̂)."""
+    def encode(self, f: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Latent map f [B, C, H, W] → (one index map [B, pn²] per scale, f̂ after each scale). The residual
+        is taken from f detached, so f̂ carries gradients to the codebook and the Φ convs only (training)."""
         b, c, size, _ = f.shape
-        rest, f_hat, indices = f.clone(), torch.zeros_like(f), []
+        rest, f_hat, indices, f_hats = f.detach(), torch.zeros_like(f), [], []
         last = len(self.patch_nums) - 1
         for si, pn in enumerate(self.patch_nums):
             z = F.interpolate(rest, size=(pn, pn), mode="area") if si != last else rest
-            idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, pn, pn)
+            with torch.no_grad():
+                idx = self.nearest(z.permute(0, 2, 3, 1).reshape(-1, c)).view(b, pn, pn)
             h = self._upsampled(self.embedding(idx).permute(0, 3, 1, 2), si, size)
-            f_hat.add_(h)
-            rest.sub_(h)
+            f_hat = f_hat + h
+            rest = rest - h.detach()
             indices.append(idx.reshape(b, pn * pn))
-        return indices, f_hat
+            f_hats.append(f_hat)
+        return indices, f_hats
 
     def teacher_inputs(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
         """The transformer's inputs for scales 1..K−1 [B, L − pn_0², C]: f̂ after each scale, area-pooled

@@ -71,6 +71,12 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) 
     return path
 
 
+def dim_of(state: Mapping[str, torch.Tensor], key: str, axis: int) -> int | None:
+    """The size of `state[key]` along `axis` (None when the key or the axis is absent): for checking a
+    checkpoint's architecture against a config before loading it."""
+    return int(state[key].shape[axis]) if key in state and state[key].dim() > axis else None
+
+
 def _require_file(path: Path, what: str) -> None:
     if not path.is_file():
         raise NeonError(f"{what} '{path}' does not exist; give the path of an existing file")

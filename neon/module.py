@@ -67,6 +67,7 @@ class NeonModule(L.LightningModule):
         self.ema = copy.deepcopy(net).requires_grad_(False) if ema is not None else None
         self.num_classes = num_classes
         self.noise_seed = 0  # seeds the training noise; the pipeline sets it from the run's seed
+        self.lr_warmup_steps = 0  # linear learning-rate warmup from 0 over this many steps (0: none)
 
     # --- what a family implements
     def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
@@ -149,7 +150,17 @@ class NeonModule(L.LightningModule):
         if self.ema is not None:
             self.ema_rule.update(self.ema, self.net, batch_size=self._batch_size * self.trainer.world_size)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def optimizer_params(self) -> Iterable[nn.Parameter] | list[dict[str, Any]]:
+        """What the optimizer trains: the network's parameters (families may return parameter groups)."""
+        return self.net.parameters()
+
+    def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise NeonError("no optimizer configured: set model.optimizer (pretraining) or neon.optimizer")
-        return self.optimizer_factory(self.net.parameters())
+        optimizer = self.optimizer_factory(self.optimizer_params())
+        if not self.lr_warmup_steps:
+            return optimizer
+        warmup = int(self.lr_warmup_steps)
+        # step k (from 0) runs at lr·k/warmup, as a per-iteration linear warmup does
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, k / warmup))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -76,6 +76,7 @@ class StepNoise:
 
     def __init__(self, seed: int, step: int, rows: slice, global_size: int, device: torch.device | str = "cpu"):
         self.rows, self.global_size, self.device = rows, global_size, torch.device(device)
+        self.seed, self.step = seed, step
         self.generator = torch.Generator(self.device).manual_seed(mixed_seed(seed, step))
 
     @classmethod
@@ -97,3 +98,9 @@ class StepNoise:
         """Integers in [0, high) of shape [local batch, *shape]."""
         full = torch.randint(high, (self.global_size, *shape), generator=self.generator, device=self.device)
         return full[self.rows]
+
+    def per_sample(self, stream: int = 1) -> PerSampleRNG:
+        """One generator per local sample, seeded by (seed, step, stream, global row): for large draws
+        (dropout masks) that each process makes only for its own rows."""
+        seeds = [mixed_seed(self.seed, self.step, stream, row) for row in range(self.rows.start, self.rows.stop)]
+        return PerSampleRNG(seeds, self.device)

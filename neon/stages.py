@@ -153,6 +153,7 @@ def finetune_module(run: Run, module: NeonModule, data, steps: int, callbacks: S
     tuned = copy.deepcopy(module).cpu().train()
     tuned.optimizer_factory = instantiate(cfg.neon.optimizer)
     tuned.noise_seed = cfg.seed
+    tuned.lr_warmup_steps = int(cfg.neon.get("lr_warmup_steps", 0) or 0)
     if not cfg.neon.get("finetune_ema", True):
         tuned.ema = tuned.ema_rule = None  # θ_s is then the raw fine-tuned network
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -175,12 +176,16 @@ class SnapshotAtSteps(L.Callback):
 def finetune_key(run: Run, base_digest: str, data_key: dict[str, Any], budget: int) -> dict[str, Any]:
     """What θ_s after `budget` steps depends on."""
     n = run.cfg.neon
-    return {
+    key = {
         "theta_r": base_digest, "synthetic": data_key, "budget_steps": budget,
         "batch_size": n.batch_size, "optimizer": plain(n.optimizer), "seed": run.cfg.seed,
         "finetune_ema": n.get("finetune_ema", True),
-        "trainer": {k: plain(v) for k, v in run.cfg.trainer.items() if k in ("precision", "accumulate_grad_batches")},
+        "trainer": {k: plain(v) for k, v in run.cfg.trainer.items()
+                    if k in ("precision", "accumulate_grad_batches", "gradient_clip_val")},
     }
+    if n.get("lr_warmup_steps"):  # only when set, so θ_s cached before the option existed is still found
+        key["lr_warmup_steps"] = int(n.lr_warmup_steps)
+    return key
 
 
 def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data_key: dict[str, Any],

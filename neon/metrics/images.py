@@ -53,3 +53,9 @@ def digest_source(source: str | Path) -> str:
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] images to 8-bit values, rounded as EDM's generator does when writing PNGs."""
     return (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
+
+
+def truncated_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images as the 8-bit values the reference code writes for VAR's and xAR's synthetic PNGs
+    ((x + 1)/2·255, clamped, truncated rather than rounded)."""
+    return ((x + 1) * 0.5).clamp(0, 1).mul(255).to(torch.uint8)

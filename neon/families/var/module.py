@@ -19,7 +19,8 @@ from neon.errors import NeonError
 from neon.families.var.tokenizer import train_vqvae
 from neon.families.var.transformer import VARTransformer
 from neon.families.var.vqvae import VQVAE
-from neon.io import StateDict, load_state_dict, save_state_dict
+from neon.io import StateDict, dim_of, load_state_dict, save_state_dict
+from neon.metrics.images import truncated_uint8
 from neon.module import Batch, NeonModule, Sampler, plain_kwargs
 from neon.seeding import PerSampleRNG, StepNoise
 
@@ -97,11 +98,11 @@ class VARModule(NeonModule):
         depth = len({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
         checks = [
             ("depth", depth, net.depth, "model.network.depth"),
-            ("width", _dim(state, "class_emb.weight", 1), net.dim, "model.network.embed_dim"),
-            ("number of scales", _dim(state, "lvl_embed.weight", 0), len(net.patch_nums), "model.network.patch_nums"),
-            ("token count (Σ pn²)", _dim(state, "pos_1LC", 1), net.bounds[-1][1], "model.network.patch_nums"),
-            ("class count", _dim(state, "class_emb.weight", 0) - 1, net.num_classes, "model.network.num_classes"),
-            ("vocabulary", _dim(state, "head.weight", 0), net.vocab_size, "model.network.vocab_size"),
+            ("width", dim_of(state, "class_emb.weight", 1), net.dim, "model.network.embed_dim"),
+            ("number of scales", dim_of(state, "lvl_embed.weight", 0), len(net.patch_nums), "model.network.patch_nums"),
+            ("token count (Σ pn²)", dim_of(state, "pos_1LC", 1), net.bounds[-1][1], "model.network.patch_nums"),
+            ("class count", dim_of(state, "class_emb.weight", 0) - 1, net.num_classes, "model.network.num_classes"),
+            ("vocabulary", dim_of(state, "head.weight", 0), net.vocab_size, "model.network.vocab_size"),
         ]
         for what, found, want, key in checks:
             if found != want:
@@ -142,21 +143,13 @@ class VARModule(NeonModule):
             raise NeonError(f"class id {bad} is out of range: this VAR has classes 0..{self.num_classes - 1}")
         x = sampler(self.sampling_net, self.vae, labels, rng)
         if self.quantize:
-            x = png_codes(x).to(torch.float32) / 127.5 - 1
+            x = truncated_uint8(x).to(torch.float32) / 127.5 - 1
         return x.to(torch.float32), labels
 
     def export_samples(self, x: torch.Tensor) -> np.ndarray:
         """Images as uint8 NHWC, the layout of the ADM evaluation suite."""
-        return png_codes(x).permute(0, 2, 3, 1).cpu().numpy()
+        return truncated_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
 
-
-def png_codes(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] images as the 8-bit values the reference writes for VAR's synthetic PNGs (truncated, not rounded)."""
-    return ((x + 1) * 0.5).clamp(0, 1).mul(255).to(torch.uint8)
-
-
-def _dim(state: StateDict, key: str, axis: int) -> int | None:
-    return int(state[key].shape[axis]) if key in state else None
 
 
 def cached_tokenizer(vae_kwargs: dict[str, Any], recipe: dict[str, Any]) -> StateDict:

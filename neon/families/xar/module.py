@@ -1,0 +1,158 @@
+"""The xAR family as a NeonModule: θ is the next-cluster transformer (its EMA at 0.9999 is what samples
+and what Neon merges, as in the reference fine-tune); the latent space (KL-16 VAE or the images) is frozen."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from neon.errors import NeonError
+from neon.families.xar.transformer import XARTransformer
+from neon.io import StateDict, dim_of, unwrap_state_dict
+from neon.metrics.images import truncated_uint8
+from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs
+from neon.seeding import PerSampleRNG, StepNoise
+
+WEIGHTS = ("ema", "model")
+
+
+def release_weights(obj: Any, path: str | Path, weights: str) -> StateDict:
+    """The transformer's weights in an xAR file: a flat state dict (the released xAR-B/L/H.pth), or a training
+    checkpoint holding 'model' and/or 'model_ema' (`weights` picks which)."""
+    if isinstance(obj, Mapping) and ("model" in obj or "model_ema" in obj):
+        key = "model_ema" if weights == "ema" else "model"
+        if key not in obj:
+            other = "model" if key == "model_ema" else "model_ema"
+            raise NeonError(f"xAR checkpoint '{path}' has no '{key}' entry (it has '{other}'): set "
+                            f"model.weights={'model' if weights == 'ema' else 'ema'}")
+        obj = obj[key]
+    return unwrap_state_dict(obj, Path(path))
+
+
+class XARModule(NeonModule):
+    """xAR: per-cluster logit-normal times, velocity target ε − x, per-sample mean squared error; class labels
+    dropped to the null class at `label_drop_prob`. Samples are images in [-1, 1] on the 8-bit grid of the
+    reference's PNGs (`quantize`)."""
+
+    def __init__(self, network: Mapping[str, Any], latent: nn.Module, vae_checkpoint: str | None = None,
+                 optimizer=None, ema_decay: float | None = 0.9999, label_drop_prob: float = 0.1, hflip: bool = False,
+                 quantize: bool = True, weights: str = "ema"):
+        self.network_kwargs = plain_kwargs(network)
+        net = XARTransformer(**self.network_kwargs)
+        super().__init__(net, optimizer=optimizer, ema=EMA(decay=ema_decay) if ema_decay else None,
+                         num_classes=net.num_classes)
+        if (latent.channels, latent.size) != (net.channels, net.grid):
+            raise NeonError(f"the latent space gives {latent.channels}×{latent.size}×{latent.size} latents but "
+                            f"the transformer expects {net.channels}×{net.grid}×{net.grid}: set model.network.channels "
+                            f"and model.network.grid to match model.latent")
+        if weights not in WEIGHTS:
+            raise NeonError(f"model.weights must be one of {list(WEIGHTS)}, got {weights!r}")
+        self.latent = latent
+        if vae_checkpoint:
+            latent.load_release(vae_checkpoint)
+        elif hasattr(latent, "load_release"):
+            raise NeonError("xAR needs its VAE: give model.vae_checkpoint=PATH (MAR's KL-16, kl16.ckpt)")
+        self.latent.eval().requires_grad_(False)
+        self.label_drop_prob, self.hflip, self.quantize, self.weights = label_drop_prob, hflip, quantize, weights
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the generated images."""
+        return tuple(self.latent.image_shape)
+
+    def train(self, mode: bool = True) -> "XARModule":
+        super().train(mode)
+        self.latent.eval()  # frozen in every stage
+        return self
+
+    # --- checkpoints
+    def read_checkpoint(self, path: str | Path) -> StateDict:
+        """A released xAR file or training checkpoint, checked for depth, width, heads, classes, latent layout."""
+        if not Path(path).is_file():
+            raise NeonError(f"checkpoint '{path}' does not exist; give the path of an existing file")
+        try:  # training checkpoints also hold the run's argparse.Namespace
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise NeonError(f"cannot read checkpoint '{path}': {type(exc).__name__}: {exc}") from None
+        state = release_weights(obj, path, self.weights)
+        net = self.net
+        rope = state.get("encoder_blocks.0.attn.rope.freqs")
+        depth = len({int(m.group(1)) for k in state if (m := re.match(r"encoder_blocks\.(\d+)\.", k))})
+        checks = [
+            ("depth", depth, net.depth, "model.network.depth"),
+            ("width", dim_of(state, "class_emb.weight", 1), net.dim, "model.network.embed_dim"),
+            ("head count", net.dim // (4 * rope.numel()) if rope is not None and rope.numel() else None,
+             net.num_heads, "model.network.num_heads"),
+            ("class count", dim_of(state, "class_emb.weight", 0) - 1 if "class_emb.weight" in state else None,
+             net.num_classes, "model.network.num_classes"),
+            ("token count", dim_of(state, "encoder_pos_embed_learned", 1), net.seq_len, "model.network.grid"),
+            ("latent channels", dim_of(state, "z_proj.weight", 1), net.channels, "model.network.channels"),
+        ]
+        for what, found, want, key in checks:
+            if found != want:
+                raise NeonError(f"xAR checkpoint '{path}' has {what} {found} but the config gives {want}: set {key} "
+                                "to match (model=xar_b | xar_l | xar_h for the released files)")
+        return state
+
+    def config_overrides(self) -> dict[str, Any]:
+        return {"network": dict(self.network_kwargs)}
+
+    # --- training
+    def optimizer_params(self) -> list[dict[str, Any]]:
+        """Two groups, as the release trains: no weight decay for biases and 1-D weights (norm gains), the
+        optimizer's weight decay for the rest."""
+        named = list(self.net.named_parameters())
+        plain = [p for n, p in named if p.ndim == 1 or n.endswith(".bias")]
+        decayed = [p for n, p in named if not (p.ndim == 1 or n.endswith(".bias"))]
+        return [{"params": plain, "weight_decay": 0.0}, {"params": decayed}]
+
+    def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
+        x, labels = batch["x"], batch.get("label")
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise NeonError(f"images of shape {tuple(x.shape[1:])} do not fit the latent space, which expects "
+                            f"{self.image_shape}")
+        if labels is None:
+            raise NeonError("xAR is class-conditional but the data has no labels")
+        net, b = self.net, x.shape[0]
+        if self.hflip:  # the reference fine-tune's random horizontal flip, drawn per sample
+            x = torch.where((noise.rand() < 0.5).to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+        with torch.no_grad():
+            z = self.latent.encode(x, noise.randn(net.channels, net.grid, net.grid).to(x.device))
+        labels = torch.where(noise.rand().to(x.device) < self.label_drop_prob, self.num_classes, labels.long())
+        # a logit-normal time per (sample, cluster), computed in float64 and used in float32; rows
+        # cluster-major as the network's conditions are
+        normals = noise.randn(net.num_clusters, dtype=torch.float64).to(x.device)
+        t = (1 / (1 + torch.exp(-normals))).float().t().reshape(-1)
+        clean, eps = net.to_sequence(z), noise.randn(net.seq_len, net.channels).to(x.device)
+        t_tok = t.view(net.num_clusters, b).t().repeat_interleave(net.cluster_size, dim=1).unsqueeze(-1)
+        noisy = (1 - t_tok) * clean + t_tok * eps
+        dropout_rng = noise.per_sample() if self.training and net.dropout else None
+        out = net(noisy, labels, t, dropout_rng)
+        return ((out - (eps - clean)) ** 2).mean(dim=(1, 2)).mean()  # per-sample mean, then batch mean
+
+    # --- sampling
+    def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
+        rng = PerSampleRNG(seeds, self.device)
+        if labels is None:  # one uniform class per seed, drawn first
+            labels = torch.cat([torch.randint(self.num_classes, (1,), generator=g, device=self.device)
+                                for g in rng.generators]) if len(rng) else torch.zeros(0, dtype=torch.long)
+        labels = labels.to(self.device).long()
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            bad = labels[(labels < 0) | (labels >= self.num_classes)][0].item()
+            raise NeonError(f"class id {bad} is out of range: this xAR has classes 0..{self.num_classes - 1}")
+        x = sampler(self.sampling_net, self.latent, labels, rng)
+        if self.quantize:
+            x = truncated_uint8(x).to(torch.float32) / 127.5 - 1
+        return x.to(torch.float32).clamp(-1, 1), labels
+
+    def export_samples(self, x: torch.Tensor) -> np.ndarray:
+        """Images as uint8 NHWC, the layout of the ADM evaluation suite."""
+        return truncated_uint8(x).permute(0, 2, 3, 1).cpu().numpy()

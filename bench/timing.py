@@ -1,9 +1,11 @@
-"""Timing helper shared by the benchmark scripts."""
+"""Timing helpers shared by the benchmark scripts."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+
+from torch.utils.data import IterableDataset
 
 
 def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
@@ -14,3 +16,14 @@ def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+class Repeat(IterableDataset):
+    """The same batch forever: a data source that costs nothing, for timing training steps."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __iter__(self):
+        while True:
+            yield self.batch

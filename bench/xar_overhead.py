@@ -17,8 +17,8 @@ from functools import partial
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, IterableDataset
-from timing import best_of  # bench/ is on the path when a script here runs
+from torch.utils.data import DataLoader
+from timing import Repeat, best_of  # bench/ is on the path when a script here runs
 
 from neon.families.xar import PixelLatent, XARModule, xar_sampler
 from neon.families.xar.sampler import cluster_cfg, sde_drift
@@ -29,14 +29,6 @@ NET = dict(embed_dim=256, depth=2, num_heads=4, num_classes=10, channels=16, gri
            attn_dropout=0.0, proj_dropout=0.0)
 SETTINGS = dict(num_steps=10, cfg=2.0)
 
-
-class Repeat(IterableDataset):
-    def __init__(self, batch):
-        self.batch = batch
-
-    def __iter__(self):
-        while True:
-            yield self.batch
 
 
 @torch.no_grad()

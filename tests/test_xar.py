@@ -230,7 +230,7 @@ def test_bad_input_names_expected_and_found(tmp_path: Path, module: XARModule):
     _, other_vae = write_release_files(tmp_path / "v", vae=dict(VAE, ch=64))
     with pytest.raises(NeonError, match="has shape .* check ch, ch_mult and embed_dim"):
         XARModule(NET, KLAutoencoder(**VAE), vae_checkpoint=str(other_vae))
-    with pytest.raises(NeonError, match="latent space gives 1×8×8 latents but the transformer expects 4×4×4"):
+    with pytest.raises(NeonError, match="latent space gives 1×8×8 latents but the xAR network expects 4×4×4"):
         XARModule(NET, PixelLatent(in_channels=1, image_size=8))
     with pytest.raises(ValueError, match="grid of 6 does not split into 4×4 clusters"):
         XARTransformer(**dict(NET, grid=6, cluster_grid=4))

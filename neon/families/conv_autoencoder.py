@@ -26,7 +26,8 @@ class Style:
     act: Callable[[torch.Tensor], torch.Tensor] = F.silu
 
 
-VAR_STYLE, KL_STYLE = Style(), Style(split_qkv=True, act=swish)
+# VAR's VQVAE; MAR's KL-16 (LDM code); Stable Diffusion's VAE as diffusers computes it
+VAR_STYLE, KL_STYLE, SD_STYLE = Style(), Style(split_qkv=True, act=swish), Style(split_qkv=True)
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -19,6 +19,7 @@ from neon.errors import NeonError
 from neon.families.var.tokenizer import train_vqvae
 from neon.families.var.transformer import VARTransformer
 from neon.families.var.vqvae import VQVAE
+from neon.families.latent_family import check_architecture, check_class_ids
 from neon.io import StateDict, dim_of, load_state_dict, save_state_dict
 from neon.metrics.images import truncated_uint8
 from neon.module import Batch, NeonModule, Sampler, plain_kwargs
@@ -104,10 +105,7 @@ class VARModule(NeonModule):
             ("class count", dim_of(state, "class_emb.weight", 0) - 1, net.num_classes, "model.network.num_classes"),
             ("vocabulary", dim_of(state, "head.weight", 0), net.vocab_size, "model.network.vocab_size"),
         ]
-        for what, found, want, key in checks:
-            if found != want:
-                raise NeonError(f"VAR checkpoint '{path}' has {what} {found} but the config gives {want}: "
-                                f"set {key} to match (e.g. model=var_d{depth})")
+        check_architecture(path, "VAR", checks, f"e.g. model=var_d{depth}")
         return state
 
     def config_overrides(self) -> dict[str, Any]:
@@ -138,9 +136,7 @@ class VARModule(NeonModule):
             labels = torch.cat([torch.multinomial(uniform, 1, replacement=True, generator=g).view(1)
                                 for g in rng.generators])
         labels = labels.to(self.device).long()
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            bad = labels[(labels < 0) | (labels >= self.num_classes)][0].item()
-            raise NeonError(f"class id {bad} is out of range: this VAR has classes 0..{self.num_classes - 1}")
+        check_class_ids(labels, self.num_classes, "VAR")
         x = sampler(self.sampling_net, self.vae, labels, rng)
         if self.quantize:
             x = truncated_uint8(x).to(torch.float32) / 127.5 - 1

@@ -9,15 +9,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from neon.errors import NeonError
 from neon.families.xar.transformer import XARTransformer
 from neon.io import StateDict, dim_of, unwrap_state_dict
-from neon.metrics.images import truncated_uint8
-from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs
+from neon.families.latent_family import LatentImageModule, check_architecture
+from neon.module import EMA, Batch, Sampler, plain_kwargs
 from neon.seeding import PerSampleRNG, StepNoise
 
 WEIGHTS = ("ema", "model")
@@ -36,10 +35,12 @@ def release_weights(obj: Any, path: str | Path, weights: str) -> StateDict:
     return unwrap_state_dict(obj, Path(path))
 
 
-class XARModule(NeonModule):
+class XARModule(LatentImageModule):
     """xAR: per-cluster logit-normal times, velocity target ε − x, per-sample mean squared error; class labels
     dropped to the null class at `label_drop_prob`. Samples are images in [-1, 1] on the 8-bit grid of the
     reference's PNGs (`quantize`)."""
+
+    family = "xAR"
 
     def __init__(self, network: Mapping[str, Any], latent: nn.Module, vae_checkpoint: str | None = None,
                  optimizer=None, ema_decay: float | None = 0.9999, label_drop_prob: float = 0.1, hflip: bool = False,
@@ -48,29 +49,11 @@ class XARModule(NeonModule):
         net = XARTransformer(**self.network_kwargs)
         super().__init__(net, optimizer=optimizer, ema=EMA(decay=ema_decay) if ema_decay else None,
                          num_classes=net.num_classes)
-        if (latent.channels, latent.size) != (net.channels, net.grid):
-            raise NeonError(f"the latent space gives {latent.channels}×{latent.size}×{latent.size} latents but "
-                            f"the transformer expects {net.channels}×{net.grid}×{net.grid}: set model.network.channels "
-                            f"and model.network.grid to match model.latent")
         if weights not in WEIGHTS:
             raise NeonError(f"model.weights must be one of {list(WEIGHTS)}, got {weights!r}")
-        self.latent = latent
-        if vae_checkpoint:
-            latent.load_release(vae_checkpoint)
-        elif hasattr(latent, "load_release"):
-            raise NeonError("xAR needs its VAE: give model.vae_checkpoint=PATH (MAR's KL-16, kl16.ckpt)")
-        self.latent.eval().requires_grad_(False)
+        self.attach_latent(latent, vae_checkpoint, net.channels, net.grid, needs="MAR's KL-16, kl16.ckpt",
+                           keys="model.network.channels and model.network.grid")
         self.label_drop_prob, self.hflip, self.quantize, self.weights = label_drop_prob, hflip, quantize, weights
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of the generated images."""
-        return tuple(self.latent.image_shape)
-
-    def train(self, mode: bool = True) -> "XARModule":
-        super().train(mode)
-        self.latent.eval()  # frozen in every stage
-        return self
 
     # --- checkpoints
     def read_checkpoint(self, path: str | Path) -> StateDict:
@@ -96,10 +79,7 @@ class XARModule(NeonModule):
             ("token count", dim_of(state, "encoder_pos_embed_learned", 1), net.seq_len, "model.network.grid"),
             ("latent channels", dim_of(state, "z_proj.weight", 1), net.channels, "model.network.channels"),
         ]
-        for what, found, want, key in checks:
-            if found != want:
-                raise NeonError(f"xAR checkpoint '{path}' has {what} {found} but the config gives {want}: set {key} "
-                                "to match (model=xar_b | xar_l | xar_h for the released files)")
+        check_architecture(path, "xAR", checks, "model=xar_b | xar_l | xar_h for the released files")
         return state
 
     def config_overrides(self) -> dict[str, Any]:
@@ -116,11 +96,7 @@ class XARModule(NeonModule):
 
     def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
         x, labels = batch["x"], batch.get("label")
-        if tuple(x.shape[1:]) != self.image_shape:
-            raise NeonError(f"images of shape {tuple(x.shape[1:])} do not fit the latent space, which expects "
-                            f"{self.image_shape}")
-        if labels is None:
-            raise NeonError("xAR is class-conditional but the data has no labels")
+        self.check_images(x, labels)
         net, b = self.net, x.shape[0]
         if self.hflip:  # the reference fine-tune's random horizontal flip, drawn per sample
             x = torch.where((noise.rand() < 0.5).to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
@@ -141,18 +117,5 @@ class XARModule(NeonModule):
     # --- sampling
     def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
         rng = PerSampleRNG(seeds, self.device)
-        if labels is None:  # one uniform class per seed, drawn first
-            labels = torch.cat([torch.randint(self.num_classes, (1,), generator=g, device=self.device)
-                                for g in rng.generators]) if len(rng) else torch.zeros(0, dtype=torch.long)
-        labels = labels.to(self.device).long()
-        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            bad = labels[(labels < 0) | (labels >= self.num_classes)][0].item()
-            raise NeonError(f"class id {bad} is out of range: this xAR has classes 0..{self.num_classes - 1}")
-        x = sampler(self.sampling_net, self.latent, labels, rng)
-        if self.quantize:
-            x = truncated_uint8(x).to(torch.float32) / 127.5 - 1
-        return x.to(torch.float32).clamp(-1, 1), labels
-
-    def export_samples(self, x: torch.Tensor) -> np.ndarray:
-        """Images as uint8 NHWC, the layout of the ADM evaluation suite."""
-        return truncated_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
+        labels = self.labels_for(rng, labels)  # drawn first when not given
+        return self.finish_images(sampler(self.sampling_net, self.latent, labels, rng), self.quantize), labels

@@ -1,0 +1,72 @@
+"""The anti-alignment diagnostic: its estimator against a closed-form case, and the task end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from neon.diagnose import gradient_alignment, parameter_groups, prediction
+from neon.module import NeonModule
+from tests.conftest import run_cli
+
+
+class GaussianMean(NeonModule):
+    """L(μ) = ½·mean‖x − μ‖² over the batch: the expected gradient on data with mean m is μ − m."""
+
+    def __init__(self, mu: torch.Tensor):
+        net = nn.Module()
+        net.mu = nn.Parameter(mu.clone())
+        super().__init__(net)
+
+    def loss(self, batch, noise):
+        return 0.5 * ((batch["x"] - self.net.mu) ** 2).sum(-1).mean()
+
+
+def batches(mean: torch.Tensor, std: torch.Tensor, size: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield {"x": mean + std * torch.randn(size, len(mean), generator=g)}
+
+
+def test_estimator_matches_the_closed_form_gaussian_case():
+    mu = torch.tensor([0.0, 0.0, 0.0, 0.0])
+    m_real, m_syn = torch.tensor([1.0, 0.0, 0.5, 0.0]), torch.tensor([-0.8, 0.3, 0.2, 0.0])
+    std, size = torch.tensor([1.0, 1.0, 2.0, 0.5]), 64
+    result = gradient_alignment(GaussianMean(mu), batches(m_real, std, size, 0), batches(m_syn, std, size, 1),
+                                num_batches=2000, blocks=10)
+    g_real, g_syn = mu - m_real, mu - m_syn
+    exact = float(g_real @ g_syn / (g_real.norm() * g_syn.norm()))
+    # Adam's second moment at μ: mean of g² = (μ − m)² + σ²/B, averaged over both sets
+    v = ((g_real ** 2 + std ** 2 / size) + (g_syn ** 2 + std ** 2 / size)) / 2
+    p_real, p_syn = g_real / v.sqrt(), g_syn / v.sqrt()
+    exact_pre = float(p_real @ p_syn / (p_real.norm() * p_syn.norm()))
+    assert exact < 0 and abs(result["cosine"] - exact) < 0.03
+    assert abs(result["cosine_preconditioned"] - exact_pre) < 0.03
+    assert result["cosine_ci95"][0] < exact < result["cosine_ci95"][1]
+    assert prediction(result).startswith("anti-aligned")
+    same = gradient_alignment(GaussianMean(mu), batches(m_real, std, size, 2), batches(m_real, std, size, 3),
+                              num_batches=400, blocks=8)
+    assert same["cosine"] > 0.9 and prediction(same).startswith("aligned")
+
+
+def test_groups_split_the_parameters():
+    net = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
+    assert parameter_groups(net) == {"0": ["0.weight", "0.bias"], "2": ["2.weight", "2.bias"]}
+    assert parameter_groups(net, patterns={"first": r"^0\."}) == {"first": ["0.weight", "0.bias"],
+                                                                   "other": ["2.weight", "2.bias"]}
+
+
+def test_diagnose_task_writes_its_json(tmp_path: Path):
+    proc = run_cli(["experiment=toy2d", "task=diagnose", "model.pretrain.steps=100", "neon.n_synthetic=200",
+                    "task.num_batches=20", "task.blocks=4", "task.real_data={seed: 1, n_train: 2000}",
+                    "trainer.enable_progress_bar=false"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "run" / "diagnosis.json").read_text())
+    for key in ("cosine", "cosine_preconditioned"):
+        assert -1 <= result[key] <= 1 and len(result[f"{key}_ci95"]) == 2
+    assert set(result["groups"]) == {"inp", "blocks", "out"} and result["num_batches"] == 20  # the toy's modules
+    assert not math.isnan(result["groups"]["out"]["cosine"]) and "gradient cosine" in proc.stdout

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from neon.callbacks import NeonMerge, merged_name
-from neon.diagnose import gradient_alignment, parameter_groups, prediction
+from neon.diagnose import diversity_warning, gradient_alignment, parameter_groups, prediction
 from neon.distributed import is_main
 from neon.errors import NeonError
 from neon.io import atomic_path, load_state_dict, save_state_dict, write_json, write_text
@@ -44,10 +44,14 @@ from neon.sweep import write_report
 
 
 def validate(cfg: DictConfig) -> None:
-    """Fail early, with one clear line, on the settings users type every day."""
+    """Fail early, with one clear line, on the settings users type every day; warn before fine-tuning on a
+    diversity-seeking S."""
     merge_ws(cfg)
     budgets_of(cfg)
     positive_int(cfg.neon.n_synthetic, "neon.n_synthetic")
+    warning = diversity_warning(plain(cfg.sampler))
+    if warning:
+        log.warning(warning)
 
 
 def theta_r_and_theta_s(run: Run, budgets: list[int]) -> tuple:

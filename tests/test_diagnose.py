@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neon.diagnose import gradient_alignment, parameter_groups, prediction
+from neon.diagnose import diversity_warning, gradient_alignment, parameter_groups, prediction
 from neon.module import NeonModule
 from tests.conftest import run_cli
 
@@ -70,3 +70,20 @@ def test_diagnose_task_writes_its_json(tmp_path: Path):
         assert -1 <= result[key] <= 1 and len(result[f"{key}_ci95"]) == 2
     assert set(result["groups"]) == {"inp", "blocks", "out"} and result["num_batches"] == 20  # the toy's modules
     assert not math.isnan(result["groups"]["out"]["cosine"]) and "gradient cosine" in proc.stdout
+
+
+def test_diversity_seeking_samplers_are_named():
+    assert diversity_warning({"score_scale": 1.1, "num_steps": 20}) is None
+    assert diversity_warning({"cfg": 2.0, "top_k": 900}) is None
+    warning = diversity_warning({"score_scale": 0.9})
+    assert "score_scale = 0.9" in warning and "neon task=diagnose" in warning
+    assert "temperature = 1.2" in diversity_warning({"temperature": 1.2})
+    assert "S_churn = 80" in diversity_warning({"S_churn": 80, "num_steps": 18})
+
+
+def test_the_pipeline_warns_before_fine_tuning_on_a_diversity_seeking_s(tmp_path: Path):
+    proc = run_cli(["experiment=toy2d", "sampler.score_scale=0.9", "model.pretrain.steps=50", "neon.n_synthetic=100",
+                    "neon.budget_steps=2", "neon.w=[0.0,1.0]", "metrics.num_samples=500", "metrics.block_size=500",
+                    "trainer.enable_progress_bar=false"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "diversity-seeking settings (score_scale = 0.9" in proc.stdout + proc.stderr

@@ -54,19 +54,25 @@ def validate(cfg: DictConfig) -> None:
         log.warning(warning)
 
 
+def cached_synthetic(run: Run, module, base_digest: str) -> tuple[dict, Path | None]:
+    """S's cache key and folder: drawn once into the artifact cache (None when S is streamed)."""
+    with run.stage("synthesize"):
+        s_key = synthetic_key(run, base_digest)
+        if run.cfg.neon.synthetic.mode == "stream":
+            return s_key, None
+        s_dir, built = run.cache.get_or_build("synthetic", s_key, lambda work: synthesize_into(run, module, work),
+                                              collective=True)
+        log.info("S: %s %s", "wrote" if built else "reusing", s_dir)
+    return s_key, s_dir
+
+
 def theta_r_and_theta_s(run: Run, budgets: list[int]) -> tuple:
     """The cached front of the pipeline: θ_r (loaded or pretrained), S, and θ_s at every budget.
     Returns (module holding θ_r, θ_r's digest, θ_r's file, a copy of θ_r, S's folder or None, θ_s files)."""
     with run.stage("pretrain"):
         module, base_digest, base_path = load_base(run)
     theta_r = copy_weights(module.neon_weights())
-    with run.stage("synthesize"):
-        s_key = synthetic_key(run, base_digest)
-        s_dir = None
-        if run.cfg.neon.synthetic.mode != "stream":
-            s_dir, built = run.cache.get_or_build("synthetic", s_key, lambda work: synthesize_into(run, module, work),
-                                                  collective=True)
-            log.info("S: %s %s", "wrote" if built else "reusing", s_dir)
+    s_key, s_dir = cached_synthetic(run, module, base_digest)
     with run.stage("finetune"):
         theta_s_paths = finetuned_weights(run, module, synthetic_data(run, module, s_dir), base_digest, s_key, budgets)
     return module, base_digest, base_path, theta_r, s_dir, theta_s_paths
@@ -517,10 +523,7 @@ def run_diagnose(cfg: DictConfig) -> dict:
     run = Run.from_config(cfg)
     with run.stage("pretrain"):
         module, base_digest, base_path = load_base(run)
-    with run.stage("synthesize"):
-        s_key = synthetic_key(run, base_digest)
-        s_dir = run.cache.get_or_build("synthetic", s_key, lambda work: synthesize_into(run, module, work),
-                                       collective=True)[0]
+    _, s_dir = cached_synthetic(run, module, base_digest)
     # held-out real data estimates the population gradient (on θ_r's own training set it is ≈ 0 by training)
     real_cfg = OmegaConf.merge(cfg.data, cfg.task.real_data) if cfg.task.get("real_data") else cfg.data
     real = instantiate(real_cfg)
@@ -534,7 +537,7 @@ def run_diagnose(cfg: DictConfig) -> dict:
                                     _endless(synthetic_data(run, module, s_dir).train_dataloader()),
                                     positive_int(t.num_batches, "task.num_batches"),
                                     blocks=positive_int(t.blocks, "task.blocks"), seed=cfg.seed, groups=groups)
-    result.update(prediction=prediction(result), theta_r=str(base_path), synthetic=str(s_dir),
+    result.update(prediction=prediction(result), theta_r=str(base_path), synthetic=str(s_dir) if s_dir else "streamed",
                   sampler=plain(cfg.sampler), seconds=run.seconds)
     if is_main():
         write_json(run.out / "diagnosis.json", result)

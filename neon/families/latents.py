@@ -56,14 +56,11 @@ class KLAutoencoder(nn.Module):
         """Normalised latents of a posterior sample (mean + std·noise), or of the mean when `noise` is None."""
         mean, std = self.moments(images)
         z = mean if noise is None else mean + std * noise.to(mean)
-        z = z * _as_map(self.scale_factor, z)
-        return z if isinstance(self.shift, float) and self.shift == 0.0 else z + _as_map(self.shift, z)
+        return z * _as_map(self.scale_factor, z) + _as_map(self.shift, z)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Normalised latents → images (about [-1, 1], not clamped)."""
-        if not (isinstance(self.shift, float) and self.shift == 0.0):
-            z = z - _as_map(self.shift, z)
-        return self.decoder(self.post_quant_conv(z / _as_map(self.scale_factor, z)))
+        return self.decoder(self.post_quant_conv((z - _as_map(self.shift, z)) / _as_map(self.scale_factor, z)))
 
     def load_release(self, path: str | Path) -> None:
         """An LDM-layout file (`{'model': ...}`, `{'state_dict': ...}` or a plain state dict) or a diffusers

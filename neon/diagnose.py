@@ -66,6 +66,16 @@ def _cosine(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], names: list[
     return dot / math.sqrt(na * nb) if na > 0 and nb > 0 else float("nan")
 
 
+BETA2 = 0.999  # Adam's default, as in the paper's toy
+
+
+def _sqrt_p(ema: dict[str, torch.Tensor], steps: int, eps: float) -> dict[str, torch.Tensor]:
+    """√P per coordinate, P = 1/(√v̂ + eps) from the moving average after `steps` updates: scaling both
+    gradients by √P turns the plain cosine into the P-weighted one."""
+    correction = 1 - BETA2 ** steps
+    return {n: (1.0 / ((v / correction).sqrt() + eps)).sqrt() for n, v in ema.items()}
+
+
 def _grads(module: NeonModule, batch: Batch, noise: StepNoise, params: dict[str, nn.Parameter]
            ) -> dict[str, torch.Tensor]:
     module.zero_grad(set_to_none=True)
@@ -79,10 +89,11 @@ def gradient_alignment(module: NeonModule, real: Iterator[Batch], synthetic: Ite
                        eps: float = 1e-8) -> dict:
     """Estimate cos(E[∇L_real], E[∇L_S]) at the module's current weights from `num_batches` pairs of batches.
 
-    Raw and Adam-preconditioned (each coordinate divided by √v + eps, v the mean squared gradient over both
-    sets, Adam's second moment at θ_r). The batches are split into `blocks`; the 95% intervals are Student-t
-    intervals over the blocks' cosines (which lean toward 0 when blocks are small: the interval tests the
-    sign; a block's preconditioner is v so far), the point values use all batches."""
+    Raw, and P-weighted as the paper's toy measures it: ⟨g_d, P g_s⟩ / (‖g_d‖_P ‖g_s‖_P) with Adam's diagonal
+    P = 1/(√v̂ + eps), v̂ the bias-corrected β2 = 0.999 moving average of the squared real-data batch gradients.
+    The batches are split into `blocks`; the 95% intervals are Student-t intervals over the blocks' cosines
+    (which lean toward 0 when blocks are small: the interval tests the sign; a block's P is v̂ so far), the
+    point values use all batches."""
     if num_batches < blocks or blocks < 2:
         raise NeonError(f"task.num_batches ({num_batches}) must be at least task.blocks ({blocks}), and blocks ≥ 2")
     module.train()
@@ -105,18 +116,17 @@ def gradient_alignment(module: NeonModule, real: Iterator[Batch], synthetic: Ite
             for n in params:
                 current.real[n] += gr[n]
                 current.synthetic[n] += gs[n]
-                square[n] += (gr[n] ** 2 + gs[n] ** 2) / 2
+                square[n].mul_(BETA2).add_(gr[n] ** 2, alpha=1 - BETA2)
         for n in params:
             total.real[n] += current.real[n]
             total.synthetic[n] += current.synthetic[n]
         # a block's preconditioned cosine uses v from the batches so far (no block is kept: memory stays 5·|θ|)
-        seen = (b + 1) * per_block
-        running = {n: 1.0 / ((square[n] / seen).sqrt() + eps) for n in params}
+        running = _sqrt_p(square, (b + 1) * per_block, eps)
         for g, names in groups.items():
             block_cos[g].append(_cosine(current.real, current.synthetic, names))
             block_pre[g].append(_cosine(current.real, current.synthetic, names, running))
     count = per_block * blocks
-    precondition = {n: 1.0 / ((square[n] / count).sqrt() + eps) for n in params}
+    precondition = _sqrt_p(square, count, eps)
     module.zero_grad(set_to_none=True)
 
     def interval(values: list[float]) -> list[float]:

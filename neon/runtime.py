@@ -46,15 +46,22 @@ def model_spec(cfg: DictConfig) -> dict[str, Any]:
             for k in model if k not in MODEL_META_KEYS}
 
 
+def is_auto_w(cfg: DictConfig) -> bool:
+    """Whether w is chosen by the line search (`neon.w=auto`) rather than given."""
+    return plain(cfg.neon.w) == "auto"
+
+
 def merge_ws(cfg: DictConfig) -> list[WSpec]:
     """`neon.w` as a list of coefficients (a number, a list, or a block-wise mapping)."""
     w = plain(cfg.neon.w)
+    if w == "auto":
+        raise NeonError(f"neon.w=auto is for task=neon; task={cfg.task.name} needs numbers, e.g. neon.w=[0.5,1.0]")
     ws = w if isinstance(w, list) else [w]
     if not ws:
         raise NeonError("neon.w is empty: give a number or a list of numbers, e.g. neon.w=[0.5,1.0]")
     for value in ws:
         if isinstance(value, str):
-            raise NeonError(f"neon.w must be a number or a list of numbers, got '{value}'")
+            raise NeonError(f"neon.w must be a number, a list of numbers or 'auto', got '{value}'")
     return [check_w(value) for value in ws]
 
 

@@ -4,6 +4,7 @@ artifact cache; the others run one stage alone on paths the user gives, writing 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from neon.auto_w import choose_w
 from neon.callbacks import NeonMerge, merged_name
 from neon.diagnose import diversity_warning, gradient_alignment, parameter_groups, prediction
 from neon.distributed import is_main
@@ -24,7 +26,7 @@ from neon.metrics.evaluate import features_of_images, interleave
 from neon.metrics.images import digest_source, read_image_source
 from neon.metrics.reference import reference_from_features, uint8_images_to_unit
 from neon.report import w_label, write_sample_grid, write_w_curve
-from neon.runtime import Run, log, merge_ws, plain, positive_int
+from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
 from neon.seeding import parse_seeds
 from neon.stages import (
     THETA_R,
@@ -41,28 +43,48 @@ from neon.stages import (
     synthetic_key,
 )
 from neon.sweep import write_report
+from neon.synthetic_source import check_fits, folder_key, source_config, source_folder, source_label, source_run
 
 
 def validate(cfg: DictConfig) -> None:
     """Fail early, with one clear line, on the settings users type every day; warn before fine-tuning on a
     diversity-seeking S."""
-    merge_ws(cfg)
+    if not is_auto_w(cfg):
+        merge_ws(cfg)
     budgets_of(cfg)
     positive_int(cfg.neon.n_synthetic, "neon.n_synthetic")
-    warning = diversity_warning(plain(cfg.sampler))
+    drawer = source_config(cfg) or cfg  # the sampler that draws S
+    warning = diversity_warning(plain(drawer.sampler))
     if warning:
         log.warning(warning)
 
 
 def cached_synthetic(run: Run, module, base_digest: str) -> tuple[dict, Path | None]:
-    """S's cache key and folder: drawn once into the artifact cache (None when S is streamed)."""
+    """S's cache key and folder: drawn once into the artifact cache (None when S is streamed) by θ_r, or
+    taken from `neon.synthetic.source` / drawn by `neon.synthetic.source_model` (cross-architecture S)."""
+    s = run.cfg.neon.synthetic
+    if s.get("source") and not s.get("source_model"):
+        s_dir = source_folder(s.source)
+        check_fits(module, s_dir, f"'{s.source}'")
+        log.info("S: from %s", s_dir)
+        return folder_key(s_dir), s_dir
+    drawer, drawer_module, drawer_digest = run, module, base_digest
+    src = source_run(run)
+    if src is not None:
+        with run.stage("pretrain"):
+            drawer_module, drawer_digest, _ = load_base(src)
+        drawer = src
     with run.stage("synthesize"):
-        s_key = synthetic_key(run, base_digest)
-        if run.cfg.neon.synthetic.mode == "stream":
+        s_key = synthetic_key(drawer, drawer_digest)
+        if s.mode == "stream":
+            if src is not None:
+                raise NeonError("neon.synthetic.source_model needs neon.synthetic.mode=cached (S is written once)")
             return s_key, None
-        s_dir, built = run.cache.get_or_build("synthetic", s_key, lambda work: synthesize_into(run, module, work),
-                                              collective=True)
-        log.info("S: %s %s", "wrote" if built else "reusing", s_dir)
+        s_dir, built = run.cache.get_or_build(
+            "synthetic", s_key, lambda work: synthesize_into(drawer, drawer_module, work), collective=True)
+        log.info("S (%s): %s %s", source_label(run), "wrote" if built else "reusing", s_dir)
+    if src is not None:
+        check_fits(module, s_dir, source_label(run))
     return s_key, s_dir
 
 
@@ -82,11 +104,16 @@ def run_neon(cfg: DictConfig) -> dict:
     """synthesize → fine-tune → merge → evaluate (pretraining first when no model.checkpoint is given)."""
     validate(cfg)
     run = Run.from_config(cfg)
-    ws, budgets = merge_ws(cfg), budgets_of(cfg)
+    budgets = budgets_of(cfg)
+    ws = None if is_auto_w(cfg) else merge_ws(cfg)
 
     module, base_digest, base_path, theta_r, s_dir, theta_s_paths = theta_r_and_theta_s(run, budgets)
 
     evaluator = Evaluator(run, module)
+    auto = None
+    if ws is None:  # the line search picks w and B on the proxy; the grid below scores θ_r and that point
+        auto = search_w(run, module, theta_r, theta_s_paths, budgets)
+        ws, budgets = [0.0] + ([auto["w"]] if auto["w"] != 0.0 else []), [auto["budget_steps"]]
     grid = {}  # budget → scores per w
     for budget in budgets:
         grid[budget] = sweep_w(run, evaluator, theta_r, load_state_dict(theta_s_paths[budget]), ws, f"B={budget}")
@@ -122,8 +149,10 @@ def run_neon(cfg: DictConfig) -> dict:
         "control": None if control is None else {
             "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, control)],
             "fid_best": min(control), "w": ws[control.index(min(control))]},
+        "auto_w": auto,
         "n_synthetic": cfg.neon.n_synthetic,
-        "sampler": plain(cfg.sampler),
+        "synthetic_source": source_label(run),
+        "sampler": plain((source_config(cfg) or cfg).sampler),
         "eval_sampler": plain(evaluator.sampler_cfg),
         "metric": evaluator.trace(),
         "scores_neon": {k: v for k, v in grid[best_b][best].items() if k not in ("digest",)},
@@ -150,6 +179,41 @@ def run_neon(cfg: DictConfig) -> dict:
     print_table(summary)
     log.info("FID base %.6g → neon %.6g at w = %s, B = %d (%s)", fid_base, fids[best], w_label(ws[best]), best_b, run.out)
     return summary
+
+
+def search_w(run: Run, module, theta_r: dict, theta_s_paths: dict, budgets: list[int]) -> dict:
+    """`neon.w=auto`: the line search of `neon.auto` at every budget on the proxy FID; the best (B, w) and
+    every proxy point, with the number of distinct proxy evaluations it cost."""
+    a = plain(run.cfg.neon.auto)
+    # the proxy's own seeds: the chosen w is then scored on seeds the search never saw (no selection bias)
+    proxy = Evaluator(run, module, num_samples=a.get("num_samples"), seed_offset=a.get("seed_offset"))
+    groups = a.get("groups") or None
+    if groups is not None and not isinstance(groups, dict):
+        raise NeonError(f"neon.auto.groups must map group names to regexes, e.g. {{middle: 'blocks'}}, got {groups!r}")
+    # the rest ('default') is searched as one more group only if some parameter matches no group
+    rest = bool(groups) and any(not any(re.search(rx, k) for rx in groups.values())
+                                for k, t in theta_r.items() if t.is_floating_point())
+    points: list[dict] = []
+    digests: set[str] = set()
+    chosen = {}
+    for budget in budgets:
+        theta_s = load_state_dict(theta_s_paths[budget])
+
+        def score(w, theta_s=theta_s, budget=budget) -> float:
+            with run.stage("merge"):
+                merged = extrapolate(theta_r, theta_s, w)
+            with run.stage("evaluate"):
+                result = proxy.score(merged)
+            digests.add(result["digest"])
+            log.info("auto w, B=%d: w = %s → proxy FID %.6g", budget, w_label(w), result["fid"])
+            return result["fid"]
+
+        chosen[budget] = choose_w(score, a, groups, points, label=f"B={budget} ", rest=rest)
+        log.info("auto w at B=%d: w = %s, proxy FID %.6g", budget, w_label(chosen[budget][0]), chosen[budget][1])
+    best = min(budgets, key=lambda b: chosen[b][1])
+    return {"w": chosen[best][0], "budget_steps": best, "proxy_fid": chosen[best][1],
+            "proxy_num_samples": proxy.num_samples, "proxy_seeds": proxy.trace()["seeds"],
+            "evaluations": len(digests), "points": points}
 
 
 def write_previews(run: Run, evaluator: Evaluator, module, theta_r: dict, neon_label: str) -> dict[str, Path]:

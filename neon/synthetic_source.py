@@ -1,0 +1,118 @@
+"""S from somewhere other than θ_r: a finished run or S folder (`neon.synthetic.source`), or another model,
+possibly of another family, that draws it (`neon.synthetic.source_model`) — cross-architecture S."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from neon.errors import NeonError
+from neon.runtime import Run
+
+
+def compose_model(name: str, overrides: list[str]) -> DictConfig:
+    """The config that `model=NAME` plus `overrides` composes (inside the running app or on its own)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from neon.cli import CONF_DIR
+
+    args = [f"model={name}", *overrides]
+    if GlobalHydra.instance().is_initialized():
+        return compose("config", overrides=args)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=args)
+
+
+def source_config(cfg: DictConfig) -> DictConfig | None:
+    """The config that draws S when `neon.synthetic.source_model` names a model config: that model (with
+    `neon.synthetic.source` as its checkpoint, else pretrained here on `data`) and its own sampler; data,
+    seeds and S settings are this config's. None when S is θ_r's own."""
+    s = cfg.neon.synthetic
+    name = s.get("source_model")
+    if not name:
+        return None
+    from hydra.errors import HydraException
+
+    try:
+        composed = compose_model(str(name), [str(o) for o in s.get("source_overrides") or []])
+    except HydraException as exc:
+        raise NeonError(f"neon.synthetic.source_model={name}: {str(exc).splitlines()[0]}") from None
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.model = composed.model
+        cfg.sampler = composed.sampler
+        if s.get("source"):
+            cfg.model.checkpoint = str(s.source)
+    return cfg
+
+
+def source_run(run: Run) -> Run | None:
+    """`source_config` as a run sharing this run's folder, cache and stage timings."""
+    cfg = source_config(run.cfg)
+    return None if cfg is None else Run(cfg=cfg, out=run.out, cache=run.cache, seconds=run.seconds)
+
+
+def source_folder(path: str | Path) -> Path:
+    """The S folder that `path` names: an S folder (shards) or a run folder whose summary.json points to one."""
+    path = Path(path)
+    if path.is_file():
+        raise NeonError(f"neon.synthetic.source '{path}' is a file: a checkpoint needs the model that reads it, "
+                        "neon.synthetic.source_model=<model config> (e.g. var_tiny)")
+    if not path.is_dir():
+        raise NeonError(f"neon.synthetic.source '{path}' does not exist: give a run folder of task=synthesize, "
+                        "neon or diagnose, or a folder of S shards")
+    if not list(path.glob("shard_*.pt")) and (path / "summary.json").is_file():
+        summary = json.loads((path / "summary.json").read_text())
+        inner = summary.get("synthetic") or summary.get("artifacts", {}).get("synthetic")
+        if not inner or inner == "streamed":
+            raise NeonError(f"run '{path}' kept no S (it was streamed): rerun it with neon.synthetic.mode=cached")
+        path = Path(inner)
+    shards = sorted(path.glob("shard_*.pt"))
+    if not shards or list(path.glob("block_*.pt")):
+        raise NeonError(f"'{path}' holds no finished S (shard_*.pt, and no block_*.pt left over): finish the "
+                        "task=synthesize run that writes it")
+    return path
+
+
+def folder_key(folder: Path) -> dict[str, Any]:
+    """What S in a folder is: its recorded key (θ_r, sampler, seeds) if it has one, else its shards' hash."""
+    for name in ("key.json", "checksums.json"):
+        if (folder / name).is_file():
+            return {"source": json.loads((folder / name).read_text())}
+    h = hashlib.sha256()
+    for shard in sorted(folder.glob("shard_*.pt")):
+        h.update(shard.name.encode())
+        h.update(shard.read_bytes())
+    return {"source": {"shards_sha256": h.hexdigest()}}
+
+
+def check_fits(module, folder: Path, origin: str) -> None:
+    """S's images and labels fit the model to fine-tune, or one line says what differs."""
+    first = torch.load(sorted(folder.glob("shard_*.pt"))[0], map_location="cpu", weights_only=True)
+    x, labels = first["x"], first.get("label")
+    shape = getattr(module, "image_shape", None)
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise NeonError(f"S from {origin} holds images of shape {tuple(x.shape[1:])}, but the model to fine-tune "
+                        f"takes {tuple(shape)}: draw S at the same resolution and channels")
+    classes = int(getattr(module, "num_classes", 0) or 0)
+    if classes and labels is None:
+        raise NeonError(f"S from {origin} has no labels, but the model to fine-tune is class-conditional")
+    if classes and labels is not None and int(labels.max()) >= classes:
+        raise NeonError(f"S from {origin} has class {int(labels.max())}, but the model to fine-tune has {classes} "
+                        "classes")
+
+
+def source_label(run: Run) -> str:
+    """Where S comes from, in words for logs and summaries."""
+    s = run.cfg.neon.synthetic
+    if s.get("source_model"):
+        return f"model={s.source_model}" + (f" ({s.source})" if s.get("source") else " (pretrained here)")
+    return str(s.source) if s.get("source") else "θ_r"
+

@@ -1,0 +1,93 @@
+"""neon.w=auto: the line search, block-wise w, and the toy against its swept best w."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from neon.auto_w import choose_w, line_search, memoised
+from neon.errors import NeonError
+from neon.merge import extrapolate, w_for
+from tests.conftest import run_cli, summary_of
+
+AUTO = {"start": 0.0, "step": 0.5, "w_min": 0.0, "w_max": 8.0, "tolerance": 0.1, "rounds": 1}
+
+
+@pytest.mark.parametrize("target", [0.0, 0.37, 1.6, 4.9, 7.95, 20.0])
+def test_line_search_finds_the_minimum_of_a_unimodal_curve(target):
+    points = []
+    f = memoised(lambda w: abs(w - target) ** 1.5, points, "t")
+    w = line_search(f, 0.0, 0.5, 0.0, 8.0, 0.1)
+    assert abs(w - min(target, 8.0)) <= 0.05
+    assert len(points) <= 16  # a 0.1 grid over [0, 8] would cost 81 evaluations
+    assert len({p["w"] for p in points}) == len(points)  # never scores a w twice
+
+
+def test_line_search_walks_down_to_negative_w_when_allowed():
+    f = memoised(lambda w: (w + 1.3) ** 2, [], "t")
+    assert abs(line_search(f, 0.0, 0.5, -4.0, 4.0, 0.05) + 1.3) <= 0.025
+    g = memoised(lambda w: (w + 1.3) ** 2, [], "t")
+    assert line_search(g, 0.0, 0.5, 0.0, 4.0, 0.05) == 0.0  # w_min = 0: stays at the bound
+
+
+def test_blockwise_w_with_equal_coefficients_equals_scalar_w():
+    g = torch.Generator().manual_seed(0)
+    base = {k: torch.randn(5, 3, generator=g) for k in ("enc.0.weight", "mid.weight", "dec.1.bias")}
+    base["steps"] = torch.tensor(3)
+    aux = {k: v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v + 1
+           for k, v in base.items()}
+    scalar = extrapolate(base, aux, 1.3)
+    blockwise = extrapolate(base, aux, {"^enc": 1.3, "mid": 1.3, "default": 1.3})
+    for key in base:
+        assert torch.equal(scalar[key], blockwise[key]), key
+
+
+def test_choose_w_searches_each_group_after_the_scalar_w():
+    # a score whose best w differs per group: the block-wise search must find each group's own optimum
+    best = {"^enc": 0.5, "^dec": 2.0, "default": 1.0}
+
+    def score(w) -> float:
+        return sum((w_for(k, w) - w_for(k, best)) ** 2 for k in ("enc.a", "dec.b", "mid.c"))
+
+    points = []
+    w, s = choose_w(score, AUTO, {"encoder": "^enc", "decoder": "^dec"}, points)
+    assert set(w) == {"^enc", "^dec", "default"}
+    assert abs(w["^enc"] - 0.5) <= 0.05 and abs(w["^dec"] - 2.0) <= 0.05 and abs(w["default"] - 1.0) <= 0.05
+    assert s == pytest.approx(score(w)) and s < score(w["default"])
+    assert {p["search"] for p in points} == {"scalar", "encoder (round 1)", "decoder (round 1)", "rest (round 1)"}
+
+
+@pytest.mark.parametrize("bad, key", [({"w_min": 2.0, "w_max": 1.0}, "w_min"), ({"step": 0.0}, "step"),
+                                      ({"tolerance": -1.0}, "tolerance"), ({"start": 9.0}, "start")])
+def test_bad_auto_settings_name_the_key(bad, key):
+    with pytest.raises(NeonError, match=f"neon.auto.{key}"):
+        choose_w(lambda w: 0.0, {**AUTO, **bad}, None, [])
+
+
+def test_auto_w_on_the_toy_lands_near_the_swept_best(tmp_path: Path):
+    # the paper's toy (ζ = 1.1, B = 50) swept on a 0.1 grid, then neon.w=auto on the same θ_r, S and θ_s
+    common = ["experiment=toy2d", "metrics.num_samples=8000", "metrics.block_size=8000",
+              "trainer.enable_progress_bar=false"]
+    grid = [round(0.1 * i, 1) for i in range(0, 31)]
+    proc = run_cli([*common, f"neon.w=[{','.join(map(str, grid))}]"], tmp_path, "grid")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    swept = summary_of(tmp_path, "grid")
+    proc = run_cli([*common, "neon.w=auto"], tmp_path, "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    auto = summary_of(tmp_path, "auto")
+
+    assert swept["w"] > 0.2  # the toy's mode-seeking S wants a positive w
+    assert abs(auto["w"] - swept["w"]) <= 0.2
+    assert auto["auto_w"]["evaluations"] < len(grid) / 2
+    assert auto["fid_neon"] <= swept["fid_neon"] * 1.2
+    assert [p["w"] for p in auto["w_curve"]] == ["0", f"{auto['w']:g}"]
+    assert json.loads((tmp_path / "auto" / "summary.json").read_text())["auto_w"]["points"]
+
+
+def test_auto_w_is_refused_where_w_must_be_given(tmp_path: Path):
+    proc = run_cli(["experiment=toy2d", "task=finetune", "neon.w=auto"], tmp_path)
+    assert proc.returncode != 0
+    assert "neon.w=auto is for task=neon" in proc.stderr

@@ -1,0 +1,75 @@
+"""S from elsewhere: another family's model draws it (cross-architecture S), or a finished run supplies it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tests.conftest import run_cli, summary_of
+
+# the EDM digits model, tiny, fine-tuned on S; the xAR digits model, tiny, draws S
+TINY_EDM = ["model.pretrain.steps=30", "neon.n_synthetic=40", "neon.budget_steps=2", "neon.batch_size=20",
+            "neon.w=[0.0,1.0]", "neon.control=false", "neon.synthetic.block_size=20", "neon.synthetic.shard_size=40",
+            "metrics.num_samples=40", "metrics.block_size=40", "metrics.noise_seed_offset=null", "sampler.num_steps=4",
+            "preview_samples=0", "trainer.enable_progress_bar=false"]
+XAR_DRAWS = ["neon.synthetic.source_model=xar_tiny",
+             "neon.synthetic.source_overrides=['model.pretrain.steps=20','sampler.num_steps=3']"]
+
+
+def finetune_keys(cache: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((cache / "finetune").glob("*/key.json"))]
+
+
+def test_another_family_draws_s_for_edm(tmp_path: Path):
+    proc = run_cli([*TINY_EDM, *XAR_DRAWS], tmp_path, "cross")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = summary_of(tmp_path, "cross")
+    assert summary["family"] == "neon.families.edm.EDMModule" and summary["synthetic_source"].startswith("model=xar_tiny")
+    assert summary["sampler"]["num_steps"] == 3 and "cfg" in summary["sampler"]  # the sampler that drew S
+    s_dir = Path(summary["artifacts"]["synthetic"])
+    key = json.loads((s_dir / "key.json").read_text())
+    assert key["family"] == "neon.families.xar.XARModule" and key["sampler"]["num_steps"] == 3
+    shard = torch.load(next(s_dir.glob("shard_*.pt")), weights_only=True)
+    assert tuple(shard["x"].shape) == (40, 1, 8, 8) and torch.equal(shard["label"], torch.arange(40) % 10)
+    # two θ_r: EDM's and xAR's, each pretrained once
+    assert len(list((tmp_path / "cache" / "pretrain").glob("*/theta_r.safetensors"))) == 2
+
+    # the EDM's own S gives another S and another θ_s; the same cross run again redoes nothing
+    proc = run_cli(TINY_EDM, tmp_path, "own")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert summary_of(tmp_path, "own")["artifacts"]["synthetic"] != str(s_dir)
+    assert len(finetune_keys(tmp_path / "cache")) == 2
+    proc = run_cli([*TINY_EDM, *XAR_DRAWS], tmp_path, "again")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = summary_of(tmp_path, "again")
+    assert again["fid_neon"] == summary["fid_neon"] and again["seconds"].get("finetune", 0) < 5
+
+
+def test_a_synthesize_run_supplies_s(tmp_path: Path):
+    proc = run_cli(["task=synthesize", *TINY_EDM], tmp_path, "synth")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli([*TINY_EDM, f"neon.synthetic.source={tmp_path / 'synth'}"], tmp_path, "neon")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = summary_of(tmp_path, "neon")
+    assert summary["artifacts"]["synthetic"] == str(tmp_path / "synth" / "synthetic")
+    (key,) = finetune_keys(tmp_path / "cache")
+    assert key["synthetic"]["source"] == json.loads((tmp_path / "synth" / "synthetic" / "key.json").read_text())
+
+
+def test_bad_sources_are_named(tmp_path: Path):
+    proc = run_cli([*TINY_EDM, f"neon.synthetic.source={tmp_path / 'nowhere'}"], tmp_path, "a")
+    assert proc.returncode != 0 and "nowhere' does not exist" in proc.stderr
+    ckpt = tmp_path / "model.safetensors"
+    ckpt.write_bytes(b"x")
+    proc = run_cli([*TINY_EDM, f"neon.synthetic.source={ckpt}"], tmp_path, "b")
+    assert proc.returncode != 0 and "neon.synthetic.source_model" in proc.stderr
+    # S of 2-d toy points cannot fine-tune an 8×8 image model
+    proc = run_cli(["task=synthesize", "experiment=toy2d", "model.pretrain.steps=20", "neon.n_synthetic=50"],
+                   tmp_path, "toy")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli([*TINY_EDM, f"neon.synthetic.source={tmp_path / 'toy'}"], tmp_path, "c")
+    assert proc.returncode != 0 and "images of shape (2,)" in proc.stderr and "(1, 8, 8)" in proc.stderr
+    proc = run_cli([*TINY_EDM, "neon.synthetic.source_model=nosuch"], tmp_path, "d")
+    assert proc.returncode != 0 and "nosuch" in proc.stderr

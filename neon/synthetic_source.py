@@ -1,5 +1,6 @@
-"""S from somewhere other than θ_r: a finished run or S folder (`neon.synthetic.source`), or another model,
-possibly of another family, that draws it (`neon.synthetic.source_model`) — cross-architecture S."""
+"""S from somewhere other than θ_r: a finished run's S or an S folder, or another model — possibly of another
+family — that draws it: a run's model (`neon.synthetic.source=RUN`) or a model config (`neon.synthetic.source_model`).
+This is cross-architecture S."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from neon.errors import NeonError
 from neon.runtime import Run
@@ -30,26 +31,56 @@ def compose_model(name: str, overrides: list[str]) -> DictConfig:
         return compose("config", overrides=args)
 
 
-def source_config(cfg: DictConfig) -> DictConfig | None:
-    """The config that draws S when `neon.synthetic.source_model` names a model config: that model (with
-    `neon.synthetic.source` as its checkpoint, else pretrained here on `data`) and its own sampler; data,
-    seeds and S settings are this config's. None when S is θ_r's own."""
-    s = cfg.neon.synthetic
-    name = s.get("source_model")
-    if not name:
-        return None
-    from hydra.errors import HydraException
+# the weights a finished run folder holds, in order of preference: θ_r (task=pretrain), an export, θ_neon
+RUN_WEIGHTS = ("theta_r.safetensors", "model.safetensors", "theta_neon.safetensors")
 
-    try:
-        composed = compose_model(str(name), [str(o) for o in s.get("source_overrides") or []])
-    except HydraException as exc:
-        raise NeonError(f"neon.synthetic.source_model={name}: {str(exc).splitlines()[0]}") from None
+
+def run_model(folder: Path) -> tuple[DictConfig, Path] | None:
+    """The config (model, sampler) and weights of a finished run folder that keeps no S, or None."""
+    config = folder / ".hydra" / "config.yaml"
+    weights = next((folder / name for name in RUN_WEIGHTS if (folder / name).is_file()), None)
+    if not folder.is_dir() or not config.is_file() or weights is None or holds_s(folder):
+        return None
+    return OmegaConf.load(config), weights
+
+
+def holds_s(folder: Path) -> bool:
+    """Whether a folder is S (shards) or a run whose summary names a kept S."""
+    if list(folder.glob("shard_*.pt")):
+        return True
+    summary = folder / "summary.json"
+    if not summary.is_file():
+        return False
+    data = json.loads(summary.read_text())
+    inner = data.get("synthetic") or (data.get("artifacts") or {}).get("synthetic")
+    return bool(inner) and inner != "streamed"
+
+
+def source_config(cfg: DictConfig) -> DictConfig | None:
+    """The config that draws S when another model does: `neon.synthetic.source_model` names a model config
+    (its checkpoint `neon.synthetic.source`, else pretrained here on `data`), or `neon.synthetic.source` is a
+    finished run that keeps a model but no S (its model, sampler and weights). Data, seeds and S settings
+    are this config's. None when S is θ_r's own or read from a folder."""
+    s = cfg.neon.synthetic
+    name, source = s.get("source_model"), s.get("source")
+    if name:
+        from hydra.errors import HydraException
+
+        try:
+            drawer = compose_model(str(name), [str(o) for o in s.get("source_overrides") or []])
+        except HydraException as exc:
+            raise NeonError(f"neon.synthetic.source_model={name}: {str(exc).splitlines()[0]}") from None
+        checkpoint = source
+    elif source and (found := run_model(Path(source))) is not None:
+        drawer, checkpoint = found
+    else:
+        return None
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
-        cfg.model = composed.model
-        cfg.sampler = composed.sampler
-        if s.get("source"):
-            cfg.model.checkpoint = str(s.source)
+        cfg.model = drawer.model
+        cfg.sampler = drawer.sampler
+        if checkpoint:
+            cfg.model.checkpoint = str(checkpoint)
     return cfg
 
 
@@ -64,16 +95,17 @@ def source_folder(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         raise NeonError(f"neon.synthetic.source '{path}' is a file: a checkpoint needs the model that reads it, "
-                        "neon.synthetic.source_model=<model config> (e.g. var_tiny)")
+                        "neon.synthetic.source_model=<model config> (e.g. var_tiny), or give the run folder that "
+                        "wrote it")
     if not path.is_dir():
-        raise NeonError(f"neon.synthetic.source '{path}' does not exist: give a run folder of task=synthesize, "
-                        "neon or diagnose, or a folder of S shards")
+        raise NeonError(f"neon.synthetic.source '{path}' does not exist: give a run folder (task=synthesize, neon, "
+                        "diagnose, pretrain or export) or a folder of S shards")
     if not list(path.glob("shard_*.pt")) and (path / "summary.json").is_file():
+        if not holds_s(path):
+            raise NeonError(f"run '{path}' kept neither S nor a model (theta_neon/theta_r/model.safetensors with "
+                            ".hydra/config.yaml): give a run of task=synthesize, neon, pretrain or export")
         summary = json.loads((path / "summary.json").read_text())
-        inner = summary.get("synthetic") or summary.get("artifacts", {}).get("synthetic")
-        if not inner or inner == "streamed":
-            raise NeonError(f"run '{path}' kept no S (it was streamed): rerun it with neon.synthetic.mode=cached")
-        path = Path(inner)
+        path = Path(summary.get("synthetic") or summary["artifacts"]["synthetic"])
     shards = sorted(path.glob("shard_*.pt"))
     if not shards or list(path.glob("block_*.pt")):
         raise NeonError(f"'{path}' holds no finished S (shard_*.pt, and no block_*.pt left over): finish the "
@@ -114,5 +146,7 @@ def source_label(run: Run) -> str:
     s = run.cfg.neon.synthetic
     if s.get("source_model"):
         return f"model={s.source_model}" + (f" ({s.source})" if s.get("source") else " (pretrained here)")
-    return str(s.source) if s.get("source") else "θ_r"
+    if s.get("source"):
+        return f"the model of run {s.source}" if run_model(Path(s.source)) else str(s.source)
+    return "θ_r"
 

@@ -63,13 +63,13 @@ def cached_synthetic(run: Run, module, base_digest: str) -> tuple[dict, Path | N
     """S's cache key and folder: drawn once into the artifact cache (None when S is streamed) by θ_r, or
     taken from `neon.synthetic.source` / drawn by `neon.synthetic.source_model` (cross-architecture S)."""
     s = run.cfg.neon.synthetic
-    if s.get("source") and not s.get("source_model"):
+    src = source_run(run)
+    if src is None and s.get("source"):
         s_dir = source_folder(s.source)
         check_fits(module, s_dir, f"'{s.source}'")
         log.info("S: from %s", s_dir)
         return folder_key(s_dir), s_dir
     drawer, drawer_module, drawer_digest = run, module, base_digest
-    src = source_run(run)
     if src is not None:
         with run.stage("pretrain"):
             drawer_module, drawer_digest, _ = load_base(src)

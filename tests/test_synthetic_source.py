@@ -73,3 +73,15 @@ def test_bad_sources_are_named(tmp_path: Path):
     assert proc.returncode != 0 and "images of shape (2,)" in proc.stderr and "(1, 8, 8)" in proc.stderr
     proc = run_cli([*TINY_EDM, "neon.synthetic.source_model=nosuch"], tmp_path, "d")
     assert proc.returncode != 0 and "nosuch" in proc.stderr
+
+
+def test_a_pretrain_run_of_another_family_draws_s(tmp_path: Path):
+    proc = run_cli(["task=pretrain", "model=xar_tiny", "model.pretrain.steps=20", "sampler.num_steps=3",
+                    "trainer.enable_progress_bar=false"], tmp_path, "xar")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli([*TINY_EDM, f"neon.synthetic.source={tmp_path / 'xar'}"], tmp_path, "edm")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = summary_of(tmp_path, "edm")
+    assert summary["synthetic_source"] == f"the model of run {tmp_path / 'xar'}"
+    key = json.loads((Path(summary["artifacts"]["synthetic"]) / "key.json").read_text())
+    assert key["family"] == "neon.families.xar.XARModule" and key["sampler"]["num_steps"] == 3

@@ -82,7 +82,8 @@ def cached_synthetic(run: Run, module, base_digest: str) -> tuple[dict, Path | N
             return s_key, None
         s_dir, built = run.cache.get_or_build(
             "synthetic", s_key, lambda work: synthesize_into(drawer, drawer_module, work), collective=True)
-        log.info("S (%s): %s %s", source_label(run), "wrote" if built else "reusing", s_dir)
+        origin = "" if src is None else f" (drawn by {source_label(run)})"
+        log.info("S%s: %s %s", origin, "wrote" if built else "reusing", s_dir)
     if src is not None:
         check_fits(module, s_dir, source_label(run))
     return s_key, s_dir

@@ -83,12 +83,11 @@ def choose_w(score: Callable[[WSpec], float], auto: Mapping[str, Any], groups: M
     (w or {regex: w, ..., 'default': w}, its score)."""
     check_auto(auto)
     lo, hi, step, tol = (float(auto[k]) for k in ("w_min", "w_max", "step", "tolerance"))
-    scalar = memoised(lambda w: score(w), points, f"{label}scalar")
+    scalar = memoised(score, points, f"{label}scalar")
     w = line_search(scalar, float(auto["start"]), step, lo, hi, tol)
-    best: WSpec = w
     best_score = scalar(w)
     if not groups:
-        return best, best_score
+        return w, best_score
     spec = {rx: w for rx in groups.values()}
     spec["default"] = w
     coordinates = {**groups, **({"rest": "default"} if rest else {})}

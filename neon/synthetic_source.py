@@ -39,21 +39,21 @@ def run_model(folder: Path) -> tuple[DictConfig, Path] | None:
     """The config (model, sampler) and weights of a finished run folder that keeps no S, or None."""
     config = folder / ".hydra" / "config.yaml"
     weights = next((folder / name for name in RUN_WEIGHTS if (folder / name).is_file()), None)
-    if not folder.is_dir() or not config.is_file() or weights is None or holds_s(folder):
+    if not folder.is_dir() or not config.is_file() or weights is None or kept_s(folder) is not None:
         return None
     return OmegaConf.load(config), weights
 
 
-def holds_s(folder: Path) -> bool:
-    """Whether a folder is S (shards) or a run whose summary names a kept S."""
+def kept_s(folder: Path) -> Path | None:
+    """The S folder a folder is (shards) or a run's summary names, None if it keeps no S."""
     if list(folder.glob("shard_*.pt")):
-        return True
+        return folder
     summary = folder / "summary.json"
     if not summary.is_file():
-        return False
+        return None
     data = json.loads(summary.read_text())
     inner = data.get("synthetic") or (data.get("artifacts") or {}).get("synthetic")
-    return bool(inner) and inner != "streamed"
+    return Path(inner) if inner and inner != "streamed" else None
 
 
 def source_config(cfg: DictConfig) -> DictConfig | None:
@@ -101,11 +101,11 @@ def source_folder(path: str | Path) -> Path:
         raise NeonError(f"neon.synthetic.source '{path}' does not exist: give a run folder (task=synthesize, neon, "
                         "diagnose, pretrain or export) or a folder of S shards")
     if not list(path.glob("shard_*.pt")) and (path / "summary.json").is_file():
-        if not holds_s(path):
+        inner = kept_s(path)
+        if inner is None:
             raise NeonError(f"run '{path}' kept neither S nor a model (theta_neon/theta_r/model.safetensors with "
                             ".hydra/config.yaml): give a run of task=synthesize, neon, pretrain or export")
-        summary = json.loads((path / "summary.json").read_text())
-        path = Path(summary.get("synthetic") or summary["artifacts"]["synthetic"])
+        path = inner
     shards = sorted(path.glob("shard_*.pt"))
     if not shards or list(path.glob("block_*.pt")):
         raise NeonError(f"'{path}' holds no finished S (shard_*.pt, and no block_*.pt left over): finish the "

@@ -6,8 +6,9 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,19 @@ def unwrap_state_dict(obj: Any, path: Path) -> StateDict:
     raise NeonError(
         f"'{path}' holds no state dict (expected tensors, or a Lightning checkpoint with 'state_dict')"
     )
+
+
+def rename_keys(state: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str]]) -> StateDict:
+    """The state dict with each key rewritten by the first regex rule (pattern, replacement) that matches it."""
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in rules:
+            new, hits = re.subn(pattern, replacement, key)
+            if hits:
+                key = new
+                break
+        out[key] = value
+    return out
 
 
 def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> StateDict:

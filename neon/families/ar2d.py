@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from neon.io import StateDict, load_state_dict, rename_keys
 from neon.module import Batch, NeonModule, Sampler
 from neon.seeding import PerSampleRNG, StepNoise
 
@@ -60,6 +62,10 @@ class ARToy(NeonModule):
     def __init__(self, hidden: int = 64, layers: int = 2, min_log_std: float = -6.0, max_log_std: float = 3.0,
                  optimizer=None):
         super().__init__(ARGaussian2D(hidden, layers, min_log_std, max_log_std), optimizer=optimizer)
+
+    def read_checkpoint(self, path: str | Path) -> StateDict:
+        """Our weights, or the paper notebook's `ARGaussian2D.state_dict()` (its head2 wraps the MLP in `net`)."""
+        return rename_keys(load_state_dict(path), ((r"^head2\.net\.", "head2."),))
 
     def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
         return self.net.nll(batch["x"]).mean()

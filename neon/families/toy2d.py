@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from neon.io import StateDict, load_state_dict, rename_keys
 from neon.module import Batch, NeonModule, Sampler
 from neon.seeding import PerSampleRNG, StepNoise
 
@@ -75,6 +77,10 @@ class ToyDiffusion(NeonModule):
         self.features = features
         self.train_steps = train_steps
         self.register_buffer("alpha_bar", cosine_alpha_bar(train_steps), persistent=False)
+
+    def read_checkpoint(self, path: str | Path) -> StateDict:
+        """Our weights, or the paper notebook's `DiffusionModel.state_dict()` (inb, mbs.N.l, out) as saved."""
+        return rename_keys(load_state_dict(path), ((r"^inb\.", "inp."), (r"^mbs\.(\d+)\.l\.", r"blocks.\1.")))
 
     def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
         x = batch["x"]

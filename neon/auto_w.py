@@ -74,6 +74,9 @@ def check_auto(auto: Mapping[str, Any]) -> None:
             raise NeonError(f"neon.auto.{key} must be positive, got {auto[key]}")
     if not lo <= float(auto["start"]) <= hi:
         raise NeonError(f"neon.auto.start ({auto['start']}) must lie in [w_min, w_max] = [{lo}, {hi}]")
+    groups = auto.get("groups")
+    if groups and not isinstance(groups, Mapping):
+        raise NeonError(f"neon.auto.groups must map group names to regexes, e.g. {{middle: 'blocks'}}, got {groups!r}")
 
 
 def choose_w(score: Callable[[WSpec], float], auto: Mapping[str, Any], groups: Mapping[str, str] | None,

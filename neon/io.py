@@ -101,14 +101,11 @@ def unwrap_state_dict(obj: Any, path: Path) -> StateDict:
 
 
 def rename_keys(state: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, str]]) -> StateDict:
-    """The state dict with each key rewritten by the first regex rule (pattern, replacement) that matches it."""
+    """The state dict with every key rewritten by the regex rules (pattern, replacement), in order."""
     out = {}
     for key, value in state.items():
         for pattern, replacement in rules:
-            new, hits = re.subn(pattern, replacement, key)
-            if hits:
-                key = new
-                break
+            key = re.sub(pattern, replacement, key)
         out[key] = value
     return out
 

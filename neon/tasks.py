@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from neon.auto_w import choose_w
+from neon.auto_w import check_auto, choose_w
 from neon.callbacks import NeonMerge, merged_name
 from neon.diagnose import diversity_warning, gradient_alignment, parameter_groups, prediction
 from neon.distributed import is_main
@@ -49,7 +49,9 @@ from neon.synthetic_source import check_fits, folder_key, source_config, source_
 def validate(cfg: DictConfig) -> None:
     """Fail early, with one clear line, on the settings users type every day; warn before fine-tuning on a
     diversity-seeking S."""
-    if not is_auto_w(cfg):
+    if is_auto_w(cfg):
+        check_auto(plain(cfg.neon.auto))
+    else:
         merge_ws(cfg)
     budgets_of(cfg)
     positive_int(cfg.neon.n_synthetic, "neon.n_synthetic")
@@ -189,8 +191,6 @@ def search_w(run: Run, module, theta_r: dict, theta_s_paths: dict, budgets: list
     # the proxy's own seeds: the chosen w is then scored on seeds the search never saw (no selection bias)
     proxy = Evaluator(run, module, num_samples=a.get("num_samples"), seed_offset=a.get("seed_offset"))
     groups = a.get("groups") or None
-    if groups is not None and not isinstance(groups, dict):
-        raise NeonError(f"neon.auto.groups must map group names to regexes, e.g. {{middle: 'blocks'}}, got {groups!r}")
     # the rest ('default') is searched as one more group only if some parameter matches no group
     rest = bool(groups) and any(not any(re.search(rx, k) for rx in groups.values())
                                 for k, t in theta_r.items() if t.is_floating_point())

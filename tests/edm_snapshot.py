@@ -19,7 +19,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from neon.families.edm.blocks import (Dense, GroupNormFloor, RandomFourierEmbedding, ResamplingConv, ResBlock,
+                                      SinusoidalEmbedding)
 from neon.families.edm.module import build_network
+from neon.families.edm.res_mlp import ResMLP
+from neon.families.edm.unets import ADMUNet, DDPMppUNet
+
+# the class name each of our modules has in a released pickle
+RELEASE_NAMES = {DDPMppUNet: "SongUNet", ADMUNet: "DhariwalUNet", ResMLP: "ResMLP", ResBlock: "UNetBlock",
+                 ResamplingConv: "Conv2d", Dense: "Linear", GroupNormFloor: "GroupNorm",
+                 SinusoidalEmbedding: "PositionalEmbedding", RandomFourierEmbedding: "FourierEmbedding"}
 
 TINY_DDPMPP = dict(
     precond="EDMPrecond", img_resolution=8, img_channels=3, label_dim=10, model_type="SongUNet", augment_dim=9,
@@ -80,7 +89,8 @@ def write_snapshot(path: str | Path, network: dict | None = None, seed: int = 0,
     _fake_module("torch_utils.persistence", _reconstruct_persistent_obj=_reconstruct_persistent_obj)
     _fake_module("dnnlib.util", EasyDict=EasyDict)
     kwargs = {k: v for k, v in network.items() if k != "precond"}
-    names = {id(m): type(m).__name__ for m in net.modules() if not isinstance(m, (nn.ModuleDict, nn.ModuleList, nn.Sequential))}
+    names = {id(m): RELEASE_NAMES.get(type(m), type(m).__name__) for m in net.modules()
+             if not isinstance(m, (nn.ModuleDict, nn.ModuleList, nn.Sequential))}
     names[id(net)] = network.get("precond", "EDMPrecond")
     loss = types.SimpleNamespace(P_mean=-1.2, P_std=1.2, sigma_data=0.5)
     names[id(loss)] = "EDMLoss"

@@ -11,7 +11,7 @@ import torch
 
 from neon.errors import NeonError
 from neon.families.edm import EDMModule, heun_sampler
-from neon.families.edm.losses import edm_loss
+from neon.families.edm.losses import denoising_loss
 from neon.families.edm.module import build_network
 from neon.families.edm.snapshot import read_snapshot
 from neon.seeding import PerSampleRNG, StepNoise
@@ -137,7 +137,7 @@ def test_quantized_output_and_sample_export(tiny: EDMModule):
 def test_edm_loss_weighting():
     net = build_network(dict(TINY_DDPMPP, label_dim=0)).eval()
     images = torch.randn(4, 3, 8, 8) * 0.5
-    loss = edm_loss(net, images, None, StepNoise.single(4, seed=5))
+    loss = denoising_loss(net, images, None, StepNoise.single(4, seed=5))
     # the same draws in the same order: ln σ first, then the image noise
     gen = torch.Generator().manual_seed(StepNoise.single(4, seed=5).generator.initial_seed())
     sigma = (torch.randn([4, 1, 1, 1], generator=gen) * 1.2 - 1.2).exp()

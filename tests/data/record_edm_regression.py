@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from neon.families.edm import heun_sampler
-from neon.families.edm.losses import loss_for
+from neon.families.edm.losses import denoising_loss
 from neon.families.edm.module import EDMModule, build_network
 from neon.seeding import PerSampleRNG, StepNoise
 
@@ -89,7 +89,7 @@ def record_network(name: str, kwargs: dict) -> dict:
 
     torch.manual_seed(6)
     net.zero_grad()
-    loss = loss_for(net)(net, x.clamp(-1, 1), labels, StepNoise.single(4, seed=9)).sum() / 4
+    loss = denoising_loss(net, x.clamp(-1, 1), labels, StepNoise.single(4, seed=9)).sum() / 4
     loss.backward()
     grads = digests({k: p.grad for k, p in net.named_parameters() if p.grad is not None})
 

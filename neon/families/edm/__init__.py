@@ -1,5 +1,6 @@
-"""EDM (Karras et al. 2022): preconditioned diffusion networks, their losses, the Heun sampler, and a
-loader for the official snapshots. State-dict keys and shapes match the released networks."""
+"""EDM (Karras et al. 2022): preconditioned diffusion networks, their loss, the Heun sampler, and a reader
+for the official snapshots; written from docs/upstream/edm.md. State-dict keys and shapes are the released
+networks'."""
 
 from neon.families.edm.module import EDMModule
 from neon.families.edm.sampler import heun_sampler

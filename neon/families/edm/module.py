@@ -15,8 +15,8 @@ from torch.nn import functional as F
 from neon.errors import NeonError
 from neon.io import StateDict
 from neon.metrics.images import to_uint8
-from neon.families.edm.losses import loss_for
-from neon.families.edm.precond import PRECONDS, Precond
+from neon.families.edm.losses import denoising_loss
+from neon.families.edm.precond import PRECONDS, Preconditioner
 from neon.families.edm.snapshot import read_snapshot
 from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs
 from neon.seeding import PerSampleRNG, StepNoise
@@ -28,7 +28,7 @@ log = logging.getLogger("neon")
 _IDENTITY_KEYS = ("img_resolution", "img_channels", "label_dim")
 
 
-def build_network(network: Mapping[str, Any]) -> Precond:
+def build_network(network: Mapping[str, Any]) -> Preconditioner:
     """A preconditioned network from `{precond: EDMPrecond, <official constructor kwargs>}`."""
     kwargs = dict(network)
     name = kwargs.pop("precond", "EDMPrecond")
@@ -56,7 +56,6 @@ class EDMModule(NeonModule):
         else:
             ema = EMA(halflife_samples=ema_halflife_kimg * 1000) if ema_halflife_kimg else None
         super().__init__(net, optimizer=optimizer, ema=ema, num_classes=net.label_dim)
-        self.loss_fn = loss_for(net)
         self.loss_kwargs = dict(loss or {})
         self.quantize = quantize
 
@@ -79,7 +78,7 @@ class EDMModule(NeonModule):
         if self.num_classes and labels is None:
             raise NeonError("the model is class-conditional but the data has no labels")
         # summed over pixels, averaged over the batch, as the official training loop does
-        return self.loss_fn(self.net, x, labels, noise, **self.loss_kwargs).sum() / len(x)
+        return denoising_loss(self.net, x, labels, noise, **self.loss_kwargs).sum() / len(x)
 
     def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
         rng = PerSampleRNG(seeds, self.device)

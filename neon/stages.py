@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,21 @@ from omegaconf import OmegaConf
 from neon.data.synthetic import SyntheticDataModule, write_synthetic_set
 from neon.distributed import barrier, broadcast, is_main, main_lock
 from neon.errors import NeonError
-from neon.io import StateDict, atomic_path, digest_state_dict, load_state_dict, save_state_dict, write_json
+from neon.io import (
+    StateDict,
+    atomic_path,
+    digest_state_dict,
+    load_state_dict,
+    read_json,
+    save_state_dict,
+    write_json,
+)
+from neon.merge import check_finite_base, check_merge_pair, log_pattern_counts
 from neon.metrics.evaluate import sample_features
 from neon.metrics.reference import Reference, load_reference
 from neon.metrics.scores import compute_scores
 from neon.module import NeonModule
-from neon.runtime import Run, log, plain, positive_int
+from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
 
 THETA_R = "theta_r.safetensors"
 THETA_S = "theta_s.safetensors"
@@ -53,6 +61,15 @@ def save_checkpoint_pair(module: NeonModule, stem: Path, model_cfg: Any) -> None
 # ------------------------------------------------------------------ θ_r
 
 
+def training_threads(run: Run) -> dict[str, int]:
+    """{'cpu_threads': n} when training runs on the CPU: matrix products and sums over a training batch
+    split their work by thread, so θ_r and θ_s of one seed differ in their last bits (and then in their
+    FIDs) between thread counts; the count is part of their cache keys. Empty on GPUs."""
+    accelerator = str(run.cfg.trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    return {"cpu_threads": torch.get_num_threads()} if on_cpu else {}
+
+
 def pretrain_into(run: Run, out_dir: Path) -> None:
     """Train θ_r from scratch with the family's own loss on the real data."""
     cfg = run.cfg
@@ -78,11 +95,13 @@ def load_base(run: Run) -> tuple[NeonModule, str, Path]:
         path = Path(checkpoint)
     else:
         key = {"model": run.model_key(), "data": plain(run.cfg.data),
-               "steps": plain(run.cfg.model.pretrain), "seed": run.cfg.seed}
+               "steps": plain(run.cfg.model.pretrain), "seed": run.cfg.seed, **training_threads(run)}
         folder, built = run.cache.get_or_build("pretrain", key, lambda work: pretrain_into(run, work), collective=True)
         log.info("θ_r: %s %s", "pretrained into" if built else "reusing", folder)
         path = folder / THETA_R
         module.load_neon_weights(load_state_dict(path), source=f"pretrained θ_r '{path}'")
+    # a NaN θ_r would score FID inf at every w and "win" nothing: refuse it before any work
+    check_finite_base(module.neon_weights(), f"θ_r '{path}'")
     return module, digest_state_dict(module.neon_weights()), path
 
 
@@ -183,6 +202,7 @@ def finetune_key(run: Run, base_digest: str, data_key: dict[str, Any], budget: i
         "trainer": {k: plain(v) for k, v in run.cfg.trainer.items()
                     if k in ("precision", "accumulate_grad_batches", "gradient_clip_val")},
     }
+    key.update(training_threads(run))
     if n.get("lr_warmup_steps"):  # only when set, so θ_s cached before the option existed is still found
         key["lr_warmup_steps"] = int(n.lr_warmup_steps)
     return key
@@ -194,10 +214,15 @@ def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data
     snapshots each missing one on the way (the reference protocol's budget axis)."""
     keys = {b: finetune_key(run, base_digest, data_key, b) for b in budgets}
     folders = {b: run.cache.path("finetune", keys[b]) for b in budgets}
-    missing = broadcast([b for b in budgets if not folders[b].is_dir()])
+
+    def missing_budgets() -> list[int]:
+        # checked against the checksums, not just found: a corrupt θ_s is set aside and fine-tuned again
+        return broadcast([b for b in budgets if not run.cache.verified("finetune", keys[b])] if is_main() else None)
+
+    missing = missing_budgets()
     if missing:
         with main_lock(str(folders[max(missing)]) + ".run.lock"):  # a concurrent job may be training it
-            missing = broadcast([b for b in budgets if not folders[b].is_dir()])
+            missing = missing_budgets()
             if missing:
                 def saver(b: int) -> Callable[[NeonModule], None]:
                     return lambda tuned: run.cache.get_or_build(
@@ -208,8 +233,18 @@ def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data
         barrier()  # rank 0 wrote the snapshots
     for b in budgets:
         if b not in missing:
-            log.info("θ_s: reusing %s (budget %d)", folders[b], b)
+            log.info("θ_s: reusing %s (budget %d, checksums verified)", folders[b], b)
+        # a diverged fine-tune (NaN θ_s) is an error here, before any evaluation reads it as "no gain"
+        check_merge_pair(module.neon_weights(), load_state_dict(folders[b] / THETA_S, what="θ_s"))
     return {b: folders[b] / THETA_S for b in budgets}
+
+
+def log_merge_plan(run: Run, theta_r: StateDict) -> None:
+    """For every block-wise `neon.w`: how many of θ_r's tensors each pattern decides (none: a warning)."""
+    if is_auto_w(run.cfg):
+        return
+    for w in merge_ws(run.cfg):
+        log_pattern_counts(theta_r.keys(), w)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -258,7 +293,7 @@ class Evaluator:
         """The configured metrics of these features against the reference."""
         m = self.run.cfg.metrics
         return compute_scores(features, self.reference(), self.metrics, isc_splits=int(m.get("isc_splits", 10)),
-                              pr_k=int(m.get("pr_k", 3)))
+                              pr_k=int(m.get("pr_k", 3)), allow_small=bool(m.get("allow_small", False)))
 
     def score(self, state: StateDict) -> dict[str, Any]:
         """{'fid': ..., other metrics, 'digest': ...} for these weights; features kept beside the result."""
@@ -278,4 +313,4 @@ class Evaluator:
 
         # collective: under DDP every rank samples its share of the seeds
         folder, _ = self.run.cache.get_or_build("eval", self.key(digest), build, collective=True)
-        return json.loads((folder / "result.json").read_text())
+        return read_json(folder / "result.json")

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from neon.auto_w import check_auto, choose_w
 from neon.callbacks import NeonMerge, merged_name
+from neon.checks import check_counts
 from neon.diagnose import diversity_warning, gradient_alignment, parameter_groups, prediction
 from neon.distributed import is_main
 from neon.errors import NeonError
@@ -36,6 +37,7 @@ from neon.stages import (
     finetune_module,
     finetuned_weights,
     load_base,
+    log_merge_plan,
     pretrain_into,
     save_checkpoint_pair,
     synthesize_into,
@@ -54,7 +56,7 @@ def validate(cfg: DictConfig) -> None:
     else:
         merge_ws(cfg)
     budgets_of(cfg)
-    positive_int(cfg.neon.n_synthetic, "neon.n_synthetic")
+    check_counts(cfg)
     drawer = source_config(cfg) or cfg  # the sampler that draws S
     warning = diversity_warning(plain(drawer.sampler))
     if warning:
@@ -97,6 +99,7 @@ def theta_r_and_theta_s(run: Run, budgets: list[int]) -> tuple:
     with run.stage("pretrain"):
         module, base_digest, base_path = load_base(run)
     theta_r = copy_weights(module.neon_weights())
+    log_merge_plan(run, theta_r)
     s_key, s_dir = cached_synthetic(run, module, base_digest)
     with run.stage("finetune"):
         theta_s_paths = finetuned_weights(run, module, synthetic_data(run, module, s_dir), base_digest, s_key, budgets)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from neon.data.batches import GlobalBatchSampler
 from neon.data.synthetic import SyntheticDataModule, write_synthetic_set
 from neon.distributed import barrier, broadcast, is_main, main_lock
 from neon.errors import NeonError
@@ -70,17 +72,59 @@ def training_threads(run: Run) -> dict[str, int]:
     return {"cpu_threads": torch.get_num_threads()} if on_cpu else {}
 
 
+RESUME = "resume.ckpt"
+
+
+class ResumableCheckpoint(L.Callback):
+    """Every `every` optimizer steps, the whole training state (weights, EMA, optimizer, step, the global
+    RNG) into `path`, written under a temporary name and renamed: a kill leaves the previous one whole.
+    `pretrain_into` resumes from it with the batch stream past the global batches already trained on, so
+    the resumed run equals an uninterrupted one bit for bit."""
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every, self._saved = Path(path), every, -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: NeonModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.every or step == self._saved or step >= trainer.max_steps:
+            return
+        self._saved = step
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+    def state_dict(self) -> dict[str, Any]:
+        # the training noise is seeded per step; this covers anything else drawing from the global RNG
+        return {"cpu_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["cpu_rng"])
+
+
 def pretrain_into(run: Run, out_dir: Path) -> None:
-    """Train θ_r from scratch with the family's own loss on the real data."""
+    """Train θ_r from scratch with the family's own loss on the real data, resuming from `out_dir`'s
+    checkpoint of an interrupted attempt (written every `resume_every_steps`)."""
     cfg = run.cfg
     steps = positive_int(cfg.model.pretrain.steps, "model.pretrain.steps")
+    every = positive_int(cfg.get("resume_every_steps") or steps, "resume_every_steps")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = run.build_module()
     module.noise_seed = cfg.seed
-    data = instantiate(cfg.data)
-    run.trainer(max_steps=steps).fit(module, datamodule=data)
+    loader = instantiate(cfg.data).train_dataloader()
+    resume = out_dir / RESUME
+    found = broadcast(resume.is_file() if is_main() else None)
+    if found:
+        # tensors and plain containers only: reading our own checkpoint runs no pickled code either
+        done = int(torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        log.info("θ_r: resuming the pretraining at step %d from %s", done, resume)
+        if isinstance(loader.sampler, GlobalBatchSampler):
+            loader.sampler.start = done * int(cfg.trainer.get("accumulate_grad_batches") or 1)
+    run.trainer(max_steps=steps, callbacks=[ResumableCheckpoint(resume, every)]).fit(
+        module, train_dataloaders=loader, ckpt_path=str(resume) if found else None, weights_only=True)
     if is_main():
         save_state_dict(module.neon_weights(), out_dir / THETA_R)
+        resume.unlink(missing_ok=True)  # done: the artifact holds θ_r alone
 
 
 def load_base(run: Run) -> tuple[NeonModule, str, Path]:

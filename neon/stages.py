@@ -83,6 +83,7 @@ class ResumableCheckpoint(L.Callback):
 
     def __init__(self, path: Path, every: int):
         self.path, self.every, self._saved = Path(path), every, -1
+        self._rng: torch.Tensor | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: NeonModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
@@ -99,7 +100,14 @@ class ResumableCheckpoint(L.Callback):
         return {"cpu_rng": torch.get_rng_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        torch.set_rng_state(state_dict["cpu_rng"])
+        self._rng = state_dict["cpu_rng"]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: NeonModule) -> None:
+        # set only now: creating the data loader's iterator (after the restore) draws from the global RNG,
+        # as it did before step 0 of the uninterrupted run
+        rng, self._rng = self._rng, None
+        if rng is not None:
+            torch.set_rng_state(rng)
 
 
 def pretrain_into(run: Run, out_dir: Path) -> None:

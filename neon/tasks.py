@@ -3,6 +3,7 @@ artifact cache; the others run one stage alone on paths the user gives, writing 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -129,6 +130,9 @@ def run_neon(cfg: DictConfig) -> dict:
         fid_base = next((f for w, f in zip(ws, fids) if w == 0.0), None)
         if fid_base is None:
             fid_base = evaluator.score(theta_r)["fid"]
+        if not math.isfinite(fid_base):  # no gain can be measured against it: not a result to report
+            raise NeonError(f"θ_r '{base_path}' scores FID {fid_base}: its samples are not finite; check θ_r and the "
+                            "sampler settings (metrics.sampler)")
         noise = None
         if cfg.metrics.get("noise_seed_offset") is not None:
             reseeded = Evaluator(run, module, seed_offset=cfg.metrics.noise_seed_offset).score(theta_r)["fid"]
@@ -255,7 +259,7 @@ def print_table(summary: dict) -> None:
     rows = [("w", "FID θ_neon", "gain vs θ_r", *(("FID control",) if control else ()))]
     for i, point in enumerate(summary["w_curve"]):
         gain = 1 - point["fid"] / summary["fid_base"] if summary["fid_base"] else 0.0
-        row = (point["w"], f"{point['fid']:.4g}", f"{100 * gain:+.1f}%")
+        row = (point["w"], f"{point['fid']:.4g}", f"{100 * gain:+.1f}%" if math.isfinite(gain) else "n/a")
         if control:
             row += (f"{control['w_curve'][i]['fid']:.4g}",)
         rows.append(row)

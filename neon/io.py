@@ -167,15 +167,15 @@ def read_error(path: Path, exc: BaseException, what: str = "checkpoint") -> Neon
     size = path.stat().st_size if path.is_file() else -1
     if size == 0:
         return NeonError(f"{what} '{path}' is empty (0 bytes): not a checkpoint; write it again or give another file")
-    if "Weights only load failed" in str(exc):
-        return NeonError(f"{what} '{path}' holds Python objects besides tensors: reading it could run code, so neon "
-                         "refuses it; save the weights as .safetensors or as a torch state dict of tensors")
     with open(path, "rb") as f:
         head = f.read(8)
     looks_torch = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # a zip archive, or a pickle
     if path.suffix != ".safetensors" and not looks_torch:
         return NeonError(f"{what} '{path}' is not a checkpoint file (neither a torch zip archive nor a pickle; it "
                          f"starts with {head!r}): give a .safetensors, .pt or Lightning .ckpt file")
+    if "Weights only load failed" in str(exc):
+        return NeonError(f"{what} '{path}' holds Python objects besides tensors: reading it could run code, so neon "
+                         "refuses it; save the weights as .safetensors or as a torch state dict of tensors")
     first = (str(exc).strip().splitlines() or [""])[0]
     return NeonError(f"cannot read {what} '{path}' (truncated or corrupt?): {type(exc).__name__}: {first}")
 

@@ -70,6 +70,11 @@ class ArtifactCache:
         barrier()  # the other ranks use the folder only once rank 0 has renamed it into place
         return final, not ready
 
+    def verified(self, kind: str, key_obj: Any) -> bool:
+        """Whether the artifact exists and matches its checksums; a corrupt one is moved aside (so that the
+        caller rebuilds it). Run by rank 0 alone under DDP (the caller broadcasts the answer)."""
+        return self._ready(self.path(kind, key_obj))
+
     def _ready(self, final: Path) -> bool:
         # an intact artifact is ready; a corrupt one is set aside so that it is rebuilt
         if not final.is_dir():
@@ -101,8 +106,11 @@ class ArtifactCache:
         sums_file = folder / CHECKSUMS
         if not sums_file.is_file():
             return False
-        sums = json.loads(sums_file.read_text())
-        ok = all((folder / name).is_file() and _sha256(folder / name) == digest for name, digest in sums.items())
+        try:
+            sums = json.loads(sums_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return False  # the checksum file itself is damaged
+        ok = isinstance(sums, dict) and all((folder / name).is_file() and _sha256(folder / name) == digest for name, digest in sums.items())
         if ok:
             self._verified.add(folder)
         return ok

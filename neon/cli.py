@@ -106,9 +106,16 @@ def _wandb_offline() -> bool:
     return not (netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"))
 
 
+def readme_path() -> str:
+    """Where the README is (`neon --help` names it): beside the configs in a source checkout."""
+    readme = CONF_DIR.parent / "README.md"
+    return str(readme) if readme.is_file() else "README.md of the neon project (not installed with the package)"
+
+
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
+    OmegaConf.register_new_resolver("neon_readme", readme_path, replace=True)
     OmegaConf.register_new_resolver("neon_sweep_group", _sweep_group, replace=True)
     OmegaConf.register_new_resolver("neon_wandb_offline", _wandb_offline, replace=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -21,9 +22,17 @@ from neon.errors import NeonError
 StateDict = dict[str, torch.Tensor]
 
 
+def _umask() -> int:
+    # the process umask can only be read by setting it; set it straight back
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds. The file
+    gets the mode a plain open() would give it (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -31,6 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -42,9 +52,50 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+# Where a written object held non-finite numbers: {dotted path: "inf" | "-inf" | "nan"}; they are null
+# in the file (strict JSON has no Infinity or NaN), and read_json puts them back.
+NON_FINITE = "non_finite"
+
+
+def _finite_only(obj: Any, path: str, flags: dict[str, str]) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        flags[path] = "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+        return None
+    if isinstance(obj, Mapping):
+        return {k: _finite_only(v, f"{path}.{k}" if path else str(k), flags) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_only(v, f"{path}.{i}" if path else str(i), flags) for i, v in enumerate(obj)]
+    return obj
+
+
+def strict_json(obj: Any) -> Any:
+    """`obj` with non-finite floats as null, listed under 'non_finite' (top-level mappings)."""
+    flags: dict[str, str] = {}
+    out = _finite_only(obj, "", flags)
+    if flags and isinstance(out, dict):
+        out[NON_FINITE] = flags
+    return out
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically, indented, keys in a stable order."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Write strict JSON atomically, indented, keys in a stable order (non-finite numbers: see NON_FINITE)."""
+    write_text(path, json.dumps(strict_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read what write_json wrote, with its non-finite numbers restored."""
+    obj = json.loads(Path(path).read_text())
+    flags = obj.pop(NON_FINITE, None) if isinstance(obj, dict) else None
+    for dotted, value in (flags or {}).items():
+        *parents, last = dotted.split(".")
+        node = obj
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        if isinstance(node, list):
+            node[int(last)] = float(value)
+        else:
+            node[last] = float(value)
+    return obj
 
 
 def digest_config(obj: Any) -> str:
@@ -110,6 +161,25 @@ def rename_keys(state: Mapping[str, torch.Tensor], rules: Sequence[tuple[str, st
     return out
 
 
+def read_error(path: Path, exc: BaseException, what: str = "checkpoint") -> NeonError:
+    """One line saying why a weights file could not be read: empty, not a checkpoint at all, a pickle
+    holding more than tensors (refused: reading it could run code), or the reader's own first line."""
+    size = path.stat().st_size if path.is_file() else -1
+    if size == 0:
+        return NeonError(f"{what} '{path}' is empty (0 bytes): not a checkpoint; write it again or give another file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    looks_torch = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"  # a zip archive, or a pickle
+    if path.suffix != ".safetensors" and not looks_torch:
+        return NeonError(f"{what} '{path}' is not a checkpoint file (neither a torch zip archive nor a pickle; it "
+                         f"starts with {head!r}): give a .safetensors, .pt or Lightning .ckpt file")
+    if "Weights only load failed" in str(exc):
+        return NeonError(f"{what} '{path}' holds Python objects besides tensors: reading it could run code, so neon "
+                         "refuses it; save the weights as .safetensors or as a torch state dict of tensors")
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return NeonError(f"cannot read {what} '{path}' (truncated or corrupt?): {type(exc).__name__}: {first}")
+
+
 def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> StateDict:
     """Read weights from .safetensors, a torch state dict, or a Lightning checkpoint, on the CPU."""
     path = Path(path)
@@ -122,5 +192,5 @@ def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> StateD
     except NeonError:
         raise
     except Exception as exc:  # corrupt, truncated or foreign files all end here
-        raise NeonError(f"cannot read {what} '{path}': {type(exc).__name__}: {exc}") from None
+        raise read_error(path, exc, what) from None
     return unwrap_state_dict(obj, path)

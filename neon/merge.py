@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import numbers
 import re
 import struct
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Union
@@ -16,15 +17,21 @@ import torch
 from safetensors import safe_open
 
 from neon.errors import NeonError
-from neon.io import StateDict, atomic_path, unwrap_state_dict
+from neon.io import StateDict, atomic_path, read_error, unwrap_state_dict
+
+log = logging.getLogger("neon")
 
 # A scalar, or regex patterns over parameter names mapped to coefficients ("default" for the rest).
 WSpec = Union[float, Mapping[str, float]]
 
 
 def check_w(w: Any) -> WSpec:
-    """Validate a merge coefficient: a real number, or a mapping from name patterns to numbers."""
+    """Validate a merge coefficient: a real number, or a mapping from name patterns to numbers that states
+    the coefficient of every other tensor as `default` (so that no tensor gets a w nobody chose)."""
     if isinstance(w, Mapping):
+        if "default" not in w:
+            raise NeonError(f"block-wise neon.w {dict(w)!r} has no 'default': state the w of the tensors no "
+                            "pattern matches, e.g. add default: 0.0 (θ_r unchanged there) or default: 1.0")
         for pattern, value in w.items():
             if pattern != "default":
                 try:
@@ -45,17 +52,74 @@ def w_for(key: str, w: WSpec) -> float:
     for pattern, value in w.items():
         if pattern != "default" and re.search(pattern, key):
             return float(value)
-    return float(w.get("default", 0.0))
+    if "default" not in w:
+        raise NeonError(f"block-wise w {dict(w)!r} matches no pattern for '{key}' and has no 'default'")
+    return float(w["default"])
 
 
-def is_mergeable(base: torch.Tensor, aux: torch.Tensor) -> bool:
-    """Merge floating tensors that are finite in both models; everything else is copied from θ_r."""
-    return (
-        base.is_floating_point()
-        and aux.is_floating_point()
-        and bool(torch.isfinite(base).all())
-        and bool(torch.isfinite(aux).all())
-    )
+def pattern_counts(keys: Iterable[str], w: WSpec) -> dict[str, int]:
+    """How many of `keys` each pattern of a block-wise w decides (the first match wins; 'default' the rest)."""
+    if not isinstance(w, Mapping):
+        return {}
+    counts = {pattern: 0 for pattern in w}
+    for key in keys:
+        hit = next((p for p in w if p != "default" and re.search(p, key)), "default")
+        counts[hit] = counts.get(hit, 0) + 1
+    return counts
+
+
+def log_pattern_counts(keys: Iterable[str], w: WSpec) -> None:
+    """Log how many tensors each pattern of a block-wise w matched; warn about patterns matching none."""
+    for pattern, n in pattern_counts(keys, w).items():
+        if n == 0 and pattern != "default":
+            log.warning("block-wise w: pattern '%s' (w = %g) matches no tensor: check its spelling", pattern, w[pattern])
+        else:
+            log.info("block-wise w: '%s' (w = %g) decides %d tensor%s", pattern, w[pattern], n, "" if n == 1 else "s")
+
+
+# Entries of θ_r that are not numbers to extrapolate: attention masks hold −inf on purpose.
+def _has_nan_or_posinf(t: torch.Tensor) -> bool:
+    return bool(torch.isnan(t).any() or torch.isposinf(t).any())
+
+
+def merge_action(key: str, base: torch.Tensor, aux: torch.Tensor) -> bool:
+    """True to merge this tensor, False to copy it from θ_r; a NeonError where θ_s or θ_r is broken.
+
+    Copied: tensors that are not floating point in either model (integer buffers, boolean masks) and
+    tensors that are non-finite in θ_r as well (masks holding −inf). Errors: a float tensor finite in θ_r
+    but not in θ_s (a diverged fine-tune), dtype kinds that differ, NaN or +inf in θ_r."""
+    b_float, a_float = base.is_floating_point(), aux.is_floating_point()
+    if b_float != a_float:
+        raise NeonError(f"key '{key}' is {base.dtype} in θ_r but {aux.dtype} in θ_s: the two checkpoints must hold the "
+                        "same kinds of tensors (floating point in both, or in neither)")
+    if not b_float:
+        return False
+    if bool(torch.isfinite(base).all()):
+        if not bool(torch.isfinite(aux).all()):
+            raise NeonError(f"θ_s diverged: key '{key}' holds NaN or inf in θ_s but is finite in θ_r; lower "
+                            "neon.optimizer.lr (or neon.budget_steps) and fine-tune again")
+        return True
+    if _has_nan_or_posinf(base):
+        raise NeonError(f"θ_r is broken: key '{key}' holds NaN or +inf (only −inf masks are allowed); give a "
+                        "finite θ_r (a diverged pretraining or a corrupt file)")
+    return False  # a −inf mask: copied
+
+
+def check_finite_base(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse a θ_r with NaN or +inf in any floating tensor (−inf masks allowed), naming the first such key."""
+    for key, t in state.items():
+        if t.is_floating_point() and _has_nan_or_posinf(t):
+            raise NeonError(f"{source} is not finite: key '{key}' holds NaN or +inf; give a finite θ_r "
+                            "(a diverged pretraining or a corrupt file)")
+
+
+def check_merge_pair(base: Mapping[str, torch.Tensor], aux: Mapping[str, torch.Tensor]) -> None:
+    """Check that θ_r and θ_s can be merged at all (same keys and shapes, the merge rule holds for every
+    tensor): run before any evaluation, so a diverged fine-tune fails at once."""
+    _check_keys(set(base), set(aux))
+    for key, b in base.items():
+        _check_pair(key, b, aux[key])
+        merge_action(key, b, aux[key])
 
 
 def extrapolate_tensor(base: torch.Tensor, aux: torch.Tensor, w: float) -> torch.Tensor:
@@ -88,7 +152,8 @@ def _check_keys(base_keys: set[str], aux_keys: set[str]) -> None:
 
 
 def extrapolate(base: Mapping[str, torch.Tensor], aux: Mapping[str, torch.Tensor], w: WSpec) -> StateDict:
-    """θ_neon from θ_r (`base`) and θ_s (`aux`); non-float or non-finite entries are copied from base."""
+    """θ_neon from θ_r (`base`) and θ_s (`aux`) by the rule of `merge_action`: non-float entries and −inf
+    masks are copied from base; a diverged θ_s is an error naming the key."""
     w = check_w(w)
     _check_keys(set(base), set(aux))
     merged: StateDict = {}
@@ -96,7 +161,7 @@ def extrapolate(base: Mapping[str, torch.Tensor], aux: Mapping[str, torch.Tensor
         a = aux[key]
         _check_pair(key, b, a)
         coef = w_for(key, w)
-        merged[key] = extrapolate_tensor(b, a, coef) if coef != 0.0 and is_mergeable(b, a) else b.clone()
+        merged[key] = extrapolate_tensor(b, a, coef) if merge_action(key, b, a) and coef != 0.0 else b.clone()
     return merged
 
 
@@ -131,8 +196,8 @@ class LazyWeights:
                 self._keys = list(self._tensors)
         except NeonError:
             raise
-        except Exception as exc:
-            raise NeonError(f"cannot read checkpoint '{self.path}': {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # corrupt, truncated or foreign files all end here
+            raise read_error(self.path, exc) from None
 
     def keys(self) -> list[str]:
         """Tensor names, in file order."""
@@ -205,19 +270,23 @@ def merge_files(
     _check_keys(set(base.keys()), set(aux.keys()))
     metas = []
     for key in base.keys():
-        (bd, bs), (_, as_) = base.meta(key), aux.meta(key)
+        (bd, bs), (ad, as_) = base.meta(key), aux.meta(key)
         if bs != as_:
             raise NeonError(
                 f"key '{key}' has shape {bs} in '{base.path}' but {as_} in '{aux.path}': "
                 "both checkpoints must come from the same architecture"
             )
+        if bd.is_floating_point != ad.is_floating_point:
+            raise NeonError(f"key '{key}' is {bd} in '{base.path}' but {ad} in '{aux.path}': the two checkpoints "
+                            "must hold the same kinds of tensors (floating point in both, or in neither)")
         metas.append((key, bd, bs))
+    log_pattern_counts(base.keys(), w)
 
     def merged_tensors() -> Iterator[tuple[str, torch.Tensor]]:
         for key in base.keys():
             b, a = base[key], aux[key]
             coef = w_for(key, w)
-            yield key, extrapolate_tensor(b, a, coef) if coef != 0.0 and is_mergeable(b, a) else b
+            yield key, extrapolate_tensor(b, a, coef) if merge_action(key, b, a) and coef != 0.0 else b
             if on_tensor is not None:
                 on_tensor(key)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+from pathlib import Path
 
 from neon.errors import NeonError
 from neon.merge import WSpec, check_w, merge_files
@@ -19,6 +21,17 @@ def parse_w(text: str) -> WSpec:
     return check_w(value)
 
 
+def check_output(out: str, inputs: list[str], overwrite: bool) -> None:
+    """Refuse an output path that is one of the inputs (it would be replaced while being read)."""
+    target = Path(out)
+    for path in inputs:
+        src = Path(path)
+        same = target.exists() and src.exists() and target.samefile(src)
+        if (same or target.resolve() == src.resolve()) and not overwrite:
+            raise NeonError(f"output '{out}' is the input '{path}': writing it would replace that checkpoint; "
+                            "give another -o path (or --overwrite to replace it on purpose)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `neon-merge` command."""
     parser = argparse.ArgumentParser(
@@ -29,8 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("aux", help="θ_s: the checkpoint fine-tuned on the model's own samples")
     parser.add_argument("--w", required=True, help="merge weight: a number, or a JSON {pattern: w} mapping")
     parser.add_argument("-o", "--out", required=True, help="output file (.safetensors, .ckpt or .pt)")
+    parser.add_argument("--overwrite", action="store_true", help="allow -o to name one of the inputs (replaces it)")
     args = parser.parse_args(argv)
+    # the block-wise pattern counts (and warnings) go to stderr; the output path alone to stdout
+    logging.basicConfig(level=logging.INFO, format="neon-merge: %(message)s", stream=sys.stderr)
     try:
+        check_output(args.out, [args.base, args.aux], args.overwrite)
         out = merge_files(args.base, args.aux, parse_w(args.w), args.out)
     except NeonError as exc:
         print(f"neon-merge: error: {exc}", file=sys.stderr)

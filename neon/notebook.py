@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 from neon.errors import NeonError
+from neon.io import read_json
 
 
 def neon(*overrides: str, run_dir: str | Path, multirun: bool = False) -> dict | list[dict]:
@@ -20,6 +20,6 @@ def neon(*overrides: str, run_dir: str | Path, multirun: bool = False) -> dict |
     if proc.returncode != 0:
         raise NeonError(f"`neon {' '.join(overrides)}` failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     if not multirun:
-        return json.loads((run_dir / "summary.json").read_text())
+        return read_json(run_dir / "summary.json")
     jobs = sorted(run_dir.glob("*/summary.json"), key=lambda p: int(p.parent.name))
-    return [json.loads(p.read_text()) for p in jobs]
+    return [read_json(p) for p in jobs]

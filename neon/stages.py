@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import copy
-import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,15 +15,25 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from neon.data.batches import GlobalBatchSampler
 from neon.data.synthetic import SyntheticDataModule, write_synthetic_set
 from neon.distributed import barrier, broadcast, is_main, main_lock
 from neon.errors import NeonError
-from neon.io import StateDict, atomic_path, digest_state_dict, load_state_dict, save_state_dict, write_json
+from neon.io import (
+    StateDict,
+    atomic_path,
+    digest_state_dict,
+    load_state_dict,
+    read_json,
+    save_state_dict,
+    write_json,
+)
+from neon.merge import check_finite_base, check_merge_pair, log_pattern_counts
 from neon.metrics.evaluate import sample_features
 from neon.metrics.reference import Reference, load_reference
 from neon.metrics.scores import compute_scores
 from neon.module import NeonModule
-from neon.runtime import Run, log, plain, positive_int
+from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
 
 THETA_R = "theta_r.safetensors"
 THETA_S = "theta_s.safetensors"
@@ -53,17 +63,76 @@ def save_checkpoint_pair(module: NeonModule, stem: Path, model_cfg: Any) -> None
 # ------------------------------------------------------------------ θ_r
 
 
+def training_threads(run: Run) -> dict[str, int]:
+    """{'cpu_threads': n} when training runs on the CPU: matrix products and sums over a training batch
+    split their work by thread, so θ_r and θ_s of one seed differ in their last bits (and then in their
+    FIDs) between thread counts; the count is part of their cache keys. Empty on GPUs."""
+    accelerator = str(run.cfg.trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    return {"cpu_threads": torch.get_num_threads()} if on_cpu else {}
+
+
+RESUME = "resume.ckpt"
+
+
+class ResumableCheckpoint(L.Callback):
+    """Every `every` optimizer steps, the whole training state (weights, EMA, optimizer, step, the global
+    RNG) into `path`, written under a temporary name and renamed: a kill leaves the previous one whole.
+    `pretrain_into` resumes from it with the batch stream past the global batches already trained on, so
+    the resumed run equals an uninterrupted one bit for bit."""
+
+    def __init__(self, path: Path, every: int):
+        self.path, self.every, self._saved = Path(path), every, -1
+        self._rng: torch.Tensor | None = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: NeonModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.every or step == self._saved or step >= trainer.max_steps:
+            return
+        self._saved = step
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+
+    def state_dict(self) -> dict[str, Any]:
+        # the training noise is seeded per step; this covers anything else drawing from the global RNG
+        return {"cpu_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._rng = state_dict["cpu_rng"]
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: NeonModule) -> None:
+        # set only now: creating the data loader's iterator (after the restore) draws from the global RNG,
+        # as it did before step 0 of the uninterrupted run
+        rng, self._rng = self._rng, None
+        if rng is not None:
+            torch.set_rng_state(rng)
+
+
 def pretrain_into(run: Run, out_dir: Path) -> None:
-    """Train θ_r from scratch with the family's own loss on the real data."""
+    """Train θ_r from scratch with the family's own loss on the real data, resuming from `out_dir`'s
+    checkpoint of an interrupted attempt (written every `resume_every_steps`)."""
     cfg = run.cfg
     steps = positive_int(cfg.model.pretrain.steps, "model.pretrain.steps")
+    every = positive_int(cfg.get("resume_every_steps") or steps, "resume_every_steps")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = run.build_module()
     module.noise_seed = cfg.seed
-    data = instantiate(cfg.data)
-    run.trainer(max_steps=steps).fit(module, datamodule=data)
+    loader = instantiate(cfg.data).train_dataloader()
+    resume = out_dir / RESUME
+    found = broadcast(resume.is_file() if is_main() else None)
+    if found:
+        # tensors and plain containers only: reading our own checkpoint runs no pickled code either
+        done = int(torch.load(resume, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        log.info("θ_r: resuming the pretraining at step %d from %s", done, resume)
+        if isinstance(loader.sampler, GlobalBatchSampler):
+            loader.sampler.start = done * int(cfg.trainer.get("accumulate_grad_batches") or 1)
+    run.trainer(max_steps=steps, callbacks=[ResumableCheckpoint(resume, every)]).fit(
+        module, train_dataloaders=loader, ckpt_path=str(resume) if found else None, weights_only=True)
     if is_main():
         save_state_dict(module.neon_weights(), out_dir / THETA_R)
+        resume.unlink(missing_ok=True)  # done: the artifact holds θ_r alone
 
 
 def load_base(run: Run) -> tuple[NeonModule, str, Path]:
@@ -78,11 +147,13 @@ def load_base(run: Run) -> tuple[NeonModule, str, Path]:
         path = Path(checkpoint)
     else:
         key = {"model": run.model_key(), "data": plain(run.cfg.data),
-               "steps": plain(run.cfg.model.pretrain), "seed": run.cfg.seed}
+               "steps": plain(run.cfg.model.pretrain), "seed": run.cfg.seed, **training_threads(run)}
         folder, built = run.cache.get_or_build("pretrain", key, lambda work: pretrain_into(run, work), collective=True)
         log.info("θ_r: %s %s", "pretrained into" if built else "reusing", folder)
         path = folder / THETA_R
         module.load_neon_weights(load_state_dict(path), source=f"pretrained θ_r '{path}'")
+    # a NaN θ_r would score FID inf at every w and "win" nothing: refuse it before any work
+    check_finite_base(module.neon_weights(), f"θ_r '{path}'")
     return module, digest_state_dict(module.neon_weights()), path
 
 
@@ -183,6 +254,7 @@ def finetune_key(run: Run, base_digest: str, data_key: dict[str, Any], budget: i
         "trainer": {k: plain(v) for k, v in run.cfg.trainer.items()
                     if k in ("precision", "accumulate_grad_batches", "gradient_clip_val")},
     }
+    key.update(training_threads(run))
     if n.get("lr_warmup_steps"):  # only when set, so θ_s cached before the option existed is still found
         key["lr_warmup_steps"] = int(n.lr_warmup_steps)
     return key
@@ -194,10 +266,15 @@ def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data
     snapshots each missing one on the way (the reference protocol's budget axis)."""
     keys = {b: finetune_key(run, base_digest, data_key, b) for b in budgets}
     folders = {b: run.cache.path("finetune", keys[b]) for b in budgets}
-    missing = broadcast([b for b in budgets if not folders[b].is_dir()])
+
+    def missing_budgets() -> list[int]:
+        # checked against the checksums, not just found: a corrupt θ_s is set aside and fine-tuned again
+        return broadcast([b for b in budgets if not run.cache.verified("finetune", keys[b])] if is_main() else None)
+
+    missing = missing_budgets()
     if missing:
         with main_lock(str(folders[max(missing)]) + ".run.lock"):  # a concurrent job may be training it
-            missing = broadcast([b for b in budgets if not folders[b].is_dir()])
+            missing = missing_budgets()
             if missing:
                 def saver(b: int) -> Callable[[NeonModule], None]:
                     return lambda tuned: run.cache.get_or_build(
@@ -208,8 +285,18 @@ def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data
         barrier()  # rank 0 wrote the snapshots
     for b in budgets:
         if b not in missing:
-            log.info("θ_s: reusing %s (budget %d)", folders[b], b)
+            log.info("θ_s: reusing %s (budget %d, checksums verified)", folders[b], b)
+        # a diverged fine-tune (NaN θ_s) is an error here, before any evaluation reads it as "no gain"
+        check_merge_pair(module.neon_weights(), load_state_dict(folders[b] / THETA_S, what="θ_s"))
     return {b: folders[b] / THETA_S for b in budgets}
+
+
+def log_merge_plan(run: Run, theta_r: StateDict) -> None:
+    """For every block-wise `neon.w`: how many of θ_r's tensors each pattern decides (none: a warning)."""
+    if is_auto_w(run.cfg):
+        return
+    for w in merge_ws(run.cfg):
+        log_pattern_counts(theta_r.keys(), w)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -258,7 +345,7 @@ class Evaluator:
         """The configured metrics of these features against the reference."""
         m = self.run.cfg.metrics
         return compute_scores(features, self.reference(), self.metrics, isc_splits=int(m.get("isc_splits", 10)),
-                              pr_k=int(m.get("pr_k", 3)))
+                              pr_k=int(m.get("pr_k", 3)), allow_small=bool(m.get("allow_small", False)))
 
     def score(self, state: StateDict) -> dict[str, Any]:
         """{'fid': ..., other metrics, 'digest': ...} for these weights; features kept beside the result."""
@@ -278,4 +365,4 @@ class Evaluator:
 
         # collective: under DDP every rank samples its share of the seeds
         folder, _ = self.run.cache.get_or_build("eval", self.key(digest), build, collective=True)
-        return json.loads((folder / "result.json").read_text())
+        return read_json(folder / "result.json")

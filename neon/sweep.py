@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from neon.errors import NeonError
-from neon.io import atomic_path, write_text
+from neon.io import atomic_path, read_json, write_text
 
 COLUMNS = ("fid_base", "fid_neon", "w", "budget_steps", "n_synthetic")
 
@@ -29,7 +28,7 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
         overrides_file = summary.parent / ".hydra" / "overrides.yaml"
         overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
         jobs.append({"dir": summary.parent, "overrides": dict(o.split("=", 1) for o in overrides if "=" in o),
-                     "summary": json.loads(summary.read_text())})
+                     "summary": read_json(summary)})
     return jobs
 
 

@@ -3,6 +3,7 @@ artifact cache; the others run one stage alone on paths the user gives, writing 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from neon.auto_w import check_auto, choose_w
 from neon.callbacks import NeonMerge, merged_name
+from neon.checks import check_counts
 from neon.diagnose import diversity_warning, gradient_alignment, parameter_groups, prediction
 from neon.distributed import is_main
 from neon.errors import NeonError
@@ -36,6 +38,7 @@ from neon.stages import (
     finetune_module,
     finetuned_weights,
     load_base,
+    log_merge_plan,
     pretrain_into,
     save_checkpoint_pair,
     synthesize_into,
@@ -54,7 +57,7 @@ def validate(cfg: DictConfig) -> None:
     else:
         merge_ws(cfg)
     budgets_of(cfg)
-    positive_int(cfg.neon.n_synthetic, "neon.n_synthetic")
+    check_counts(cfg)
     drawer = source_config(cfg) or cfg  # the sampler that draws S
     warning = diversity_warning(plain(drawer.sampler))
     if warning:
@@ -97,6 +100,7 @@ def theta_r_and_theta_s(run: Run, budgets: list[int]) -> tuple:
     with run.stage("pretrain"):
         module, base_digest, base_path = load_base(run)
     theta_r = copy_weights(module.neon_weights())
+    log_merge_plan(run, theta_r)
     s_key, s_dir = cached_synthetic(run, module, base_digest)
     with run.stage("finetune"):
         theta_s_paths = finetuned_weights(run, module, synthetic_data(run, module, s_dir), base_digest, s_key, budgets)
@@ -126,6 +130,9 @@ def run_neon(cfg: DictConfig) -> dict:
         fid_base = next((f for w, f in zip(ws, fids) if w == 0.0), None)
         if fid_base is None:
             fid_base = evaluator.score(theta_r)["fid"]
+        if not math.isfinite(fid_base):  # no gain can be measured against it: not a result to report
+            raise NeonError(f"θ_r '{base_path}' scores FID {fid_base}: its samples are not finite; check θ_r and the "
+                            "sampler settings (metrics.sampler)")
         noise = None
         if cfg.metrics.get("noise_seed_offset") is not None:
             reseeded = Evaluator(run, module, seed_offset=cfg.metrics.noise_seed_offset).score(theta_r)["fid"]
@@ -252,7 +259,7 @@ def print_table(summary: dict) -> None:
     rows = [("w", "FID θ_neon", "gain vs θ_r", *(("FID control",) if control else ()))]
     for i, point in enumerate(summary["w_curve"]):
         gain = 1 - point["fid"] / summary["fid_base"] if summary["fid_base"] else 0.0
-        row = (point["w"], f"{point['fid']:.4g}", f"{100 * gain:+.1f}%")
+        row = (point["w"], f"{point['fid']:.4g}", f"{100 * gain:+.1f}%" if math.isfinite(gain) else "n/a")
         if control:
             row += (f"{control['w_curve'][i]['fid']:.4g}",)
         rows.append(row)

@@ -20,7 +20,7 @@ SMALL_NET = ["model.network.img_resolution=8", "model.network.model_channels=16"
              "+model.network.num_blocks=1"]
 SMALL_RUN = ["sampler.num_steps=3", "neon.n_synthetic=30", "neon.budget_steps=2", "neon.batch_size=8",
              "neon.w=[0.0,1.0]", "neon.synthetic.block_size=16", "neon.synthetic.shard_size=32",
-             "metrics=pixel_fd", "metrics.num_samples=40", "metrics.block_size=20", "trainer.enable_progress_bar=false"]
+             "metrics=pixel_fd", "metrics.num_samples=40", "metrics.allow_small=true", "metrics.block_size=20", "trainer.enable_progress_bar=false"]
 
 
 def tiny_snapshot(tmp_path: Path, config: str) -> Path:

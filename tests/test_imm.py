@@ -258,7 +258,7 @@ def test_bad_input_names_expected_and_found(tmp_path: Path, module: IMMModule):
 
 TINY_IMM = ["model=imm_tiny", "model.pretrain.steps=30", "neon.n_synthetic=40", "sampler.num_steps=2",
             "neon.budget_steps=3", "neon.batch_size=20", "neon.w=[0.0,1.0]", "neon.control=false",
-            "neon.synthetic.block_size=20", "neon.synthetic.shard_size=40", "metrics.num_samples=60",
+            "neon.synthetic.block_size=20", "neon.synthetic.shard_size=40", "metrics.num_samples=60", "metrics.allow_small=true",
             "metrics.noise_seed_offset=null", "metrics.block_size=30", "preview_samples=4",
             "trainer.enable_progress_bar=false"]
 
@@ -284,7 +284,7 @@ def test_paper_experiment_runs_at_tiny_size(tmp_path: Path):
     overrides += ["model.latent.ch=32", "model.latent.ch_mult=[1,2,2,2]", "model.latent.image_size=16"]
     proc = run_cli(["experiment=paper/imm_in256", f"model.checkpoint={snapshot}", f"model.vae_checkpoint={tmp_path / 'vae.ckpt'}",
                     *overrides, "metrics=pixel_fd", f"metrics.reference={tmp_path / 'ref.npz'}",
-                    "metrics.num_samples=20", "metrics.block_size=20", "neon.n_synthetic=20", "neon.batch_size=8",
+                    "metrics.num_samples=20", "metrics.allow_small=true", "metrics.block_size=20", "neon.n_synthetic=20", "neon.batch_size=8",
                     "neon.budget_steps=[2,4]", "neon.w=[0.0,0.8,1.2]", "task.cfg_values=[1.6,1.8]",
                     "task.final_num_samples=40", "neon.synthetic.block_size=10", "neon.synthetic.shard_size=20",
                     "trainer.enable_progress_bar=false"], tmp_path)

@@ -61,7 +61,8 @@ def test_blockwise_w_uses_first_matching_pattern_then_default():
     base, aux = make_pair()
     w = {"^w$": 2.0, "dou": -1.0, "default": 0.5}
     assert w_for("w", w) == 2.0 and w_for("double", w) == -1.0 and w_for("half", w) == 0.5
-    assert w_for("other", {"x": 1.0}) == 0.0
+    with pytest.raises(NeonError, match="has no 'default'"):
+        extrapolate(base, aux, {"^w$": 2.0})  # the rest's w is stated, never silently 0
     merged = extrapolate(base, aux, w)
     torch.testing.assert_close(merged["w"], 3 * base["w"] - 2 * aux["w"])
     torch.testing.assert_close(merged["double"], aux["double"])

@@ -59,7 +59,8 @@ def test_fid_isc_pr_match_torch_fidelity(inception: Path, tmp_path: Path):
     ref = load_reference(tmp_path / "real.npz", extractor)  # an ADM-style batch of real images
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ours = compute_scores(features_of_images(uint8_images_to_unit(gen, "gen"), extractor), ref, ["fid", "isc", "pr"])
+        ours = compute_scores(features_of_images(uint8_images_to_unit(gen, "gen"), extractor), ref, ["fid", "isc", "pr"],
+                              allow_small=True)
         lib = torch_fidelity.calculate_metrics(
             input1=UInt8Set(gen), input2=UInt8Set(real), fid=True, isc=True, prc=True, cuda=False, verbose=False,
             cache=False, feature_extractor="inception-v3-compat", feature_layer_prc="2048",
@@ -76,7 +77,7 @@ def test_evaluate_task_scores_an_adm_sample_file(inception: Path, tmp_path: Path
     np.savez(tmp_path / "real.npz", arr_0=smooth_images(24, 4))
     proc = run_cli(["task=evaluate", f"samples={tmp_path / 'samples.npz'}", "metrics=fid50k",
                     f"metrics.inception_weights={inception}", f"metrics.reference={tmp_path / 'real.npz'}",
-                    "metrics.block_size=12"], tmp_path)
+                    "metrics.block_size=12", "metrics.allow_small=true"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = summary_of(tmp_path)
     scores = summary["scores"][str(tmp_path / "samples.npz")]
@@ -139,12 +140,14 @@ def test_reference_files_of_every_kind(tmp_path: Path):
         uint8_images_to_unit(np.random.default_rng(0).random((2, 4, 4, 3)), "samples")
 
 
-def test_fewer_samples_than_dimensions_warns():
+def test_fewer_samples_than_dimensions_is_an_error_unless_allowed():
     feats = {"pool": np.random.default_rng(0).normal(size=(10, 20))}
     from neon.metrics.reference import Reference
 
-    with pytest.warns(UserWarning, match="10 samples of 20-d features"):
+    with pytest.raises(NeonError, match="= 10 is below the 20 feature dimensions.*metrics.allow_small=true"):
         compute_scores(feats, Reference(np.zeros(20), np.eye(20)), ["fid"])
+    with pytest.warns(UserWarning, match="10 samples of 20-d features"):
+        compute_scores(feats, Reference(np.zeros(20), np.eye(20)), ["fid"], allow_small=True)
 
 
 def _sharded_worker(rank: int, world: int, port: int, out: str) -> None:

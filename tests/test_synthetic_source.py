@@ -12,7 +12,7 @@ from tests.conftest import run_cli, summary_of
 # the EDM digits model, tiny, fine-tuned on S; the xAR digits model, tiny, draws S
 TINY_EDM = ["model.pretrain.steps=30", "neon.n_synthetic=40", "neon.budget_steps=2", "neon.batch_size=20",
             "neon.w=[0.0,1.0]", "neon.control=false", "neon.synthetic.block_size=20", "neon.synthetic.shard_size=40",
-            "metrics.num_samples=40", "metrics.block_size=40", "metrics.noise_seed_offset=null", "sampler.num_steps=4",
+            "metrics.num_samples=40", "metrics.allow_small=true", "metrics.block_size=40", "metrics.noise_seed_offset=null", "sampler.num_steps=4",
             "preview_samples=0", "trainer.enable_progress_bar=false"]
 XAR_DRAWS = ["neon.synthetic.source_model=xar_tiny",
              "neon.synthetic.source_overrides=['model.pretrain.steps=20','sampler.num_steps=3']"]

@@ -248,7 +248,7 @@ def test_bad_input_names_expected_and_found(tmp_path: Path, module: XARModule):
 
 TINY_XAR = ["model=xar_tiny", "model.pretrain.steps=30", "neon.n_synthetic=40", "sampler.num_steps=4",
             "neon.budget_steps=3", "neon.batch_size=20", "neon.w=[0.0,1.0]", "neon.control=false",
-            "neon.synthetic.block_size=20", "neon.synthetic.shard_size=40", "metrics.num_samples=60",
+            "neon.synthetic.block_size=20", "neon.synthetic.shard_size=40", "metrics.num_samples=60", "metrics.allow_small=true",
             "metrics.noise_seed_offset=null", "metrics.block_size=30", "preview_samples=4",
             "trainer.enable_progress_bar=false"]
 
@@ -274,7 +274,7 @@ def test_paper_experiments_run_at_tiny_size(tmp_path: Path, experiment: str):
     overrides += [f"model.latent.{k}={v}".replace(" ", "") for k, v in VAE.items()]
     proc = run_cli([f"experiment={experiment}", f"model.checkpoint={xar_path}", f"model.vae_checkpoint={vae_path}",
                     *overrides, "metrics=pixel_fd", f"metrics.reference={tmp_path / 'ref.npz'}",
-                    "metrics.num_samples=20", "metrics.block_size=20", "neon.n_synthetic=20", "neon.batch_size=10",
+                    "metrics.num_samples=20", "metrics.allow_small=true", "metrics.block_size=20", "neon.n_synthetic=20", "neon.batch_size=10",
                     "neon.budget_steps=[2,4]", "neon.lr_warmup_steps=3", "neon.w=[0.0,0.5,1.0]",
                     "task.cfg_values=[1.5,2.0]", "task.final_num_samples=40", "sampler.num_steps=3",
                     "metrics.sampler.num_steps=3", "neon.synthetic.block_size=10", "neon.synthetic.shard_size=20",

@@ -49,6 +49,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
             raise NeonError(f"{what} cannot be split evenly over {self.world} processes: choose a batch size "
                             f"divisible by the number of processes")
         self.local_size = self.global_size // self.world
+        self.start = 0  # global batches already consumed (set when a training resumes from a checkpoint)
 
     @property
     def rows(self) -> slice:
@@ -56,15 +57,17 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return slice(self.rank * self.local_size, (self.rank + 1) * self.local_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        epoch = 0
+        # a resumed training continues the stream where it stopped: skip `start` global batches
+        starts = range(0, self.n - self.global_size + 1, self.global_size)
+        epoch, skip = divmod(self.start, len(starts))
         while True:
             if self.full:
                 order = torch.arange(self.n)
             else:
                 order = torch.randperm(self.n, generator=torch.Generator().manual_seed(mixed_seed(self.seed, epoch)))
-            for start in range(0, self.n - self.global_size + 1, self.global_size):
+            for start in starts[skip:]:
                 yield order[start:start + self.global_size][self.rows].tolist()
-            epoch += 1
+            epoch, skip = epoch + 1, 0
 
 
 def global_batch_loader(dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0) -> DataLoader:

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from neon.errors import NeonError
 from neon.families.conv_autoencoder import KL_STYLE, SD_STYLE, Decoder, Encoder
-from neon.io import StateDict, load_state_dict, unwrap_state_dict
+from neon.io import StateDict, load_state_dict, read_error, unwrap_state_dict
 
 
 class KLAutoencoder(nn.Module):
@@ -81,8 +81,8 @@ class KLAutoencoder(nn.Module):
         else:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise NeonError(f"cannot read VAE '{path}': {type(exc).__name__}: {exc}") from None
+            except Exception as exc:  # corrupt, truncated, foreign or refused pickles
+                raise read_error(path, exc, what="VAE") from None
             obj = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
             state = unwrap_state_dict(obj, path)
         state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # LDM training-loss weights

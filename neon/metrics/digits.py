@@ -66,6 +66,7 @@ class DigitsFeatures(FeatureExtractor):
     """Feature extractor for digits-FID, with its classifier cached under `cache_dir`."""
 
     name = "digits_classifier"
+    feature_dim = 64
 
     def __init__(self, cache_dir: str, epochs: int = 40, seed: int = 0):
         self.cache_dir, self.epochs, self.seed = cache_dir, epochs, seed

@@ -10,6 +10,7 @@ class FeatureExtractor:
     ('pool'); `extract` gives every named output in one pass (Inception adds 'logits' for IS)."""
 
     name = "base"
+    feature_dim: int | None = None  # the size of 'pool' when fixed by the network (None: the data's size)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -19,6 +19,7 @@ class InceptionFeatures(FeatureExtractor):
     """FID's standard features of images in [-1, 1] (converted to uint8 as the official generators save them)."""
 
     name = "inception-v3-compat"
+    feature_dim = 2048
 
     def __init__(self, weights: str | None = None, batch_size: int = 64):
         self.weights = weights or os.environ.get("NEON_INCEPTION_WEIGHTS")

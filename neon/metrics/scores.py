@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from neon.checks import check_sample_count
 from neon.metrics.frechet import feature_statistics, frechet_distance
 from neon.metrics.reference import Reference
 
@@ -32,12 +33,14 @@ def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = 3) -> tup
 
 
 def compute_scores(features: dict[str, np.ndarray], reference: Reference, metrics: Iterable[str] = ("fid",),
-                   isc_splits: int = 10, pr_k: int = 3) -> dict[str, float | None]:
-    """The requested metrics ('fid', 'isc', 'pr') of generated features against a reference."""
+                   isc_splits: int = 10, pr_k: int = 3, allow_small: bool = False) -> dict[str, float | None]:
+    """The requested metrics ('fid', 'isc', 'pr') of generated features against a reference; an FID from
+    fewer samples than feature dimensions is an error unless `allow_small` (then a warning)."""
     pool = features["pool"]
     out: dict[str, float | None] = {"num_samples": int(len(pool))}
     for name in metrics:
         if name == "fid":
+            check_sample_count(len(pool), pool.shape[1], "the number of samples scored", allow_small)
             if len(pool) < pool.shape[1]:
                 warnings.warn(f"FID from {len(pool)} samples of {pool.shape[1]}-d features: the covariance is "
                               "singular and the FID unreliable; use more samples than feature dimensions", stacklevel=2)

@@ -14,7 +14,7 @@ from torch import nn
 
 from neon.errors import NeonError
 from neon.families.xar.transformer import XARTransformer
-from neon.io import StateDict, dim_of, unwrap_state_dict
+from neon.io import StateDict, dim_of, read_error, unwrap_state_dict
 from neon.families.latent_family import LatentImageModule, check_architecture
 from neon.module import EMA, Batch, Sampler, plain_kwargs
 from neon.seeding import PerSampleRNG, StepNoise
@@ -63,8 +63,8 @@ class XARModule(LatentImageModule):
         try:  # training checkpoints also hold the run's argparse.Namespace
             with torch.serialization.safe_globals([argparse.Namespace]):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise NeonError(f"cannot read checkpoint '{path}': {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # corrupt, truncated, foreign or refused pickles
+            raise read_error(Path(path), exc) from None
         state = release_weights(obj, path, self.weights)
         net = self.net
         rope = state.get("encoder_blocks.0.attn.rope.freqs")

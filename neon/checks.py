@@ -1,0 +1,60 @@
+"""Counts and sizes of a config checked before any work, so a bad value fails in one line at once, not
+after θ_r is loaded and S drawn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from neon.errors import NeonError
+from neon.runtime import positive_int
+
+
+def check_sample_count(n: int, dim: int, what: str, allow_small: bool) -> None:
+    """A Fréchet distance needs at least as many samples as feature dimensions (else its covariance is
+    singular and the number meaningless): an error unless `metrics.allow_small=true`."""
+    if n < dim and not allow_small:
+        raise NeonError(f"{what} = {n} is below the {dim} feature dimensions of the FID: its covariance would be "
+                        f"singular and the score meaningless; use at least {dim} samples (or "
+                        "metrics.allow_small=true for a smoke test)")
+
+
+def feature_dim_of(extractor_cfg: Any) -> int | None:
+    """The extractor's fixed feature size, read from its class without building it (None: data-sized)."""
+    target = extractor_cfg.get("_target_") if extractor_cfg is not None else None
+    if not target:
+        return None
+    try:
+        cls = get_class(target)
+    except Exception:  # an unimportable target is reported where it is instantiated, with Hydra's message
+        return None
+    return getattr(cls, "feature_dim", None)
+
+
+def check_counts(cfg: DictConfig) -> None:
+    """Every count and size of the pipeline: positive integers, shards made of whole blocks, and enough
+    evaluation samples for the metric."""
+    n = cfg.neon
+    positive_int(n.n_synthetic, "neon.n_synthetic")
+    positive_int(n.batch_size, "neon.batch_size")
+    block = positive_int(n.synthetic.block_size, "neon.synthetic.block_size")
+    shard = positive_int(n.synthetic.shard_size, "neon.synthetic.shard_size")
+    if shard % block:
+        raise NeonError(f"neon.synthetic.shard_size ({shard}) must be a multiple of neon.synthetic.block_size ({block})")
+    if cfg.model.get("pretrain") is not None and not cfg.model.get("checkpoint"):
+        positive_int(cfg.model.pretrain.steps, "model.pretrain.steps")
+    m = cfg.metrics
+    samples = positive_int(m.num_samples, "metrics.num_samples")
+    positive_int(m.block_size, "metrics.block_size")
+    counts = {"metrics.num_samples": samples}
+    if n.get("auto") is not None and n.auto.get("num_samples") is not None:
+        counts["neon.auto.num_samples"] = positive_int(n.auto.num_samples, "neon.auto.num_samples")
+    final = cfg.task.get("final_num_samples")
+    if final is not None:
+        counts["task.final_num_samples"] = positive_int(final, "task.final_num_samples")
+    dim = feature_dim_of(m.get("extractor"))
+    if dim is not None and "fid" in list(m.get("compute") or ["fid"]):
+        for key, value in counts.items():
+            check_sample_count(value, dim, key, bool(m.get("allow_small", False)))

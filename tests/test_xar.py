@@ -228,7 +228,7 @@ def test_bad_input_names_expected_and_found(tmp_path: Path, module: XARModule):
     with pytest.raises(NeonError, match="needs its VAE"):
         XARModule(NET, KLAutoencoder(**VAE))
     _, other_vae = write_release_files(tmp_path / "v", vae=dict(VAE, ch=64))
-    with pytest.raises(NeonError, match="has shape .* check ch, ch_mult and embed_dim"):
+    with pytest.raises(NeonError, match="has shape .* check ch, ch_mult, embed_dim"):
         XARModule(NET, KLAutoencoder(**VAE), vae_checkpoint=str(other_vae))
     with pytest.raises(NeonError, match="latent space gives 1×8×8 latents but the xAR network expects 4×4×4"):
         XARModule(NET, PixelLatent(in_channels=1, image_size=8))

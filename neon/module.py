@@ -85,6 +85,11 @@ class NeonModule(L.LightningModule):
         self.lr_warmup_steps = 0  # linear learning-rate warmup from 0 over this many steps (0: none)
 
     # --- what a family implements
+    @classmethod
+    def build_net(cls, network: Mapping[str, Any]) -> nn.Module:
+        """θ's network from the constructor settings `model.network` (families configured that way)."""
+        raise NotImplementedError(f"{cls.__name__} is not built from model.network")
+
     @property
     def image_shape(self) -> tuple[int, ...]:
         """The shape of one generated sample: (channels, height, width) for images, (features,) for points."""

@@ -54,7 +54,7 @@ class EDMModule(NeonModule):
     def __init__(self, network: Mapping[str, Any], optimizer=None, ema_halflife_kimg: float | None = 500.0,
                  ema_decay: float | None = None, loss: Mapping[str, float] | None = None, quantize: bool = True):
         self.network_kwargs = plain_kwargs(network)
-        net = build_network(self.network_kwargs)
+        net = self.build_net(self.network_kwargs)
         if ema_decay is not None:
             ema = EMA(decay=ema_decay)
         else:
@@ -68,6 +68,11 @@ class EDMModule(NeonModule):
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the generated images."""
         return (self.net.img_channels, self.net.img_resolution, self.net.img_resolution)
+
+    @classmethod
+    def build_net(cls, network: Mapping[str, Any]) -> Precond:
+        """The preconditioned network of `model.network`."""
+        return build_network(network)
 
     @classmethod
     def diversity_seeking(cls, settings: Mapping[str, Any]) -> list[str]:

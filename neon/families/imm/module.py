@@ -34,13 +34,18 @@ class IMMModule(LatentImageModule):
                  optimizer=None, ema_decay: float | None = 0.9999, loss: Mapping[str, Any] | None = None,
                  quantize: bool = True):
         self.network_kwargs = plain_kwargs(network)
-        net = IMMPrecond(**self.network_kwargs)
+        net = self.build_net(self.network_kwargs)
         super().__init__(net, optimizer=optimizer, ema=EMA(decay=ema_decay) if ema_decay else None,
                          num_classes=net.num_classes)
         self.attach_latent(latent, vae_checkpoint, net.img_channels, net.img_resolution,
                            needs="the sd-vae-ft-ema folder or its diffusion_pytorch_model.safetensors",
                            keys="model.network.img_channels and model.network.img_resolution")
         self.loss_kwargs, self.quantize = dict(loss or {}), quantize
+
+    @classmethod
+    def build_net(cls, network: Mapping[str, Any]) -> IMMPrecond:
+        """The IMMPrecond-wrapped DiT of `model.network`."""
+        return IMMPrecond(**network)
 
     # --- checkpoints
     def read_checkpoint(self, path: str | Path) -> StateDict:

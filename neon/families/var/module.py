@@ -41,7 +41,7 @@ class VARModule(LatentImageModule):
                  label_smoothing: float = 0.0, quantize: bool = True):
         self.network_kwargs, self.vae_kwargs = plain_kwargs(network), plain_kwargs(vae)
         self.vae_kwargs.setdefault("patch_nums", self.network_kwargs.get("patch_nums"))
-        net = VARTransformer(**self.network_kwargs)
+        net = self.build_net(self.network_kwargs)
         super().__init__(net, optimizer=optimizer, num_classes=net.num_classes)
         self.vae = VQVAE(**self.vae_kwargs)
         if tuple(self.vae.patch_nums) != net.patch_nums:
@@ -60,6 +60,11 @@ class VARModule(LatentImageModule):
                             "vae_ch160v4096z32.pth)")
         self.vae.eval().requires_grad_(False)
         self.cond_drop_rate, self.label_smoothing, self.quantize = cond_drop_rate, label_smoothing, quantize
+
+    @classmethod
+    def build_net(cls, network: Mapping[str, Any]) -> VARTransformer:
+        """The next-scale transformer of `model.network`."""
+        return VARTransformer(**network)
 
     @property
     def latent_space(self) -> nn.Module:

@@ -48,7 +48,7 @@ class XARModule(LatentImageModule):
                  optimizer=None, ema_decay: float | None = 0.9999, label_drop_prob: float = 0.1, hflip: bool = False,
                  quantize: bool = True, weights: str = "ema"):
         self.network_kwargs = plain_kwargs(network)
-        net = XARTransformer(**self.network_kwargs)
+        net = self.build_net(self.network_kwargs)
         super().__init__(net, optimizer=optimizer, ema=EMA(decay=ema_decay) if ema_decay else None,
                          num_classes=net.num_classes)
         if weights not in WEIGHTS:
@@ -56,6 +56,11 @@ class XARModule(LatentImageModule):
         self.attach_latent(latent, vae_checkpoint, net.channels, net.grid, needs="MAR's KL-16, kl16.ckpt",
                            keys="model.network.channels and model.network.grid")
         self.label_drop_prob, self.hflip, self.quantize, self.weights = label_drop_prob, hflip, quantize, weights
+
+    @classmethod
+    def build_net(cls, network: Mapping[str, Any]) -> XARTransformer:
+        """The next-cluster transformer of `model.network`."""
+        return XARTransformer(**network)
 
     # --- checkpoints
     def read_checkpoint(self, path: str | Path) -> StateDict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from omegaconf import DictConfig
 
 from neon.errors import NeonError
 from neon.io import atomic_path, write_text
+
+log = logging.getLogger("neon")
 
 COLUMNS = ("fid_base", "fid_neon", "w", "budget_steps", "n_synthetic")
 
@@ -65,8 +68,8 @@ class SweepTable(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             write_sweep_table(config.hydra.sweep.dir)
-        except NeonError:
-            pass  # a sweep of other tasks has no Neon results to tabulate
+        except NeonError as exc:  # e.g. a sweep of other tasks has no Neon results to tabulate
+            log.warning("no sweep table: %s", exc)
 
 
 def _lookup(summary: dict, dotted: str) -> Any:

@@ -72,11 +72,6 @@ def _numpy_scalar(dtype, data=None):
     return np.frombuffer(data, dtype=dtype)[0] if data is not None else dtype.type()
 
 
-def _reconstructor(cls: type, base: type, state: Any = None) -> Any:
-    # protocol 0/1 objects: `cls` is already a stand-in (find_class gave it), so nothing of the real class runs
-    return cls.__new__(cls)
-
-
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): OrderedDict,
     ("builtins", "set"): set,
@@ -90,7 +85,6 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("numpy", "dtype"): np.dtype,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-    ("copyreg", "_reconstructor"): _reconstructor,
 }
 
 

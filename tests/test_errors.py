@@ -33,6 +33,8 @@ def one_line_error(proc) -> str:
         ("neon.n_synthetic=-5", "neon.n_synthetic must be a positive integer, got -5"),
         ("model.checkpoint=/no/such/theta.safetensors", "'/no/such/theta.safetensors' does not exist"),
         ("neon.synthetic.blok=3", "no config key 'neon.synthetic.blok'"),
+        ("sampler=heun", "sampler=heun is not a sampler of model toy2d (diffusion toy), which samples with "
+                         "neon.families.toy2d.ddim: use sampler=ddim_toy or drop the override"),
     ],
 )
 def test_cli_rejects_bad_input_in_one_line(tmp_path: Path, override: str, expect: str):

@@ -144,7 +144,10 @@ def user_error(exc: BaseException) -> str | None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _run(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
     from neon.distributed import launch
+    from neon.module import check_samplers
 
     quiet_libraries()
     if cfg.get("threads"):
@@ -152,6 +155,7 @@ def _run(cfg: DictConfig) -> float | None:
 
         torch.set_num_threads(int(cfg.threads))
     try:
+        check_samplers(cfg, HydraConfig.get().runtime.choices)
         summary = launch(get_method(cfg.task.entry), cfg)
     except (NeonError, MissingMandatoryValue) as exc:
         print(f"neon: error: {user_error(exc)}", file=sys.stderr)

@@ -148,26 +148,6 @@ def gradient_alignment(module: NeonModule, real: Iterator[Batch], synthetic: Ite
     return {**overall, "groups": table, "num_batches": count, "blocks": blocks}
 
 
-# Sampler settings that spread samples out instead of concentrating them (the paper's "diversity-seeking"
-# case, where synthetic and real gradients align and Neon's w > 0 cannot help). The churn bound is a
-# heuristic: EDM's stochastic sampling at high churn adds fresh noise every step.
-DIVERSITY_SEEKING = (("temperature", lambda v: v > 1, "temperature > 1"),
-                     ("score_scale", lambda v: v < 1, "score scale ζ < 1"),
-                     ("S_churn", lambda v: v >= 50, "S_churn ≥ 50"))
-
-
-def diversity_warning(sampler: Mapping) -> str | None:
-    """A warning naming the sampler settings of S that are diversity-seeking, or None."""
-    found = [f"{key} = {sampler[key]} ({why})" for key, test, why in DIVERSITY_SEEKING
-             if isinstance(sampler.get(key), (int, float)) and not isinstance(sampler.get(key), bool)
-             and test(sampler[key])]
-    if not found:
-        return None
-    return (f"S is drawn with diversity-seeking settings ({'; '.join(found)}): real and synthetic gradients then "
-            "tend to align and Neon's w > 0 does not help (the paper's theory); check with `neon task=diagnose` "
-            "before spending compute, or use a mode-seeking sampler")
-
-
 def prediction(result: Mapping) -> str:
     """The plain-language reading of the preconditioned cosine's interval (the raw one when it is missing)."""
     low, high = result.get("cosine_preconditioned_ci95") or result["cosine_ci95"]

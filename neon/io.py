@@ -7,19 +7,27 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import re
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from neon.errors import NeonError
 
 StateDict = dict[str, torch.Tensor]
+
+# What reading a corrupt, truncated or foreign weights file raises (torch's zip and pickle readers, the
+# weights-only unpickler, which meets garbage opcodes with IndexError or TypeError, safetensors); anything
+# else is a bug and keeps its traceback.
+UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError,
+              struct.error, SafetensorError)
 
 
 def _umask() -> int:
@@ -180,17 +188,44 @@ def read_error(path: Path, exc: BaseException, what: str = "checkpoint") -> Neon
     return NeonError(f"cannot read {what} '{path}' (truncated or corrupt?): {type(exc).__name__}: {first}")
 
 
+def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", safe_globals: Sequence[type] = ()) -> Any:
+    """A torch file read on the CPU by torch's weights-only loader (plus `safe_globals`); a file that
+    cannot be read is a one-line NeonError naming it."""
+    path = Path(path)
+    _require_file(path, what)
+    try:
+        with torch.serialization.safe_globals(list(safe_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except UNREADABLE as exc:
+        raise read_error(path, exc, what) from None
+
+
 def load_state_dict(path: str | os.PathLike, what: str = "checkpoint") -> StateDict:
     """Read weights from .safetensors, a torch state dict, or a Lightning checkpoint, on the CPU."""
     path = Path(path)
     _require_file(path, what)
+    if path.suffix != ".safetensors":
+        return unwrap_state_dict(read_torch_file(path, what), path)
     try:
-        if path.suffix == ".safetensors":
-            with safe_open(str(path), framework="pt") as f:
-                return {k: f.get_tensor(k) for k in f.keys()}
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except NeonError:
-        raise
-    except Exception as exc:  # corrupt, truncated or foreign files all end here
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except UNREADABLE as exc:
         raise read_error(path, exc, what) from None
-    return unwrap_state_dict(obj, path)
+
+
+def check_state_fits(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str,
+                     target: str, hint: str) -> None:
+    """Refuse weights from `source` whose keys or shapes differ from `own` (those of `target`), naming the
+    first few missing and unexpected keys or the first misshapen one, and `hint`: the settings to check."""
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        def some(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (" ..." if len(keys) > 5 else "")
+
+        detail = ([f"missing {some(missing)}"] if missing else []) + \
+            ([f"unexpected {some(unexpected)}"] if unexpected else [])
+        raise NeonError(f"{source} does not fit {target} ({'; '.join(detail)}): {hint}")
+    for key, value in own.items():
+        if tuple(value.shape) != tuple(state[key].shape):
+            raise NeonError(f"{source}: key '{key}' has shape {tuple(state[key].shape)} but {target} expects "
+                            f"{tuple(value.shape)}: {hint}")

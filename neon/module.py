@@ -1,18 +1,21 @@
-"""The LightningModule every model family subclasses: a network, its own loss, its samplers, EMA."""
+"""The family contract: `NeonModule`, the LightningModule every model family subclasses, declares all that
+a family provides (network, loss, generation, image shape, class count, samplers and their
+diversity-seeking rule, optional checkpoint reader); `family_of` and `check_sampler` read it from a config.
+tests/test_family_contract.py holds every model config under conf/model/ to it."""
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
 from torch import nn
 
 from neon.errors import NeonError
-from neon.io import StateDict, load_state_dict
+from neon.io import StateDict, check_state_fits, load_state_dict
 from neon.seeding import StepNoise
 
 Batch = dict[str, torch.Tensor]
@@ -50,8 +53,20 @@ class EMA:
 
 
 class NeonModule(L.LightningModule):
-    """Base of every family. A family supplies `net`, `loss` and `generate`, and may override
-    `read_checkpoint` to load its official release format."""
+    """Base of every family: the contract. A family declares
+
+    - `family`: its name in messages; `samplers`: {sampler config name (conf/sampler/<name>.yaml): the
+      sampler function}, the only samplers `generate` accepts; `diversity_seeking(settings)`: which of
+      those samplers' settings spread samples out (Neon's w > 0 then cannot help);
+    - `net` (θ; an `EMA` rule makes sampling and θ use its EMA copy), `network_kwargs` (the constructor
+      settings a checkpoint may change), `num_classes` (0: unconditional) and `image_shape`;
+    - `loss(batch, noise)` and `generate(seeds, sampler, labels)`;
+    - optionally `read_checkpoint(path)` (official release formats), `optimizer_params()` (parameter
+      groups) and a frozen latent space (`neon.families.latent_family.LatentImageModule`)."""
+
+    family: ClassVar[str] = "model"
+    samplers: ClassVar[Mapping[str, Sampler]] = {}
+    network_kwargs: dict[str, Any] | None = None  # families built from constructor settings set theirs
 
     def __init__(
         self,
@@ -70,6 +85,16 @@ class NeonModule(L.LightningModule):
         self.lr_warmup_steps = 0  # linear learning-rate warmup from 0 over this many steps (0: none)
 
     # --- what a family implements
+    @classmethod
+    def build_net(cls, network: Mapping[str, Any]) -> nn.Module:
+        """θ's network from the constructor settings `model.network` (families configured that way)."""
+        raise NotImplementedError(f"{cls.__name__} is not built from model.network")
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """The shape of one generated sample: (channels, height, width) for images, (features,) for points."""
+        raise NotImplementedError
+
     def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
         """The family's own training loss on a batch (pretraining and fine-tuning use the same one); every
         random draw comes from `noise`, so it does not depend on the process count."""
@@ -81,9 +106,15 @@ class NeonModule(L.LightningModule):
         """One sample per seed with `sampler`; returns (samples, labels or None)."""
         raise NotImplementedError
 
+    @classmethod
+    def diversity_seeking(cls, settings: Mapping[str, Any]) -> list[str]:
+        """The settings of one of the family's samplers that are diversity-seeking, each as 'key = value (why)'."""
+        return []
+
     def config_overrides(self) -> dict:
-        """Model-config entries that differ from the config because a checkpoint set them."""
-        return {}
+        """Model-config entries that differ from the config because a checkpoint set them: the network's
+        constructor settings in use."""
+        return {} if self.network_kwargs is None else {"network": dict(self.network_kwargs)}
 
     def export_samples(self, x: torch.Tensor):
         """Samples as a numpy array for .npz files (families with images return uint8 NHWC)."""
@@ -105,25 +136,8 @@ class NeonModule(L.LightningModule):
 
     def load_neon_weights(self, state: StateDict, source: str = "checkpoint") -> None:
         """Load θ into the network (and its EMA), naming any missing, unexpected or misshapen key."""
-        own = self.net.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            detail = []
-            if missing:
-                detail.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-            if unexpected:
-                detail.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
-            raise NeonError(
-                f"{source} does not fit model {type(self).__name__} ({'; '.join(detail)}): "
-                "check that model= matches the checkpoint's family and size"
-            )
-        for key, value in own.items():
-            if tuple(value.shape) != tuple(state[key].shape):
-                raise NeonError(
-                    f"{source}: key '{key}' has shape {tuple(state[key].shape)} but model "
-                    f"{type(self).__name__} expects {tuple(value.shape)}: check the model size settings"
-                )
+        check_state_fits(self.net.state_dict(), state, source, f"model {type(self).__name__}",
+                         "check that model= matches the checkpoint's family and size")
         self.net.load_state_dict(state)
         if self.ema is not None:
             self.ema.load_state_dict(state)
@@ -164,3 +178,85 @@ class NeonModule(L.LightningModule):
         # step k (from 0) runs at lr·k/warmup, as a per-iteration linear warmup does
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, k / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def family_of(model_cfg: Mapping[str, Any]) -> type[NeonModule]:
+    """The family class a model config builds (its `_target_`), without building it."""
+    from hydra.utils import get_object
+
+    target = model_cfg.get("_target_")
+    try:
+        cls = get_object(str(target))
+    except ImportError as exc:
+        raise NeonError(f"model._target_ '{target}' cannot be imported ({exc}): give a family class such as "
+                        "neon.families.edm.EDMModule") from None
+    if not (isinstance(cls, type) and issubclass(cls, NeonModule)):
+        raise NeonError(f"model._target_ '{target}' is not a model family (a neon.module.NeonModule subclass)")
+    return cls
+
+
+def _dotted(fn: Any) -> str:
+    fn = getattr(fn, "func", fn)  # a functools.partial names its function
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def check_sampler(model_cfg: Mapping[str, Any], sampler_cfg: Mapping[str, Any], model_name: str | None = None,
+                  sampler_name: str | None = None) -> None:
+    """Refuse, in one line, a sampler that is not one of the model family's `samplers` (e.g. EDM's Heun
+    sampler for a VAR model); the names are the config choices (model=..., sampler=...) when known."""
+    from hydra.utils import get_object
+
+    family = family_of(model_cfg)
+    target = sampler_cfg.get("_target_")
+    accepted = dict(family.samplers)
+    if not accepted:
+        return  # a family that declares no samplers takes any
+    try:
+        fn = get_object(str(target))
+    except ImportError:
+        fn = None
+    if fn is not None and any(fn is a or getattr(fn, "__wrapped__", None) is a for a in accepted.values()):
+        return
+    given = f"sampler={sampler_name}" if sampler_name else f"sampler._target_={target}"
+    model = f"model {model_name} ({family.family})" if model_name else f"model {family.__name__}"
+    names = " or ".join(f"sampler={n}" for n in accepted)
+    raise NeonError(f"{given} is not a sampler of {model}, which samples with "
+                    f"{', '.join(_dotted(f) for f in accepted.values())}: use {names} or drop the override")
+
+
+def check_samplers(cfg: Mapping[str, Any], choices: Mapping[str, Any] | None = None) -> None:
+    """Before any work: the run's sampler, and the evaluation sampler where `metrics.sampler` names another,
+    belong to the model's family; `choices` are Hydra's group choices (for the names in the message)."""
+    choices = choices or {}
+    model, sampler = cfg["model"], cfg["sampler"]
+    check_sampler(model, sampler, choices.get("model"), choices.get("sampler"))
+    evaluation = (cfg.get("metrics") or {}).get("sampler") or {}
+    if evaluation.get("_target_") not in (None, sampler.get("_target_")):
+        check_sampler(model, evaluation, choices.get("model"), None)
+
+
+def diversity_warning(model_cfg: Mapping[str, Any], sampler_cfg: Mapping[str, Any]) -> str | None:
+    """A warning naming the sampler settings of S that the model's family calls diversity-seeking, or None."""
+    found = family_of(model_cfg).diversity_seeking(sampler_cfg)
+    if not found:
+        return None
+    return (f"S is drawn with diversity-seeking settings ({'; '.join(found)}): real and synthetic gradients then "
+            "tend to align and Neon's w > 0 does not help (the paper's theory); check with `neon task=diagnose` "
+            "before spending compute, or use a mode-seeking sampler")
+
+
+def setting_above(settings: Mapping[str, Any], key: str, bound: float, why: str, inclusive: bool = False
+                  ) -> list[str]:
+    """['key = value (why)'] when the numeric setting `key` exceeds `bound` (or reaches it), else []."""
+    value = settings.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return []
+    return [f"{key} = {value} ({why})"] if (value >= bound if inclusive else value > bound) else []
+
+
+def setting_below(settings: Mapping[str, Any], key: str, bound: float, why: str) -> list[str]:
+    """['key = value (why)'] when the numeric setting `key` is below `bound`, else []."""
+    value = settings.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return []
+    return [f"{key} = {value} ({why})"] if value < bound else []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from omegaconf import DictConfig
 
 from neon.errors import NeonError
 from neon.io import atomic_path, read_json, write_text
+
+log = logging.getLogger("neon")
 
 COLUMNS = ("fid_base", "fid_neon", "w", "budget_steps", "n_synthetic")
 
@@ -64,8 +67,8 @@ class SweepTable(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             write_sweep_table(config.hydra.sweep.dir)
-        except NeonError:
-            pass  # a sweep of other tasks has no Neon results to tabulate
+        except NeonError as exc:  # e.g. a sweep of other tasks has no Neon results to tabulate
+            log.warning("no sweep table: %s", exc)
 
 
 def _lookup(summary: dict, dotted: str) -> Any:

@@ -129,11 +129,11 @@ def check_fits(module, folder: Path, origin: str) -> None:
     """S's images and labels fit the model to fine-tune, or one line says what differs."""
     first = torch.load(sorted(folder.glob("shard_*.pt"))[0], map_location="cpu", weights_only=True)
     x, labels = first["x"], first.get("label")
-    shape = getattr(module, "image_shape", None)
-    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+    shape = module.image_shape
+    if tuple(x.shape[1:]) != tuple(shape):
         raise NeonError(f"S from {origin} holds images of shape {tuple(x.shape[1:])}, but the model to fine-tune "
                         f"takes {tuple(shape)}: draw S at the same resolution and channels")
-    classes = int(getattr(module, "num_classes", 0) or 0)
+    classes = module.num_classes
     if classes and labels is None:
         raise NeonError(f"S from {origin} has no labels, but the model to fine-tune is class-conditional")
     if classes and labels is not None and int(labels.max()) >= classes:

@@ -19,11 +19,12 @@ from tqdm.auto import tqdm
 from neon.auto_w import check_auto, choose_w
 from neon.callbacks import NeonMerge, merged_name
 from neon.checks import check_counts
-from neon.diagnose import diversity_warning, gradient_alignment, parameter_groups, prediction
+from neon.diagnose import gradient_alignment, parameter_groups, prediction
 from neon.distributed import is_main
 from neon.errors import NeonError
 from neon.io import atomic_path, load_state_dict, save_state_dict, write_json, write_text
 from neon.merge import extrapolate, merge_files
+from neon.module import diversity_warning
 from neon.metrics.evaluate import features_of_images, interleave
 from neon.metrics.images import digest_source, read_image_source
 from neon.metrics.reference import reference_from_features, uint8_images_to_unit
@@ -59,7 +60,7 @@ def validate(cfg: DictConfig) -> None:
     budgets_of(cfg)
     check_counts(cfg)
     drawer = source_config(cfg) or cfg  # the sampler that draws S
-    warning = diversity_warning(plain(drawer.sampler))
+    warning = diversity_warning(drawer.model, plain(drawer.sampler))
     if warning:
         log.warning(warning)
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neon.diagnose import diversity_warning, gradient_alignment, parameter_groups, prediction
+from neon.diagnose import gradient_alignment, parameter_groups, prediction
+from neon.module import diversity_warning
 from neon.module import NeonModule
 from tests.conftest import run_cli
 
@@ -72,13 +73,19 @@ def test_diagnose_task_writes_its_json(tmp_path: Path):
     assert not math.isnan(result["groups"]["out"]["cosine"]) and "gradient cosine" in proc.stdout
 
 
-def test_diversity_seeking_samplers_are_named():
-    assert diversity_warning({"score_scale": 1.1, "num_steps": 20}) is None
-    assert diversity_warning({"cfg": 2.0, "top_k": 900}) is None
-    warning = diversity_warning({"score_scale": 0.9})
+def test_diversity_seeking_samplers_are_named_by_their_family():
+    toy, ar, edm, var = ({"_target_": f"neon.families.{t}"} for t in
+                         ("toy2d.ToyDiffusion", "ar2d.ARToy", "edm.EDMModule", "var.VARModule"))
+    assert diversity_warning(toy, {"score_scale": 1.1, "num_steps": 20}) is None
+    assert diversity_warning(var, {"cfg": 2.0, "top_k": 900}) is None
+    warning = diversity_warning(toy, {"score_scale": 0.9})
     assert "score_scale = 0.9" in warning and "neon task=diagnose" in warning
-    assert "temperature = 1.2" in diversity_warning({"temperature": 1.2})
-    assert "S_churn = 80" in diversity_warning({"S_churn": 80, "num_steps": 18})
+    assert "temperature = 1.2" in diversity_warning(ar, {"temperature": 1.2})
+    assert diversity_warning(ar, {"temperature": 0.5}) is None
+    assert "S_churn = 80" in diversity_warning(edm, {"S_churn": 80, "num_steps": 18})
+    assert diversity_warning(edm, {"S_churn": 49.0}) is None
+    # a rule is its family's: another family's setting of the same name is not judged by it
+    assert diversity_warning(edm, {"temperature": 1.2}) is None and diversity_warning(toy, {"S_churn": 80}) is None
 
 
 def test_the_pipeline_warns_before_fine_tuning_on_a_diversity_seeking_s(tmp_path: Path):

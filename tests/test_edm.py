@@ -13,7 +13,7 @@ from neon.errors import NeonError
 from neon.families.edm import EDMModule, heun_sampler
 from neon.families.edm.losses import denoising_loss
 from neon.families.edm.module import build_network
-from neon.families.edm.snapshot import read_snapshot
+from neon.persistence import read_snapshot
 from neon.seeding import PerSampleRNG, StepNoise
 from tests.edm_snapshot import TINY_DDPMPP, write_snapshot
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from neon.errors import NeonError
@@ -32,6 +33,8 @@ def one_line_error(proc) -> str:
         ("neon.n_synthetic=-5", "neon.n_synthetic must be a positive integer, got -5"),
         ("model.checkpoint=/no/such/theta.safetensors", "'/no/such/theta.safetensors' does not exist"),
         ("neon.synthetic.blok=3", "no config key 'neon.synthetic.blok'"),
+        ("sampler=heun", "sampler=heun is not a sampler of model toy2d (diffusion toy), which samples with "
+                         "neon.families.toy2d.ddim: use sampler=ddim_toy or drop the override"),
     ],
 )
 def test_cli_rejects_bad_input_in_one_line(tmp_path: Path, override: str, expect: str):
@@ -56,3 +59,28 @@ def test_unreadable_and_foreign_checkpoints(tmp_path: Path):
     save_file({"other.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
     with pytest.raises(NeonError, match="missing blocks.0.bias.*unexpected other.weight"):
         ToyDiffusion().load_checkpoint(tmp_path / "other.safetensors")
+
+
+def test_metric_settings_a_user_can_get_wrong_are_one_line_errors(tmp_path: Path, caplog):
+    import logging
+
+    import numpy as np
+
+    from neon.metrics.frechet import frechet_distance
+    from neon.metrics.reference import Reference
+    from neon.metrics.scores import compute_scores
+    from neon.sweep import SweepTable
+
+    reference = Reference(mu=np.zeros(4), sigma=np.eye(4), source="test")
+    features = {"pool": np.random.default_rng(0).normal(size=(16, 4))}
+    assert np.isfinite(compute_scores(features, reference, ["fid"])["fid"])
+    with pytest.raises(NeonError, match="metrics.compute: unknown metric 'kid': use fid, isc or pr"):
+        compute_scores(features, reference, ["kid"])
+    with pytest.raises(NeonError, match="metrics.compute asks for isc, but .* class logits"):
+        compute_scores(features, reference, ["isc"])
+    with pytest.raises(NeonError, match="statistics differ in shape .* another extractor"):
+        frechet_distance(np.zeros(4), np.eye(4), np.zeros(3), np.eye(3))
+    # a sweep table that cannot be written says why in the log instead of passing in silence
+    with caplog.at_level(logging.WARNING, logger="neon"):
+        SweepTable().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "gone")}}}))
+    assert any("no sweep table" in r.getMessage() for r in caplog.records)

@@ -228,11 +228,11 @@ def test_bad_input_names_expected_and_found(tmp_path: Path, module: XARModule):
     with pytest.raises(NeonError, match="needs its VAE"):
         XARModule(NET, KLAutoencoder(**VAE))
     _, other_vae = write_release_files(tmp_path / "v", vae=dict(VAE, ch=64))
-    with pytest.raises(NeonError, match="has shape .* check ch, ch_mult and embed_dim"):
+    with pytest.raises(NeonError, match="has shape .* check ch, ch_mult, embed_dim"):
         XARModule(NET, KLAutoencoder(**VAE), vae_checkpoint=str(other_vae))
     with pytest.raises(NeonError, match="latent space gives 1×8×8 latents but the xAR network expects 4×4×4"):
         XARModule(NET, PixelLatent(in_channels=1, image_size=8))
-    with pytest.raises(ValueError, match="grid of 6 does not split into 4×4 clusters"):
+    with pytest.raises(NeonError, match="grid=6 does not split into 4×4 clusters"):
         XARTransformer(**dict(NET, grid=6, cluster_grid=4))
     ckpt = tmp_path / "ema_only.pth"
     torch.save({"model_ema": module.neon_weights(), "epoch": 1}, ckpt)

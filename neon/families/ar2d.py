@@ -4,14 +4,15 @@ at a temperature τ that scales both standard deviations (τ < 1 mode-seeking, �
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from neon.io import StateDict, load_state_dict, rename_keys
-from neon.module import Batch, NeonModule, Sampler
+from neon.module import Batch, NeonModule, Sampler, setting_above
 from neon.seeding import PerSampleRNG, StepNoise
 
 
@@ -59,9 +60,22 @@ def temperature_sampler(net: ARGaussian2D, noise: torch.Tensor, temperature: flo
 class ARToy(NeonModule):
     """The AR toy family: maximum likelihood, no EMA, unconditional."""
 
+    family = "autoregressive toy"
+    samplers = {"ar_temperature": temperature_sampler}
+
     def __init__(self, hidden: int = 64, layers: int = 2, min_log_std: float = -6.0, max_log_std: float = 3.0,
                  optimizer=None):
         super().__init__(ARGaussian2D(hidden, layers, min_log_std, max_log_std), optimizer=optimizer)
+
+    @property
+    def image_shape(self) -> tuple[int]:
+        """A sample is one 2D point."""
+        return (2,)
+
+    @classmethod
+    def diversity_seeking(cls, settings: Mapping[str, Any]) -> list[str]:
+        """Sampling at a temperature τ > 1 widens both conditionals."""
+        return setting_above(settings, "temperature", 1, "temperature > 1")
 
     def read_checkpoint(self, path: str | Path) -> StateDict:
         """Our weights, or the paper notebook's `ARGaussian2D.state_dict()` (its head2 wraps the MLP in `net`)."""

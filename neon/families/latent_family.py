@@ -1,5 +1,5 @@
-"""What the class-conditional latent image families (xAR, IMM) share: a frozen latent space read from the
-user's file, per-seed class labels, images on the reference's 8-bit grid, checkpoint architecture checks."""
+"""What the class-conditional latent image families (VAR, xAR, IMM) share: a frozen latent space (read from
+the user's file), per-seed class labels, images on the reference's 8-bit grid, checkpoint architecture checks."""
 
 from __future__ import annotations
 
@@ -34,10 +34,14 @@ def check_class_ids(labels: torch.Tensor, num_classes: int, family: str) -> None
 
 
 class LatentImageModule(NeonModule):
-    """A NeonModule whose network generates in the frozen latent space `latent` (it has `channels`, `size`,
-    `image_shape`, `encode`, `decode`, and `load_release` when it comes from a file)."""
+    """A NeonModule whose network generates in a frozen latent space, `latent_space` (`latent` unless the
+    family names it otherwise; it has `image_shape`, and for `attach_latent` `channels`, `size`, `encode`,
+    `decode`, and `load_release` when it comes from a file)."""
 
-    family = "model"
+    @property
+    def latent_space(self) -> nn.Module:
+        """The frozen latent space (tokenizer or VAE) the network generates in."""
+        return self.latent
 
     def attach_latent(self, latent: nn.Module, vae_checkpoint: str | None, channels: int, size: int,
                       needs: str, keys: str) -> None:
@@ -54,11 +58,11 @@ class LatentImageModule(NeonModule):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the generated images."""
-        return tuple(self.latent.image_shape)
+        return tuple(self.latent_space.image_shape)
 
     def train(self, mode: bool = True) -> "LatentImageModule":
         super().train(mode)
-        self.latent.eval()  # frozen in every stage
+        self.latent_space.eval()  # frozen (no dropout, no statistics) in every stage
         return self
 
     def check_images(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
@@ -69,11 +73,15 @@ class LatentImageModule(NeonModule):
         if labels is None:
             raise NeonError(f"{self.family} is class-conditional but the data has no labels")
 
+    def draw_labels(self, rng: PerSampleRNG) -> torch.Tensor:
+        """One uniform class per seed, drawn from its generator."""
+        return torch.cat([torch.randint(self.num_classes, (1,), generator=g, device=self.device)
+                          for g in rng.generators]) if len(rng) else torch.zeros(0, dtype=torch.long)
+
     def labels_for(self, rng: PerSampleRNG, labels: torch.Tensor | None) -> torch.Tensor:
-        """The given class ids (checked), or one uniform class per seed drawn from its generator."""
+        """The given class ids (checked), or `draw_labels`."""
         if labels is None:
-            labels = torch.cat([torch.randint(self.num_classes, (1,), generator=g, device=self.device)
-                                for g in rng.generators]) if len(rng) else torch.zeros(0, dtype=torch.long)
+            labels = self.draw_labels(rng)
         labels = labels.to(self.device).long()
         check_class_ids(labels, self.num_classes, self.family)
         return labels

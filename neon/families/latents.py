@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from neon.errors import NeonError
 from neon.families.conv_autoencoder import KL_STYLE, SD_STYLE, Decoder, Encoder
-from neon.io import StateDict, load_state_dict, read_error, unwrap_state_dict
+from neon.io import StateDict, check_state_fits, load_state_dict, read_torch_file, unwrap_state_dict
 
 
 class KLAutoencoder(nn.Module):
@@ -79,24 +79,15 @@ class KLAutoencoder(nn.Module):
         if path.suffix == ".safetensors":
             state = load_state_dict(path, what="VAE")
         else:
-            try:
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as exc:  # corrupt, truncated, foreign or refused pickles
-                raise read_error(path, exc, what="VAE") from None
+            obj = read_torch_file(path, what="VAE")
             obj = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
             state = unwrap_state_dict(obj, path)
         state = {k: v for k, v in state.items() if not k.startswith("loss.")}  # LDM training-loss weights
         if any(".down_blocks." in k or ".mid_block." in k for k in state):
             state = from_diffusers(state)
-        own = self.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:  # the releases load non-strictly: a wrong file would silently stay random
-            raise NeonError(f"VAE '{path}' does not fit model.latent (missing {missing[:4]}, unexpected "
-                            f"{unexpected[:4]}): check ch, ch_mult, embed_dim and encoder_attention")
-        for key, value in own.items():
-            if tuple(state[key].shape) != tuple(value.shape):
-                raise NeonError(f"VAE '{path}': key '{key}' has shape {tuple(state[key].shape)} but model.latent "
-                                f"expects {tuple(value.shape)}: check ch, ch_mult and embed_dim")
+        # the releases load non-strictly: a wrong file would silently stay random, so every key must match
+        check_state_fits(self.state_dict(), state, f"VAE '{path}'", "model.latent",
+                         "check ch, ch_mult, embed_dim and encoder_attention")
         self.load_state_dict(state)
 
 

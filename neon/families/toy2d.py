@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from neon.io import StateDict, load_state_dict, rename_keys
-from neon.module import Batch, NeonModule, Sampler
+from neon.module import Batch, NeonModule, Sampler, setting_below
 from neon.seeding import PerSampleRNG, StepNoise
 
 
@@ -65,6 +66,9 @@ def ddim(eps_fn: EpsFn, x: torch.Tensor, steps: int = 20, score_scale: float = 1
 class ToyDiffusion(NeonModule):
     """The toy family: ε-prediction MSE loss on a 1000-step cosine schedule, no EMA, unconditional."""
 
+    family = "diffusion toy"
+    samplers = {"ddim_toy": ddim}
+
     def __init__(
         self,
         features: int = 2,
@@ -77,6 +81,16 @@ class ToyDiffusion(NeonModule):
         self.features = features
         self.train_steps = train_steps
         self.register_buffer("alpha_bar", cosine_alpha_bar(train_steps), persistent=False)
+
+    @property
+    def image_shape(self) -> tuple[int]:
+        """A sample is one point of `features` coordinates."""
+        return (self.features,)
+
+    @classmethod
+    def diversity_seeking(cls, settings: Mapping[str, Any]) -> list[str]:
+        """DDIM with a score scaled by ζ < 1 spreads samples out."""
+        return setting_below(settings, "score_scale", 1, "score scale ζ < 1")
 
     def read_checkpoint(self, path: str | Path) -> StateDict:
         """Our weights, or the paper notebook's `DiffusionModel.state_dict()` (inb, mbs.N.l, out) as saved."""

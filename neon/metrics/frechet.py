@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from neon.errors import NeonError
+
 
 def feature_statistics(features: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased covariance (N − 1) of features [N, D], in float64.
@@ -33,7 +35,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
-        raise ValueError(f"statistics differ in shape: {mu1.shape} vs {mu2.shape}, {sigma1.shape} vs {sigma2.shape}")
+        raise NeonError(f"the feature statistics differ in shape ({mu1.shape} vs {mu2.shape}, {sigma1.shape} vs "
+                        f"{sigma2.shape}): metrics.reference was computed with another extractor than "
+                        "metrics.extractor; use the reference of this extractor")
     if not (np.isfinite(mu1).all() and np.isfinite(sigma1).all()):
         return float("inf")  # a diverged model: no finite distance to report
     diff = mu1 - mu2

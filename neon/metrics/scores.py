@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from neon.checks import check_sample_count
+from neon.errors import NeonError
 from neon.metrics.frechet import feature_statistics, frechet_distance
 from neon.metrics.reference import Reference
 
@@ -47,7 +48,8 @@ def compute_scores(features: dict[str, np.ndarray], reference: Reference, metric
             out["fid"] = frechet_distance(*feature_statistics(pool), reference.mu, reference.sigma)
         elif name == "isc":
             if "logits" not in features:
-                raise ValueError("the Inception Score needs an extractor with class logits (metrics.extractor=Inception)")
+                raise NeonError("metrics.compute asks for isc, but the Inception Score needs an extractor with class "
+                                "logits: set metrics.extractor to the Inception extractor or drop isc")
             out["isc_mean"], out["isc_std"] = inception_score(features["logits"], isc_splits)
         elif name == "pr":
             if reference.features is None:
@@ -57,5 +59,5 @@ def compute_scores(features: dict[str, np.ndarray], reference: Reference, metric
             else:
                 out["precision"], out["recall"] = precision_recall(pool, reference.features, pr_k)
         else:
-            raise ValueError(f"unknown metric '{name}': use fid, isc or pr")
+            raise NeonError(f"metrics.compute: unknown metric '{name}': use fid, isc or pr")
     return out

@@ -17,8 +17,9 @@ from neon.io import StateDict
 from neon.metrics.images import to_uint8
 from neon.families.edm.losses import denoising_loss
 from neon.families.edm.precond import PRECONDS, Preconditioner
-from neon.families.edm.snapshot import read_snapshot
-from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs
+from neon.families.edm.sampler import heun_sampler
+from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs, setting_above
+from neon.persistence import Snapshot, read_snapshot
 from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
@@ -47,10 +48,13 @@ class EDMModule(NeonModule):
     """EDM: D(x; σ) with EDM/VP/VE preconditioning, trained with its matching loss; samples are images in
     [-1, 1], rounded to the 8-bit grid like the PNGs the official generator writes (`quantize`)."""
 
+    family = "EDM"
+    samplers = {"heun": heun_sampler}
+
     def __init__(self, network: Mapping[str, Any], optimizer=None, ema_halflife_kimg: float | None = 500.0,
                  ema_decay: float | None = None, loss: Mapping[str, float] | None = None, quantize: bool = True):
         self.network_kwargs = plain_kwargs(network)
-        net = build_network(self.network_kwargs)
+        net = self.build_net(self.network_kwargs)
         if ema_decay is not None:
             ema = EMA(decay=ema_decay)
         else:
@@ -63,6 +67,16 @@ class EDMModule(NeonModule):
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the generated images."""
         return (self.net.img_channels, self.net.img_resolution, self.net.img_resolution)
+
+    @classmethod
+    def build_net(cls, network: Mapping[str, Any]) -> Preconditioner:
+        """The preconditioned network of `model.network`."""
+        return build_network(network)
+
+    @classmethod
+    def diversity_seeking(cls, settings: Mapping[str, Any]) -> list[str]:
+        """Heun sampling at high churn adds fresh noise every step (a heuristic bound)."""
+        return setting_above(settings, "S_churn", 50, "S_churn ≥ 50", inclusive=True)
 
     def one_hot(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         """Class indices as the float one-hot vectors the network takes (None if unconditional)."""
@@ -113,8 +127,8 @@ class EDMModule(NeonModule):
                 self._rebuild(plain_kwargs(adopted))
         super().load_checkpoint(path)
 
-    def _checked_snapshot(self, path: str | Path):
-        snap = read_snapshot(path)
+    def _checked_snapshot(self, path: str | Path) -> Snapshot:
+        snap = read_snapshot(path, what="EDM snapshot")
         want = self.network_kwargs.get("precond", "EDMPrecond")
         if snap.class_name != want:
             raise NeonError(f"snapshot '{path}' holds a {snap.class_name} network but model.network.precond is {want}")
@@ -131,8 +145,3 @@ class EDMModule(NeonModule):
         self.net = build_network(network)
         if self.ema is not None:
             self.ema = copy.deepcopy(self.net).requires_grad_(False)
-
-    def config_overrides(self) -> dict[str, Any]:
-        """The network settings actually in use (a snapshot may have set them)."""
-        return {"network": dict(self.network_kwargs)}
-

@@ -14,10 +14,11 @@ from torch import nn
 from neon.errors import NeonError
 from neon.families.imm.loss import imm_loss
 from neon.families.imm.network import IMMPrecond
-from neon.families.imm.snapshot import read_snapshot_pickle
+from neon.families.imm.sampler import pushforward_sampler
 from neon.io import StateDict, dim_of
 from neon.families.latent_family import LatentImageModule, check_architecture
 from neon.module import EMA, Batch, Sampler, plain_kwargs
+from neon.persistence import read_snapshot
 from neon.seeding import PerSampleRNG, StepNoise
 
 
@@ -27,12 +28,13 @@ class IMMModule(LatentImageModule):
     decodes to (truncated)."""
 
     family = "IMM"
+    samplers = {"imm": pushforward_sampler}
 
     def __init__(self, network: Mapping[str, Any], latent: nn.Module, vae_checkpoint: str | None = None,
                  optimizer=None, ema_decay: float | None = 0.9999, loss: Mapping[str, Any] | None = None,
                  quantize: bool = True):
         self.network_kwargs = plain_kwargs(network)
-        net = IMMPrecond(**self.network_kwargs)
+        net = self.build_net(self.network_kwargs)
         super().__init__(net, optimizer=optimizer, ema=EMA(decay=ema_decay) if ema_decay else None,
                          num_classes=net.num_classes)
         self.attach_latent(latent, vae_checkpoint, net.img_channels, net.img_resolution,
@@ -40,14 +42,17 @@ class IMMModule(LatentImageModule):
                            keys="model.network.img_channels and model.network.img_resolution")
         self.loss_kwargs, self.quantize = dict(loss or {}), quantize
 
+    @classmethod
+    def build_net(cls, network: Mapping[str, Any]) -> IMMPrecond:
+        """The IMMPrecond-wrapped DiT of `model.network`."""
+        return IMMPrecond(**network)
+
     # --- checkpoints
     def read_checkpoint(self, path: str | Path) -> StateDict:
         """A released snapshot (.pkl, its `ema` network, read without running its code) or a state dict,
         checked for depth, width, patch size, channels, tokens and classes."""
         if Path(path).suffix == ".pkl":
-            if not Path(path).is_file():
-                raise NeonError(f"checkpoint '{path}' does not exist; give the path of an existing file")
-            state, _ = read_snapshot_pickle(path)
+            state = read_snapshot(path, what="IMM snapshot").state_dict
         else:
             state = super().read_checkpoint(path)
         net = self.net.model
@@ -66,9 +71,6 @@ class IMMModule(LatentImageModule):
         ]
         check_architecture(path, "IMM", checks, "model=imm_xl2 for the released ImageNet-256 snapshot")
         return state
-
-    def config_overrides(self) -> dict[str, Any]:
-        return {"network": dict(self.network_kwargs)}
 
     # --- training
     def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:

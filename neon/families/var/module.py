@@ -9,35 +9,39 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.utils import get_method
+from torch import nn
 from torch.nn import functional as F
 
 from neon.cache import ArtifactCache
 from neon.errors import NeonError
+from neon.families.var.sampler import var_sampler
 from neon.families.var.tokenizer import train_vqvae
 from neon.families.var.transformer import VARTransformer
 from neon.families.var.vqvae import VQVAE
-from neon.families.latent_family import check_architecture, check_class_ids
-from neon.io import StateDict, dim_of, load_state_dict, save_state_dict
-from neon.metrics.images import truncated_uint8
-from neon.module import Batch, NeonModule, Sampler, plain_kwargs
+from neon.families.latent_family import LatentImageModule, check_architecture
+from neon.io import StateDict, check_state_fits, dim_of, load_state_dict, save_state_dict
+from neon.module import Batch, Sampler, plain_kwargs
 from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
 
 
-class VARModule(NeonModule):
+class VARModule(LatentImageModule):
     """VAR: teacher-forced next-scale cross-entropy with class dropout to the null class; no EMA (as the
-    reference fine-tune); samples are images in [-1, 1] on the 8-bit grid of the reference's PNGs (`quantize`)."""
+    reference fine-tune); the VQVAE is its frozen latent space; samples are images in [-1, 1] on the 8-bit grid
+    of the reference's PNGs (`quantize`)."""
+
+    family = "VAR"
+    samplers = {"var": var_sampler}
 
     def __init__(self, network: Mapping[str, Any], vae: Mapping[str, Any], vae_checkpoint: str | None = None,
                  vae_pretrain: Mapping[str, Any] | None = None, optimizer=None, cond_drop_rate: float = 0.1,
                  label_smoothing: float = 0.0, quantize: bool = True):
         self.network_kwargs, self.vae_kwargs = plain_kwargs(network), plain_kwargs(vae)
         self.vae_kwargs.setdefault("patch_nums", self.network_kwargs.get("patch_nums"))
-        net = VARTransformer(**self.network_kwargs)
+        net = self.build_net(self.network_kwargs)
         super().__init__(net, optimizer=optimizer, num_classes=net.num_classes)
         self.vae = VQVAE(**self.vae_kwargs)
         if tuple(self.vae.patch_nums) != net.patch_nums:
@@ -57,15 +61,15 @@ class VARModule(NeonModule):
         self.vae.eval().requires_grad_(False)
         self.cond_drop_rate, self.label_smoothing, self.quantize = cond_drop_rate, label_smoothing, quantize
 
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of the generated images."""
-        return (self.vae.in_channels, self.vae.image_size, self.vae.image_size)
+    @classmethod
+    def build_net(cls, network: Mapping[str, Any]) -> VARTransformer:
+        """The next-scale transformer of `model.network`."""
+        return VARTransformer(**network)
 
-    def train(self, mode: bool = True) -> "VARModule":
-        super().train(mode)
-        self.vae.eval()  # the tokenizer stays frozen (no dropout, no statistics) in every stage
-        return self
+    @property
+    def latent_space(self) -> nn.Module:
+        """The VQVAE tokenizer."""
+        return self.vae
 
     # --- checkpoints
     def load_vae(self, path: str | Path) -> None:
@@ -86,10 +90,7 @@ class VARModule(NeonModule):
         if state.get("quantize.ema_vocab_hit_SV", own["quantize.ema_vocab_hit_SV"]).shape != \
                 own["quantize.ema_vocab_hit_SV"].shape:
             state["quantize.ema_vocab_hit_SV"] = own["quantize.ema_vocab_hit_SV"]
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise NeonError(f"VQVAE '{path}' does not fit model.vae (missing {missing[:4]}, unexpected "
-                            f"{unexpected[:4]}): check ch, ch_mult and num_res_blocks")
+        check_state_fits(own, state, f"VQVAE '{path}'", "model.vae", "check ch, ch_mult and num_res_blocks")
         self.vae.load_state_dict(state)
 
     def read_checkpoint(self, path: str | Path) -> StateDict:
@@ -108,16 +109,10 @@ class VARModule(NeonModule):
         check_architecture(path, "VAR", checks, f"e.g. model=var_d{depth}")
         return state
 
-    def config_overrides(self) -> dict[str, Any]:
-        return {"network": dict(self.network_kwargs)}
-
     # --- training
     def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
         x, labels = batch["x"], batch.get("label")
-        if tuple(x.shape[1:]) != self.image_shape:
-            raise NeonError(f"images of shape {tuple(x.shape[1:])} do not fit the VQVAE, which expects {self.image_shape}")
-        if labels is None:
-            raise NeonError("VAR is class-conditional but the data has no labels")
+        self.check_images(x, labels)
         with torch.no_grad():
             indices = self.vae.encode_indices(x)
             inputs = self.vae.quantize.teacher_inputs(indices)
@@ -129,23 +124,16 @@ class VARModule(NeonModule):
                                label_smoothing=self.label_smoothing)
 
     # --- sampling
+    def draw_labels(self, rng: PerSampleRNG) -> torch.Tensor:
+        """One uniform class per seed, drawn first (as the release does) by a multinomial draw."""
+        uniform = torch.full((1, self.num_classes), 1.0 / self.num_classes, device=self.device)
+        return torch.cat([torch.multinomial(uniform, 1, replacement=True, generator=g).view(1)
+                          for g in rng.generators])
+
     def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
         rng = PerSampleRNG(seeds, self.device)
-        if labels is None:  # one uniform class per seed, drawn first as the release does
-            uniform = torch.full((1, self.num_classes), 1.0 / self.num_classes, device=self.device)
-            labels = torch.cat([torch.multinomial(uniform, 1, replacement=True, generator=g).view(1)
-                                for g in rng.generators])
-        labels = labels.to(self.device).long()
-        check_class_ids(labels, self.num_classes, "VAR")
-        x = sampler(self.sampling_net, self.vae, labels, rng)
-        if self.quantize:
-            x = truncated_uint8(x).to(torch.float32) / 127.5 - 1
-        return x.to(torch.float32), labels
-
-    def export_samples(self, x: torch.Tensor) -> np.ndarray:
-        """Images as uint8 NHWC, the layout of the ADM evaluation suite."""
-        return truncated_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
-
+        labels = self.labels_for(rng, labels)
+        return self.finish_images(sampler(self.sampling_net, self.vae, labels, rng), self.quantize), labels
 
 
 def cached_tokenizer(vae_kwargs: dict[str, Any], recipe: dict[str, Any]) -> StateDict:

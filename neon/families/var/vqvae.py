@@ -146,6 +146,11 @@ class VQVAE(nn.Module):
         """Side length of the images this VAE encodes and decodes."""
         return self.patch_nums[-1] * self.downsample
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images."""
+        return (self.in_channels, self.image_size, self.image_size)
+
     def encode_indices(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Images in [-1, 1] → one token-index map [B, pn²] per scale."""
         return self.quantize.encode(self.quant_conv(self.encoder(images)))[0]

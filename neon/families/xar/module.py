@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from neon.errors import NeonError
+from neon.families.xar.sampler import xar_sampler
 from neon.families.xar.transformer import XARTransformer
-from neon.io import StateDict, dim_of, read_error, unwrap_state_dict
+from neon.io import StateDict, dim_of, read_torch_file, unwrap_state_dict
 from neon.families.latent_family import LatentImageModule, check_architecture
 from neon.module import EMA, Batch, Sampler, plain_kwargs
 from neon.seeding import PerSampleRNG, StepNoise
@@ -41,12 +42,13 @@ class XARModule(LatentImageModule):
     reference's PNGs (`quantize`)."""
 
     family = "xAR"
+    samplers = {"xar": xar_sampler}
 
     def __init__(self, network: Mapping[str, Any], latent: nn.Module, vae_checkpoint: str | None = None,
                  optimizer=None, ema_decay: float | None = 0.9999, label_drop_prob: float = 0.1, hflip: bool = False,
                  quantize: bool = True, weights: str = "ema"):
         self.network_kwargs = plain_kwargs(network)
-        net = XARTransformer(**self.network_kwargs)
+        net = self.build_net(self.network_kwargs)
         super().__init__(net, optimizer=optimizer, ema=EMA(decay=ema_decay) if ema_decay else None,
                          num_classes=net.num_classes)
         if weights not in WEIGHTS:
@@ -55,16 +57,16 @@ class XARModule(LatentImageModule):
                            keys="model.network.channels and model.network.grid")
         self.label_drop_prob, self.hflip, self.quantize, self.weights = label_drop_prob, hflip, quantize, weights
 
+    @classmethod
+    def build_net(cls, network: Mapping[str, Any]) -> XARTransformer:
+        """The next-cluster transformer of `model.network`."""
+        return XARTransformer(**network)
+
     # --- checkpoints
     def read_checkpoint(self, path: str | Path) -> StateDict:
         """A released xAR file or training checkpoint, checked for depth, width, heads, classes, latent layout."""
-        if not Path(path).is_file():
-            raise NeonError(f"checkpoint '{path}' does not exist; give the path of an existing file")
-        try:  # training checkpoints also hold the run's argparse.Namespace
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # corrupt, truncated, foreign or refused pickles
-            raise read_error(Path(path), exc) from None
+        # training checkpoints also hold the run's argparse.Namespace
+        obj = read_torch_file(path, safe_globals=[argparse.Namespace])
         state = release_weights(obj, path, self.weights)
         net = self.net
         rope = state.get("encoder_blocks.0.attn.rope.freqs")
@@ -81,9 +83,6 @@ class XARModule(LatentImageModule):
         ]
         check_architecture(path, "xAR", checks, "model=xar_b | xar_l | xar_h for the released files")
         return state
-
-    def config_overrides(self) -> dict[str, Any]:
-        return {"network": dict(self.network_kwargs)}
 
     # --- training
     def optimizer_params(self) -> list[dict[str, Any]]:

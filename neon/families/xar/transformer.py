@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from neon.errors import NeonError
 from neon.seeding import PerSampleRNG
 
 # How attention uses the KV cache: not at all (training: every cluster in one pass), refreshing it (a cluster's
@@ -168,7 +169,8 @@ class XARTransformer(nn.Module):
                  attn_dropout: float = 0.1, proj_dropout: float = 0.1):
         super().__init__()
         if grid % cluster_grid:
-            raise ValueError(f"a latent grid of {grid} does not split into {cluster_grid}×{cluster_grid} clusters")
+            raise NeonError(f"model.network.grid={grid} does not split into {cluster_grid}×{cluster_grid} clusters: "
+                            "make grid a multiple of model.network.cluster_grid")
         self.dim, self.depth, self.num_heads, self.num_classes = embed_dim, depth, num_heads, num_classes
         self.dropout = attn_dropout > 0 or proj_dropout > 0
         self.channels, self.grid, self.cluster_grid = channels, grid, cluster_grid

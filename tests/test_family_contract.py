@@ -1,0 +1,160 @@
+"""Every model config under conf/model/ against the family contract (neon.module.NeonModule): it composes;
+its family declares its samplers and refuses another family's in one line; it builds (tiny models fully,
+release-size ones on the meta device); and the tiny ones have a finite loss with gradients, per-seed
+deterministic and batch-independent generation, merge at w = 0 as the identity, export → reload equal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from neon.cli import CONF_DIR
+from neon.errors import NeonError
+from neon.io import save_state_dict
+from neon.merge import extrapolate
+from neon.module import NeonModule, check_sampler, check_samplers, family_of
+from neon.runtime import model_spec
+from neon.seeding import StepNoise
+
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+SAMPLERS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
+# built and run in full; every other model is release-size and is built on the meta device
+TINY = {"toy2d", "ar2d", "edm_digits", "imm_tiny", "var_tiny", "xar_tiny"}
+# fewer sampler steps where the family's sampler takes many (the contract does not depend on the count)
+QUICK_SAMPLER = {"edm_digits": ["sampler.num_steps=4"], "xar_tiny": ["sampler.num_steps=4"],
+                 "imm_tiny": ["sampler.num_steps=2"]}
+
+
+def compose_model(name: str, tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[f"model={name}", f"paths.cache_dir={tmp_path}", *overrides])
+
+
+def test_every_model_config_is_covered():
+    assert TINY <= set(MODELS) and len(MODELS) > len(TINY)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_family_declares_its_samplers_and_refuses_the_others(name: str, tmp_path: Path):
+    cfg = compose_model(name, tmp_path)
+    family = family_of(cfg.model)
+    assert family.family != NeonModule.family and family.samplers  # named, and with its own samplers
+    assert set(family.samplers) <= set(SAMPLERS)  # each is a config under conf/sampler/
+    check_sampler(cfg.model, cfg.sampler)  # the model config brings one of its family's samplers
+    for own in family.samplers:
+        check_sampler(cfg.model, OmegaConf.load(CONF_DIR / "sampler" / f"{own}.yaml"))
+    for other in sorted(set(SAMPLERS) - set(family.samplers)):
+        wrong = {"model": cfg.model, "metrics": cfg.metrics,
+                 "sampler": OmegaConf.load(CONF_DIR / "sampler" / f"{other}.yaml")}
+        with pytest.raises(NeonError) as err:
+            check_samplers(wrong, {"model": name, "sampler": other})
+        message = str(err.value)
+        assert "\n" not in message
+        assert message.startswith(f"sampler={other} is not a sampler of model {name} ({family.family})")
+        assert f"use sampler={next(iter(family.samplers))}" in message
+
+
+def test_a_wrong_evaluation_sampler_is_refused_too(tmp_path: Path):
+    cfg = compose_model("var_tiny", tmp_path, "+metrics.sampler._target_=neon.families.edm.heun_sampler")
+    with pytest.raises(NeonError, match="heun_sampler is not a sampler of model var_tiny \\(VAR\\)"):
+        check_samplers(cfg, {"model": "var_tiny", "sampler": "var"})
+
+
+def test_a_model_target_that_is_no_family_is_one_line(tmp_path: Path):
+    with pytest.raises(NeonError, match="'torch.nn.Linear' is not a model family"):
+        family_of({"_target_": "torch.nn.Linear"})
+    with pytest.raises(NeonError, match="cannot be imported"):
+        family_of({"_target_": "neon.families.nothing.Here"})
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - TINY))
+def test_release_size_model_builds_on_the_meta_device(name: str, tmp_path: Path):
+    cfg = compose_model(name, tmp_path)
+    family = family_of(cfg.model)
+    network = OmegaConf.to_container(cfg.model.network, resolve=True)
+    with torch.device("meta"):
+        net = family.build_net(network)
+        parts = [net]
+        if "latent" in cfg.model:
+            parts.append(instantiate(cfg.model.latent))
+        if "vae" in cfg.model:
+            from neon.families.var.vqvae import VQVAE
+
+            parts.append(VQVAE(**{"patch_nums": network["patch_nums"], **cfg.model.vae}))
+    for part in parts:  # nothing is allocated but fixed tables (IMM's sin-cos positions)
+        params = list(part.parameters())
+        allocated = sum(p.numel() for p in params if not p.is_meta)
+        assert params and allocated < 0.01 * sum(p.numel() for p in params)
+    classes = network.get("num_classes", network.get("label_dim"))
+    assert classes == getattr(net, "num_classes", getattr(net, "label_dim", None))
+
+
+def build_tiny(name: str, tmp_path: Path) -> tuple[NeonModule, object]:
+    cfg = compose_model(name, tmp_path, *QUICK_SAMPLER.get(name, []))
+    if cfg.model.get("vae_pretrain"):
+        cfg.model.vae_pretrain.steps = 2  # the tokenizer is trained on first use: keep it short here
+    torch.manual_seed(0)
+    module = instantiate(model_spec(cfg))
+    return module, cfg
+
+
+def random_batch(module: NeonModule, n: int = 4) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    batch = {"x": torch.rand(n, *module.image_shape, generator=g) * 2 - 1}
+    if module.num_classes:
+        batch["label"] = torch.randint(module.num_classes, (n,), generator=g)
+    return batch
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_tiny_model_keeps_the_contract(name: str, tmp_path: Path):
+    module, cfg = build_tiny(name, tmp_path)
+    assert isinstance(module, family_of(cfg.model))
+    assert all(isinstance(d, int) and d > 0 for d in module.image_shape)
+    assert isinstance(module.num_classes, int) and module.num_classes >= 0
+
+    # the loss: finite, with finite gradients that reach θ
+    module.train()
+    loss = module.loss(random_batch(module), StepNoise.single(4, seed=3))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in module.net.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    module.zero_grad(set_to_none=True)
+
+    # generation: one sample per seed, the same whatever else is in the batch
+    module.eval()
+    sampler = instantiate(cfg.sampler)
+    x, labels = module.generate([5, 6, 7], sampler)
+    assert tuple(x.shape) == (3, *module.image_shape) and torch.isfinite(x).all()
+    assert (labels is None) == (module.num_classes == 0)
+    again, _ = module.generate([5, 6, 7], sampler)
+    assert torch.equal(x, again)
+    alone, alone_labels = module.generate([6], sampler)
+    reordered, _ = module.generate([7, 6], sampler)
+    assert torch.allclose(alone[0], x[1], atol=1e-5) and torch.allclose(reordered[1], x[1], atol=1e-5)
+    if labels is not None:
+        assert torch.equal(alone_labels[0], labels[1])
+    assert not torch.equal(x[0], x[1])  # different seeds, different samples
+
+    # merge at w = 0 is θ_r itself, bit for bit, and samples as θ_r does
+    theta_r = {k: v.clone() for k, v in module.neon_weights().items()}
+    theta_s = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in theta_r.items()}
+    merged = extrapolate(theta_r, theta_s, 0.0)
+    assert merged.keys() == theta_r.keys() and all(torch.equal(merged[k], theta_r[k]) for k in theta_r)
+    module.load_neon_weights(merged)
+    assert torch.equal(module.generate([5, 6, 7], sampler)[0], x)
+
+    # export → reload: the weights and the config with the family's overrides rebuild the same sampler
+    path = save_state_dict(module.neon_weights(), tmp_path / "model.safetensors")
+    spec = {**model_spec(cfg), **module.config_overrides()}
+    reloaded = instantiate(spec)
+    reloaded.load_checkpoint(path)
+    reloaded.eval()
+    assert all(torch.equal(reloaded.neon_weights()[k], v) for k, v in module.neon_weights().items())
+    assert torch.equal(reloaded.generate([5, 6, 7], sampler)[0], x)

@@ -8,10 +8,11 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -54,6 +55,31 @@ def main_lock(path: str) -> Iterator[None]:
     """A file lock held by rank 0 on behalf of all ranks (they follow its decisions by `broadcast`)."""
     with FileLock(path) if is_main() else contextlib.nullcontext():
         yield
+
+
+def interleave(shares: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Rank r holds items r, r + W, ...: put them back in order (a rank with no items may hold no arrays)."""
+    world = len(shares)
+    out = {}
+    for key in shares[0]:
+        total = sum(len(s[key]) for s in shares if key in s)
+        arr = np.empty((total, *shares[0][key].shape[1:]), dtype=shares[0][key].dtype)
+        for r, share in enumerate(shares):
+            if key in share:
+                arr[r::world] = share[key]
+        out[key] = arr
+    return out
+
+
+def gather_strided(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Arrays split by a strided share of items (rank r holds items r, r + W, ...) gathered on every rank in
+    item order; in one process, `local` itself."""
+    world = rank_world()[1]
+    if world == 1:
+        return local
+    shares: list = [None] * world
+    dist.all_gather_object(shares, local)
+    return interleave(shares)
 
 
 # ------------------------------------------------------------------ how many processes, and who starts them

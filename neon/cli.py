@@ -138,13 +138,11 @@ def user_error(exc: BaseException) -> str | None:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _run(cfg: DictConfig) -> float | None:
     from neon.distributed import launch
+    from neon.threads import apply_threads
 
     quiet_libraries()
-    if cfg.get("threads"):
-        import torch
-
-        torch.set_num_threads(int(cfg.threads))
     try:
+        apply_threads(cfg)
         summary = launch(get_method(cfg.task.entry), cfg)
     except (NeonError, MissingMandatoryValue) as exc:
         print(f"neon: error: {user_error(exc)}", file=sys.stderr)

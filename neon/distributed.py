@@ -168,7 +168,10 @@ def _spawn(entry: Callable[[DictConfig], Any], cfg: DictConfig, world: int) -> A
     resolved = OmegaConf.to_container(cfg, resolve=True)
     log_files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     queue = mp.get_context("spawn").SimpleQueue()
-    context = mp.start_processes(_spawned_rank, args=(entry, resolved, world, free_port(), log_files, queue),
+    from neon.threads import launcher_jobs
+
+    jobs = launcher_jobs()[0]  # the children have no Hydra context to find it in
+    context = mp.start_processes(_spawned_rank, args=(entry, resolved, world, jobs, free_port(), log_files, queue),
                                  nprocs=world, start_method="spawn", join=False)
     messages: list[tuple[str, Any]] = []
     try:
@@ -200,8 +203,10 @@ def _run_rank(entry: Callable[[DictConfig], Any], cfg: DictConfig, layout: dict[
         dist.destroy_process_group()
 
 
-def _spawned_rank(rank: int, entry, resolved: dict, world: int, port: int, log_files: list[str], queue) -> None:
+def _spawned_rank(rank: int, entry, resolved: dict, world: int, jobs: int, port: int, log_files: list[str],
+                  queue) -> None:
     from neon.cli import finish_loggers, quiet_libraries, user_error
+    from neon.threads import apply_threads
 
     # a fresh interpreter: set up logging and threads as the parent job did
     handlers: list[logging.Handler] = [logging.StreamHandler()]
@@ -211,7 +216,7 @@ def _spawned_rank(rank: int, entry, resolved: dict, world: int, port: int, log_f
                         format=f"[%(asctime)s][%(name)s][%(levelname)s][rank {rank}] - %(message)s")
     quiet_libraries()
     cfg = OmegaConf.create(resolved)
-    torch.set_num_threads(int(cfg.get("threads") or max(1, (os.cpu_count() or 1) // world)))
+    apply_threads(cfg, ranks=world, jobs=jobs)
     layout = {"rank": rank, "world": world, "local_rank": rank, "local_world": world, "node": 0,
               "addr": "127.0.0.1", "port": port}
     try:

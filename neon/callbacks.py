@@ -1,20 +1,22 @@
-"""Lightning callbacks: the Neon merge at the end of a fine-tune."""
+"""Lightning callbacks: NeonMerge, the one place θ_neon = (1 + w)·θ_r − w·θ_s is made."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 
+from neon.checkpoints import save_checkpoint_pair
 from neon.io import StateDict, save_state_dict
 from neon.merge import WSpec, check_w, extrapolate
 
 
-def merged_name(w: WSpec) -> str:
-    """File name of θ_neon for one w."""
+def merged_name(w: WSpec, budget: int | None = None) -> str:
+    """File name of θ_neon for one w (and one budget, where a fine-tune snapshots several)."""
     tag = f"{w:g}" if isinstance(w, float) else "blockwise"
-    return f"theta_neon_w{tag}.safetensors"
+    return f"theta_neon_w{tag}{'' if budget is None else f'_B{budget}'}.safetensors"
 
 
 def neon_weights_of(module: L.LightningModule) -> StateDict:
@@ -24,23 +26,62 @@ def neon_weights_of(module: L.LightningModule) -> StateDict:
 
 
 class NeonMerge(L.Callback):
-    """Remember θ_r when fitting starts; at fit end write θ_neon = (1 + w)·θ_r − w·θ_s for each w."""
+    """θ_neon = (1 + w)·θ_r − w·θ_s for every w. As a callback: θ_r is remembered when fitting starts (unless
+    given); θ_s is taken after each of `budgets` optimizer steps (snapshots of one fine-tune), else at fit end,
+    handed to `keep_theta_s(step, θ_s)` (e.g. into the artifact cache) and, with `out_dir`, merged for every
+    w into `theta_neon_w{w}[_B{step}].safetensors`. For a θ_s that was not fine-tuned now (a cached one),
+    `merged` and `write` are the same merge called directly."""
 
-    def __init__(self, ws: Sequence[WSpec], out_dir: str | Path, base: StateDict | None = None):
+    def __init__(self, ws: Sequence[WSpec] = (), out_dir: str | Path | None = None, base: StateDict | None = None,
+                 budgets: Iterable[int] = (), keep_theta_s: Callable[[int, StateDict], Any] | None = None):
         self.ws = [check_w(w) for w in ws]
-        self.out_dir = Path(out_dir)
+        self.out_dir = None if out_dir is None else Path(out_dir)
         self.base = base
-        self.paths: dict[str, Path] = {}
+        self.budgets = sorted(set(budgets))
+        self.keep_theta_s = keep_theta_s
+        self.paths: dict[str, Path] = {}  # file name → θ_neon written by the callback
+        self.taken: list[int] = []  # the steps at which θ_s was taken
+
+    def merged(self, theta_s: StateDict, w: WSpec) -> StateDict:
+        """θ_neon for one w, in memory (e.g. to evaluate it)."""
+        if self.base is None:
+            raise RuntimeError("NeonMerge has no θ_r yet: pass base=, or merge after fitting has started")
+        return extrapolate(self.base, theta_s, w)
+
+    def write(self, theta_s: StateDict, w: WSpec, path: Path, module: Any = None, model_cfg: Any = None) -> Path:
+        """Write θ_neon for one w as safetensors at `path`; given the family module (and its model config), also
+        as a Lightning checkpoint beside it (`.ckpt` for `.safetensors`), the module then holding θ_neon."""
+        theta_neon = self.merged(theta_s, w)
+        if module is None:
+            return save_state_dict(theta_neon, path)
+        module.load_neon_weights(theta_neon, source="θ_neon")
+        save_checkpoint_pair(module, path.with_name(path.name.removesuffix(".safetensors")), model_cfg)
+        return path
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.base is None:
+        if self.base is None and self.ws and trainer.is_global_zero:
             self.base = {k: v.detach().cpu().clone() for k, v in neon_weights_of(pl_module).items()}
 
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        # after the optimizer step (and the EMA update): a snapshot here equals a fine-tune stopped here
+        if trainer.global_step in self.budgets and trainer.global_step not in self.taken:
+            self._take(trainer, pl_module)
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
+        if not self.budgets:  # no snapshots asked for: θ_s is the fitted network
+            self._take(trainer, pl_module)
+
+    def _take(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        self.taken.append(step)
+        if not trainer.is_global_zero:  # under DDP every rank holds the same θ_s: rank 0 writes it
             return
-        theta_s = {k: v.detach().cpu() for k, v in neon_weights_of(pl_module).items()}
-        for w in self.ws:
-            path = self.out_dir / merged_name(w)
-            save_state_dict(extrapolate(self.base, theta_s, w), path)
-            self.paths[merged_name(w)] = path
+        theta_s = {k: v.detach().cpu().clone() for k, v in neon_weights_of(pl_module).items()}
+        if self.keep_theta_s is not None:
+            self.keep_theta_s(step, theta_s)
+        if self.out_dir is not None:
+            several = len(self.budgets) > 1
+            for w in self.ws:
+                name = merged_name(w, step if several else None)
+                self.paths[name] = self.write(theta_s, w, self.out_dir / name)

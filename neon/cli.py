@@ -148,14 +148,12 @@ def _run(cfg: DictConfig) -> float | None:
 
     from neon.distributed import launch
     from neon.module import check_samplers
+    from neon.threads import apply_threads
 
     quiet_libraries()
-    if cfg.get("threads"):
-        import torch
-
-        torch.set_num_threads(int(cfg.threads))
     try:
         check_samplers(cfg, HydraConfig.get().runtime.choices)
+        apply_threads(cfg)
         summary = launch(get_method(cfg.task.entry), cfg)
     except (NeonError, MissingMandatoryValue) as exc:
         print(f"neon: error: {user_error(exc)}", file=sys.stderr)

@@ -8,10 +8,11 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -54,6 +55,31 @@ def main_lock(path: str) -> Iterator[None]:
     """A file lock held by rank 0 on behalf of all ranks (they follow its decisions by `broadcast`)."""
     with FileLock(path) if is_main() else contextlib.nullcontext():
         yield
+
+
+def interleave(shares: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Rank r holds items r, r + W, ...: put them back in order (a rank with no items may hold no arrays)."""
+    world = len(shares)
+    out = {}
+    for key in shares[0]:
+        total = sum(len(s[key]) for s in shares if key in s)
+        arr = np.empty((total, *shares[0][key].shape[1:]), dtype=shares[0][key].dtype)
+        for r, share in enumerate(shares):
+            if key in share:
+                arr[r::world] = share[key]
+        out[key] = arr
+    return out
+
+
+def gather_strided(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Arrays split by a strided share of items (rank r holds items r, r + W, ...) gathered on every rank in
+    item order; in one process, `local` itself."""
+    world = rank_world()[1]
+    if world == 1:
+        return local
+    shares: list = [None] * world
+    dist.all_gather_object(shares, local)
+    return interleave(shares)
 
 
 # ------------------------------------------------------------------ how many processes, and who starts them
@@ -142,7 +168,10 @@ def _spawn(entry: Callable[[DictConfig], Any], cfg: DictConfig, world: int) -> A
     resolved = OmegaConf.to_container(cfg, resolve=True)
     log_files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     queue = mp.get_context("spawn").SimpleQueue()
-    context = mp.start_processes(_spawned_rank, args=(entry, resolved, world, free_port(), log_files, queue),
+    from neon.threads import launcher_jobs
+
+    jobs = launcher_jobs()[0]  # the children have no Hydra context to find it in
+    context = mp.start_processes(_spawned_rank, args=(entry, resolved, world, jobs, free_port(), log_files, queue),
                                  nprocs=world, start_method="spawn", join=False)
     messages: list[tuple[str, Any]] = []
     try:
@@ -174,8 +203,10 @@ def _run_rank(entry: Callable[[DictConfig], Any], cfg: DictConfig, layout: dict[
         dist.destroy_process_group()
 
 
-def _spawned_rank(rank: int, entry, resolved: dict, world: int, port: int, log_files: list[str], queue) -> None:
+def _spawned_rank(rank: int, entry, resolved: dict, world: int, jobs: int, port: int, log_files: list[str],
+                  queue) -> None:
     from neon.cli import finish_loggers, quiet_libraries, user_error
+    from neon.threads import apply_threads
 
     # a fresh interpreter: set up logging and threads as the parent job did
     handlers: list[logging.Handler] = [logging.StreamHandler()]
@@ -185,7 +216,7 @@ def _spawned_rank(rank: int, entry, resolved: dict, world: int, port: int, log_f
                         format=f"[%(asctime)s][%(name)s][%(levelname)s][rank {rank}] - %(message)s")
     quiet_libraries()
     cfg = OmegaConf.create(resolved)
-    torch.set_num_threads(int(cfg.get("threads") or max(1, (os.cpu_count() or 1) // world)))
+    apply_threads(cfg, ranks=world, jobs=jobs)
     layout = {"rank": rank, "world": world, "local_rank": rank, "local_world": world, "node": 0,
               "addr": "127.0.0.1", "port": port}
     try:

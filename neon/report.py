@@ -1,15 +1,16 @@
-"""What a run leaves behind: the w-curve as CSV and PNG, and summary.json."""
+"""What a run shows and leaves behind: the w-curve as a printed table, CSV and PNG, and sample grids."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 from pathlib import Path
 
-from neon.io import atomic_path, write_text
+from neon.io import StateDict, atomic_path, write_text
 from neon.merge import WSpec
 
 
@@ -100,3 +101,42 @@ def write_sample_grid(path: Path, x: Any, title: str) -> Path:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def w_table(summary: dict) -> str:
+    """The w-curve (and the real-data control) of a task=neon summary as a table, with its headline line."""
+    control = summary.get("control")
+    rows = [("w", "FID θ_neon", "gain vs θ_r", *(("FID control",) if control else ()))]
+    for i, point in enumerate(summary["w_curve"]):
+        gain = 1 - point["fid"] / summary["fid_base"] if summary["fid_base"] else 0.0
+        row = (point["w"], f"{point['fid']:.4g}", f"{100 * gain:+.1f}%" if math.isfinite(gain) else "n/a")
+        if control:
+            row += (f"{control['w_curve'][i]['fid']:.4g}",)
+        rows.append(row)
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["| " + " | ".join(cell.rjust(wd) for cell, wd in zip(r, widths)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
+    noise = summary.get("fid_noise")
+    tail = [f"FID θ_r = {summary['fid_base']:.4g}"]
+    if noise:
+        tail.append(f"(with other sample seeds {noise['fid_base_reseeded']:.4g}: seed noise {100 * noise['relative']:.1f}%)")
+    tail.append(f"→ best θ_neon {summary['fid_neon']:.4g} at w = {summary['w']}")
+    if control:
+        tail.append(f"| control (fine-tuned on real data) best {control['fid_best']:.4g} at w = {control['w']}")
+    return "\n".join(lines) + "\n" + " ".join(tail)
+
+
+def write_previews(out: Path, module: Any, sampler: Any, theta_r: StateDict, theta_neon: StateDict, n: int,
+                   neon_label: str) -> dict[str, Path]:
+    """Sample grids of θ_r and θ_neon from the same seeds 0 … n − 1 (`samples_theta_r.png`,
+    `samples_theta_neon.png`); the module is left holding θ_neon."""
+    if n <= 0:
+        return {}
+    seeds = list(range(n))
+    module.load_neon_weights(theta_r, source="θ_r")
+    base_x, _ = module.generate(seeds, sampler)
+    module.load_neon_weights(theta_neon, source="θ_neon")
+    neon_x, _ = module.generate(seeds, sampler)
+    return {"samples/theta_r": write_sample_grid(out / "samples_theta_r.png", base_x, "θ_r"),
+            "samples/theta_neon": write_sample_grid(out / "samples_theta_neon.png", neon_x,
+                                                    f"θ_neon ({neon_label})")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +15,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from neon.callbacks import NeonMerge
 from neon.data.batches import GlobalBatchSampler
 from neon.data.synthetic import SyntheticDataModule, write_synthetic_set
 from neon.distributed import barrier, broadcast, is_main, main_lock
 from neon.errors import NeonError
 from neon.io import (
     StateDict,
-    atomic_path,
     digest_state_dict,
     load_state_dict,
     read_json,
@@ -42,22 +42,6 @@ THETA_S = "theta_s.safetensors"
 def copy_weights(state: StateDict) -> StateDict:
     """A detached CPU copy of a state dict."""
     return {k: v.detach().cpu().clone() for k, v in state.items()}
-
-
-def save_checkpoint_pair(module: NeonModule, stem: Path, model_cfg: Any) -> None:
-    """Write the module's θ as `stem.safetensors` and as a Lightning checkpoint `stem.ckpt`."""
-    save_state_dict(module.neon_weights(), stem.with_suffix(".safetensors"))
-    with atomic_path(stem.with_suffix(".ckpt")) as tmp:
-        torch.save(
-            {
-                "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                "pytorch-lightning_version": L.__version__,
-                "hyper_parameters": {"model": {**plain(model_cfg), **module.config_overrides()}},
-                "epoch": 0,
-                "global_step": 0,
-            },
-            tmp,
-        )
 
 
 # ------------------------------------------------------------------ θ_r
@@ -232,18 +216,6 @@ def finetune_module(run: Run, module: NeonModule, data, steps: int, callbacks: S
     return tuned
 
 
-class SnapshotAtSteps(L.Callback):
-    """Calls `save(module)` when the fine-tune has taken each of the given numbers of optimizer steps."""
-
-    def __init__(self, savers: dict[int, Callable[[NeonModule], None]]):
-        self.savers = dict(savers)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: NeonModule, outputs, batch, batch_idx: int) -> None:
-        save = self.savers.pop(trainer.global_step, None)
-        if save is not None and trainer.is_global_zero:
-            save(pl_module)
-
-
 def finetune_key(run: Run, base_digest: str, data_key: dict[str, Any], budget: int) -> dict[str, Any]:
     """What θ_s after `budget` steps depends on."""
     n = run.cfg.neon
@@ -276,11 +248,10 @@ def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data
         with main_lock(str(folders[max(missing)]) + ".run.lock"):  # a concurrent job may be training it
             missing = missing_budgets()
             if missing:
-                def saver(b: int) -> Callable[[NeonModule], None]:
-                    return lambda tuned: run.cache.get_or_build(
-                        "finetune", keys[b], lambda work: save_state_dict(tuned.neon_weights(), work / THETA_S))
+                def keep(b: int, theta_s: StateDict) -> None:
+                    run.cache.get_or_build("finetune", keys[b], lambda work: save_state_dict(theta_s, work / THETA_S))
 
-                finetune_module(run, module, data, max(missing), [SnapshotAtSteps({b: saver(b) for b in missing})])
+                finetune_module(run, module, data, max(missing), [NeonMerge(budgets=missing, keep_theta_s=keep)])
                 log.info("θ_s: fine-tuned %d steps, snapshots at %s", max(missing), missing)
         barrier()  # rank 0 wrote the snapshots
     for b in budgets:

@@ -57,7 +57,7 @@ def test_cli_runs_from_any_directory(tmp_path: Path):
 
     proc = subprocess.run([sys.executable, "-m", "neon", "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "task:" in proc.stdout and "neon.tasks.run_neon" in proc.stdout
+    assert "task:" in proc.stdout and "neon.tasks.pipeline.run_neon" in proc.stdout
 
 
 def test_every_config_file_is_installed_with_the_package():

@@ -10,14 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from neon.data.batches import GlobalBatchSampler
+from neon.distributed import gather_strided
 from neon.errors import NeonError
 from neon.seeding import StepNoise
 from tests.conftest import run_cli, summary_of
+from tests.process_group import in_process_group
 
 DDP = ["trainer=ddp", "trainer.devices=2"]
 TOY = ["experiment=toy2d", "model.pretrain.steps=300", "neon.n_synthetic=200", "neon.budget_steps=[5,20]",
@@ -44,6 +47,20 @@ def test_step_noise_rows_are_slices_of_the_global_draw():
     for draw in (lambda n: n.randn(2, 2), lambda n: n.rand(1), lambda n: n.randint(10)):
         assert torch.equal(draw(whole), torch.cat([draw(p) for p in parts]))
     assert not torch.equal(StepNoise(7, 4, slice(0, 6), 6).randn(2), StepNoise(7, 3, slice(0, 6), 6).randn(2))
+
+
+def _gather_rank(rank: int, n: int) -> None:
+    # rank r holds items r, r + 2, ...: its share of n items, as task=sample and evaluation split seeds
+    mine = np.arange(rank, n, 2)
+    local = {"x": mine.astype(np.int64) * 10, "y": mine.astype(np.float32)[:, None]} if len(mine) else {}
+    gathered = gather_strided(local)
+    assert gathered["x"].tolist() == [10 * i for i in range(n)]
+    assert gathered["y"][:, 0].tolist() == list(range(n)) and gathered["y"].dtype == np.float32
+
+
+@pytest.mark.parametrize("n", [5, 1])
+def test_strided_shares_are_gathered_in_item_order(n: int):
+    in_process_group(2, _gather_rank, n)  # 5: uneven shares; 1: rank 1 holds nothing
 
 
 def _finetunes(cache: Path) -> dict[int, dict[str, torch.Tensor]]:

@@ -4,7 +4,6 @@ files in the ADM layout, export, and the embedded default on digits."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import cli_command, run_cli, summary_of
+from tests.conftest import run_cli, summary_of
 from tests.edm_snapshot import write_snapshot
 
 SMALL_NET = ["model.network.img_resolution=8", "model.network.model_channels=16", "model.network.channel_mult=[1,2]",
@@ -67,15 +66,14 @@ def test_sample_task_writes_adm_layout_whatever_the_batch(tmp_path: Path):
     assert a["arr_0"].dtype == np.uint8 and a["arr_0"].shape == (10, 8, 8, 3) and a["arr_1"].shape == (10,)
     assert np.abs(a["arr_0"].astype(int) - b["arr_0"].astype(int)).max() <= 1 and np.array_equal(a["arr_1"], b["arr_1"])
 
-    # two processes, each with its strided share of the seeds, give the same file
-    shared = [*common, "sample.batch_size=3", f"sample.out={tmp_path / 'two.npz'}"]
-    second = subprocess.Popen(**{k: v for k, v in cli_command(shared, tmp_path, "r1", {"RANK": "1", "WORLD_SIZE": "2"}).items()
-                                 if k != "capture_output"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first = run_cli(shared, tmp_path, "r0", env={"RANK": "0", "WORLD_SIZE": "2"})
-    assert second.wait(timeout=300) == 0 and first.returncode == 0, first.stderr[-2000:]
+    # two DDP processes, each with its strided share of the seeds, gathered in seed order: the same file
+    proc = run_cli([*common, "sample.batch_size=3", f"sample.out={tmp_path / 'two.npz'}", "trainer=ddp",
+                    "trainer.devices=2"], tmp_path, "r2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     two = np.load(tmp_path / "two.npz")
     assert np.array_equal(two["arr_0"], a["arr_0"]) and np.array_equal(two["arr_1"], a["arr_1"])
     assert sorted(p.name for p in tmp_path.glob("two*.npz")) == ["two.npz"]
+    assert json.loads((tmp_path / "r2" / "summary.json").read_text())["world_size"] == 2
 
 
 def test_export_writes_weights_and_a_usable_config(tmp_path: Path):

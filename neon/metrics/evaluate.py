@@ -7,26 +7,12 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from neon.data.synthetic import generate_block
-from neon.distributed import rank_world
+from neon.distributed import gather_strided, rank_world
 from neon.metrics.extractors import FeatureExtractor
 from neon.module import NeonModule, Sampler
-
-
-def interleave(shares: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Rank r holds items r, r + W, ...: put them back in order."""
-    world = len(shares)
-    out = {}
-    for key in shares[0]:
-        total = sum(len(s[key]) for s in shares)
-        arr = np.empty((total, *shares[0][key].shape[1:]), dtype=shares[0][key].dtype)
-        for r, share in enumerate(shares):
-            arr[r::world] = share[key]
-        out[key] = arr
-    return out
 
 
 @torch.no_grad()
@@ -48,11 +34,7 @@ def sample_features(
         extractor.extract(generate_block(module, sampler, seeds, mine[s:s + block_size], class_balanced=True)["x"])
         for s in starts
     )
-    if world == 1:
-        return local
-    shares: list = [None] * world
-    dist.all_gather_object(shares, local)
-    return interleave(shares)
+    return gather_strided(local)
 
 
 def features_of_images(images: torch.Tensor, extractor: FeatureExtractor, batch: int = 500) -> dict[str, np.ndarray]:

@@ -1,0 +1,11 @@
+"""Task entry points, one module per kind of task; `conf/task/<name>.yaml` names each task's function
+(`entry`), which `neon.cli` calls in the processes the trainer asks for.
+
+- `pipeline`: `task=neon`, every stage chained through the artifact cache
+- `standalone`: one stage alone on paths the user gives (pretrain, synthesize, finetune, merge)
+- `export`: files for other tools (sample, export)
+- `evaluate`: scores and reference statistics (evaluate, reference)
+- `sweeps`: many points of (B, w, cfg): the reference search protocol, `neon.w=auto`, sweep reports
+- `diagnose`: the anti-alignment diagnostic
+- `front`: what the pipeline and the searches share: θ_r, S and θ_s from the cache
+"""

@@ -1,0 +1,93 @@
+"""Scores and reference statistics: `task=evaluate` (checkpoints, or any ADM-layout sample file) and
+`task=reference` (statistics and features of real images, cached by content)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from neon.distributed import is_main
+from neon.errors import NeonError
+from neon.io import atomic_path, write_json
+from neon.metrics.evaluate import features_of_images
+from neon.metrics.images import digest_source, read_image_source
+from neon.metrics.reference import reference_from_features, uint8_images_to_unit
+from neon.runtime import Run, log, plain
+from neon.stages import Evaluator, copy_weights
+
+
+def run_evaluate(cfg: DictConfig) -> dict:
+    """Score each of `task.checkpoints` (default model.checkpoint), or an ADM-layout sample file
+    (`samples=PATH.npz`, uint8 NHWC `arr_0`) from any project."""
+    samples = cfg.get("samples")
+    paths = list(cfg.task.get("checkpoints") or []) or ([cfg.model.checkpoint] if cfg.model.get("checkpoint") else [])
+    if not paths and not samples:
+        raise NeonError("task=evaluate needs samples=PATH.npz, model.checkpoint=PATH or task.checkpoints=[PATH,...]")
+    run = Run.from_config(cfg)
+    module = run.build_module()
+    evaluator = Evaluator(run, module)
+    results = {}
+    with run.stage("evaluate"):
+        if samples:
+            if not Path(samples).is_file():
+                raise NeonError(f"samples '{samples}' do not exist: give an .npz with uint8 NHWC images in arr_0")
+            with np.load(samples) as f:
+                if "arr_0" not in f.files:
+                    raise NeonError(f"samples '{samples}' hold {sorted(f.files)}: expected uint8 NHWC images in arr_0")
+                images = uint8_images_to_unit(f["arr_0"], f"samples '{samples}'")
+            feats = features_of_images(images, evaluator.extractor, int(cfg.metrics.block_size))
+            results[str(samples)] = evaluator.score_features(feats)
+        for path in paths:
+            module.load_checkpoint(path)
+            results[str(path)] = evaluator.score(copy_weights(module.neon_weights()))
+    for name, r in results.items():
+        log.info("%s: %s", name, ", ".join(f"{k} {v:.6g}" for k, v in r.items() if isinstance(v, float)))
+    summary = {"task": "evaluate", "scores": results, "fid": {k: r["fid"] for k, r in results.items()},
+               "eval_sampler": plain(evaluator.sampler_cfg), "metric": evaluator.trace(), "seconds": run.seconds}
+    if samples:
+        summary["metric"]["num_samples"] = {str(samples): len(images)}
+    if is_main():
+        write_json(run.out / "summary.json", summary)
+    return summary
+
+
+def run_reference(cfg: DictConfig) -> dict:
+    """Compute (and cache) reference statistics and features for an image folder, an .npz of uint8
+    images (`task.source`), or the `data` group's real data; write them as an .npz (mu, sigma, pool)."""
+    run = Run.from_config(cfg)
+    extractor = instantiate(cfg.metrics.extractor)
+    source = cfg.task.get("source")
+    key = {"extractor": plain(cfg.metrics.extractor),
+           "source": digest_source(source) if source else plain(cfg.data)}
+
+    def build(work: Path) -> None:
+        if source:
+            images = uint8_images_to_unit(read_image_source(source), f"image source '{source}'")
+            ref = reference_from_features(features_of_images(images, extractor, int(cfg.metrics.block_size))["pool"],
+                                          str(source))
+        else:
+            ref = instantiate(cfg.data).reference(extractor)
+        arrays = {"mu": ref.mu, "sigma": ref.sigma}
+        if ref.features is not None:
+            arrays["pool"] = ref.features.astype(np.float32)
+        np.savez(work / "reference.npz", **arrays)
+
+    with run.stage("reference"):
+        folder, built = run.cache.get_or_build("reference", key, build)
+    out = Path(cfg.task.out) if cfg.task.get("out") else run.out / "reference.npz"
+
+    with atomic_path(out) as tmp:
+        shutil.copyfile(folder / "reference.npz", tmp)
+    with np.load(out) as f:
+        n = len(f["pool"]) if "pool" in f.files else None
+        dim = len(f["mu"])
+    summary = {"task": "reference", "out": str(out), "source": str(source) if source else plain(cfg.data),
+               "extractor": plain(cfg.metrics.extractor), "num_images": n, "feature_dim": dim,
+               "cached": not built, "seconds": run.seconds}
+    write_json(run.out / "summary.json", summary)
+    log.info("reference statistics (%s images, %d-d) → %s", n, dim, out)
+    return summary

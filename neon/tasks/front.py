@@ -1,0 +1,107 @@
+"""The cached front of the pipeline, shared by `task=neon`, `task=search` and `task=diagnose`: θ_r (loaded or
+pretrained), S (drawn once, or taken from elsewhere) and θ_s at every budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from neon.auto_w import check_auto
+from neon.callbacks import NeonMerge
+from neon.checks import check_counts
+from neon.errors import NeonError
+from neon.io import StateDict, load_state_dict
+from neon.module import NeonModule, diversity_warning
+from neon.runtime import Run, is_auto_w, log, merge_ws, plain
+from neon.stages import (
+    budgets_of,
+    copy_weights,
+    finetuned_weights,
+    load_base,
+    log_merge_plan,
+    synthesize_into,
+    synthetic_data,
+    synthetic_key,
+)
+from neon.synthetic_source import check_fits, folder_key, source_config, source_folder, source_label, source_run
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail early, with one clear line, on the settings users type every day; warn before fine-tuning on a
+    diversity-seeking S."""
+    if is_auto_w(cfg):
+        check_auto(plain(cfg.neon.auto))
+    else:
+        merge_ws(cfg)
+    budgets_of(cfg)
+    check_counts(cfg)
+    drawer = source_config(cfg) or cfg  # the sampler that draws S
+    warning = diversity_warning(drawer.model, plain(drawer.sampler))
+    if warning:
+        log.warning(warning)
+
+
+def cached_synthetic(run: Run, module: NeonModule, base_digest: str) -> tuple[dict[str, Any], Path | None]:
+    """S's cache key and folder: drawn once into the artifact cache (None when S is streamed) by θ_r, or
+    taken from `neon.synthetic.source` / drawn by `neon.synthetic.source_model` (cross-architecture S)."""
+    s = run.cfg.neon.synthetic
+    src = source_run(run)
+    if src is None and s.get("source"):
+        s_dir = source_folder(s.source)
+        check_fits(module, s_dir, f"'{s.source}'")
+        log.info("S: from %s", s_dir)
+        return folder_key(s_dir), s_dir
+    drawer, drawer_module, drawer_digest = run, module, base_digest
+    if src is not None:
+        with run.stage("pretrain"):
+            drawer_module, drawer_digest, _ = load_base(src)
+        drawer = src
+    with run.stage("synthesize"):
+        s_key = synthetic_key(drawer, drawer_digest)
+        if s.mode == "stream":
+            if src is not None:
+                raise NeonError("neon.synthetic.source_model needs neon.synthetic.mode=cached (S is written once)")
+            return s_key, None
+        s_dir, built = run.cache.get_or_build(
+            "synthetic", s_key, lambda work: synthesize_into(drawer, drawer_module, work), collective=True)
+        origin = "" if src is None else f" (drawn by {source_label(run)})"
+        log.info("S%s: %s %s", origin, "wrote" if built else "reusing", s_dir)
+    if src is not None:
+        check_fits(module, s_dir, source_label(run))
+    return s_key, s_dir
+
+
+@dataclass
+class Front:
+    """θ_r, S and θ_s at every budget, as the cache holds them, and the merge that makes θ_neon from them."""
+
+    module: NeonModule  # the family module; it holds whatever weights were evaluated last
+    base_digest: str  # θ_r's content digest (the cache keys of S and θ_s depend on it)
+    base_path: Path  # θ_r's file: model.checkpoint, or the cached pretrain
+    merge: NeonMerge  # θ_neon = (1 + w)·θ_r − w·θ_s; holds θ_r
+    s_dir: Path | None  # S's folder, None when S is streamed
+    theta_s_paths: dict[int, Path]  # budget → θ_s's file in the cache
+
+    @property
+    def theta_r(self) -> StateDict:
+        """θ_r's weights (a CPU copy)."""
+        return self.merge.base
+
+    def theta_s(self, budget: int) -> StateDict:
+        """θ_s after `budget` fine-tune steps."""
+        return load_state_dict(self.theta_s_paths[budget])
+
+
+def build_front(run: Run, budgets: list[int]) -> Front:
+    """θ_r (loaded or pretrained), S and θ_s at every budget, each from the cache or built into it."""
+    with run.stage("pretrain"):
+        module, base_digest, base_path = load_base(run)
+    merge = NeonMerge(base=copy_weights(module.neon_weights()))
+    log_merge_plan(run, merge.base)
+    s_key, s_dir = cached_synthetic(run, module, base_digest)
+    with run.stage("finetune"):
+        theta_s_paths = finetuned_weights(run, module, synthetic_data(run, module, s_dir), base_digest, s_key, budgets)
+    return Front(module, base_digest, base_path, merge, s_dir, theta_s_paths)

@@ -1,0 +1,122 @@
+"""`task=neon`, the default: synthesize → fine-tune → merge → evaluate through the artifact cache
+(pretraining θ_r first when no model.checkpoint is given)."""
+
+from __future__ import annotations
+
+import math
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from neon.callbacks import NeonMerge
+from neon.distributed import is_main
+from neon.errors import NeonError
+from neon.io import StateDict, load_state_dict, write_json
+from neon.merge import WSpec
+from neon.report import w_label, w_table, write_previews, write_w_curve
+from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
+from neon.stages import Evaluator, budgets_of, copy_weights, finetuned_weights
+from neon.synthetic_source import source_config, source_label
+from neon.tasks.front import build_front, validate
+from neon.tasks.sweeps import auto_w
+
+
+def score_ws(run: Run, evaluator: Evaluator, merge: NeonMerge, theta_s: StateDict, ws: list[WSpec],
+             label: str) -> list[dict]:
+    """Scores of θ_neon = (1 + w)·θ_r − w·θ_s for every w."""
+    results = []
+    for w in tqdm(ws, desc=f"merge + evaluate ({label})", unit="w", disable=not is_main()):
+        with run.stage("merge"):
+            merged = merge.merged(theta_s, w)
+        with run.stage("evaluate"):
+            results.append(evaluator.score(merged))
+        log.info("%s w = %s: FID %.6g", label, w_label(w), results[-1]["fid"])
+    return results
+
+
+def run_neon(cfg: DictConfig) -> dict:
+    """synthesize → fine-tune → merge → evaluate (pretraining first when no model.checkpoint is given)."""
+    validate(cfg)
+    run = Run.from_config(cfg)
+    budgets = budgets_of(cfg)
+    ws = None if is_auto_w(cfg) else merge_ws(cfg)
+
+    front = build_front(run, budgets)
+    module, merge = front.module, front.merge
+    evaluator = Evaluator(run, module)
+    auto = None
+    if ws is None:  # the line search picks w and B on the proxy; the grid below scores θ_r and that point
+        auto = auto_w(run, front, budgets)
+        ws, budgets = [0.0] + ([auto["w"]] if auto["w"] != 0.0 else []), [auto["budget_steps"]]
+    grid = {b: score_ws(run, evaluator, merge, front.theta_s(b), ws, f"B={b}") for b in budgets}  # budget → per w
+    best_b, best = min(((b, i) for b in budgets for i in range(len(ws))), key=lambda bi: grid[bi[0]][bi[1]]["fid"])
+    fids = [r["fid"] for r in grid[best_b]]
+    with run.stage("evaluate"):
+        fid_base = next((f for w, f in zip(ws, fids) if w == 0.0), None)
+        if fid_base is None:
+            fid_base = evaluator.score(front.theta_r)["fid"]
+        if not math.isfinite(fid_base):  # no gain can be measured against it: not a result to report
+            raise NeonError(f"θ_r '{front.base_path}' scores FID {fid_base}: its samples are not finite; check θ_r and "
+                            "the sampler settings (metrics.sampler)")
+        noise = None
+        if cfg.metrics.get("noise_seed_offset") is not None:
+            reseeded = Evaluator(run, module, seed_offset=cfg.metrics.noise_seed_offset).score(front.theta_r)["fid"]
+            noise = {"fid_base_reseeded": reseeded, "relative": abs(reseeded - fid_base) / max(fid_base, 1e-12)}
+
+    control = None
+    if cfg.neon.get("control"):
+        # the same fine-tune on the real data instead of S: shows the gain comes from self-generated data
+        with run.stage("finetune"):
+            real = instantiate(cfg.data, batch_size=positive_int(cfg.neon.batch_size, "neon.batch_size"))
+            c_path = finetuned_weights(run, module, real, front.base_digest, {"real_data": plain(cfg.data)},
+                                       [best_b])[best_b]
+        control = [r["fid"] for r in score_ws(run, evaluator, merge, load_state_dict(c_path), ws, "control")]
+
+    summary = {
+        "task": "neon",
+        "family": cfg.model._target_,
+        "fid_base": fid_base,
+        "fid_neon": fids[best],
+        "w": ws[best],
+        "budget_steps": best_b,
+        "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, fids)],
+        "grid": [{"budget_steps": b, "w": w_label(w), "fid": r["fid"]} for b in budgets for w, r in zip(ws, grid[b])],
+        "fid_noise": noise,
+        "control": None if control is None else {
+            "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, control)],
+            "fid_best": min(control), "w": ws[control.index(min(control))]},
+        "auto_w": auto,
+        "n_synthetic": cfg.neon.n_synthetic,
+        "synthetic_source": source_label(run),
+        "sampler": plain((source_config(cfg) or cfg).sampler),
+        "eval_sampler": plain(evaluator.sampler_cfg),
+        "metric": evaluator.trace(),
+        "scores_neon": {k: v for k, v in grid[best_b][best].items() if k not in ("digest",)},
+        "artifacts": {"theta_r": str(front.base_path), "synthetic": str(front.s_dir) if front.s_dir else "streamed",
+                      "theta_s": {str(b): str(p) for b, p in front.theta_s_paths.items()},
+                      "theta_neon": str(run.out / "theta_neon.safetensors")},
+        "seed": cfg.seed,
+    }
+    if not is_main():  # under DDP, rank 0 writes the results
+        return summary
+    with run.stage("merge"):
+        merge.write(front.theta_s(best_b), ws[best], run.out / "theta_neon.safetensors", module=module,
+                    model_cfg=cfg.model)
+    write_w_curve(run.out, ws, fids, control, grid={b: [r["fid"] for r in grid[b]] for b in budgets})
+    theta_neon = copy_weights(module.neon_weights())  # write() left θ_neon in the module
+    module.to(run.device).eval()
+    grids = write_previews(run.out, module, instantiate(evaluator.sampler_cfg), front.theta_r, theta_neon,
+                           int(cfg.get("preview_samples") or 0), f"w = {w_label(ws[best])}, B = {best_b}")
+    summary["seconds"] = {k: round(v, 3) for k, v in run.seconds.items()}
+    write_json(run.out / "summary.json", summary)
+    run.log_results(
+        [{"w": w, "fid": f} for w, f in zip(ws, fids) if isinstance(w, float)],
+        {"fid_base": fid_base, "fid_neon": fids[best], "budget_steps": best_b,
+         **({"w": ws[best]} if isinstance(ws[best], float) else {})},
+        images={"neon/w_curve": run.out / "w_curve.png", **grids},
+    )
+    print(w_table(summary), flush=True)
+    log.info("FID base %.6g → neon %.6g at w = %s, B = %d (%s)", fid_base, fids[best], w_label(ws[best]), best_b,
+             run.out)
+    return summary

@@ -1,0 +1,122 @@
+"""Many points of (budget, w, sampler setting): the reference search protocol (`task=search`), the pipeline's
+`neon.w=auto` line search on a proxy FID, and the tables and plots of a finished sweep (`task=report`)."""
+
+from __future__ import annotations
+
+import re
+
+from omegaconf import DictConfig
+
+from neon.auto_w import choose_w
+from neon.distributed import is_main
+from neon.errors import NeonError
+from neon.io import StateDict, write_json
+from neon.report import w_label
+from neon.runtime import Run, log, merge_ws, plain
+from neon.stages import Evaluator, budgets_of
+from neon.sweep import write_report
+from neon.tasks.front import Front, build_front, validate
+
+
+def auto_w(run: Run, front: Front, budgets: list[int]) -> dict:
+    """`neon.w=auto`: the line search of `neon.auto` at every budget on the proxy FID; the best (B, w) and
+    every proxy point, with the number of distinct proxy evaluations it cost."""
+    a = plain(run.cfg.neon.auto)
+    # the proxy's own seeds: the chosen w is then scored on seeds the search never saw (no selection bias)
+    proxy = Evaluator(run, front.module, num_samples=a.get("num_samples"), seed_offset=a.get("seed_offset"))
+    groups = a.get("groups") or None
+    # the rest ('default') is searched as one more group only if some parameter matches no group
+    rest = bool(groups) and any(not any(re.search(rx, k) for rx in groups.values())
+                                for k, t in front.theta_r.items() if t.is_floating_point())
+    points: list[dict] = []
+    digests: set[str] = set()
+    chosen = {}
+    for budget in budgets:
+        theta_s = front.theta_s(budget)
+
+        def score(w, theta_s: StateDict = theta_s, budget: int = budget) -> float:
+            with run.stage("merge"):
+                merged = front.merge.merged(theta_s, w)
+            with run.stage("evaluate"):
+                result = proxy.score(merged)
+            digests.add(result["digest"])
+            log.info("auto w, B=%d: w = %s → proxy FID %.6g", budget, w_label(w), result["fid"])
+            return result["fid"]
+
+        chosen[budget] = choose_w(score, a, groups, points, label=f"B={budget} ", rest=rest)
+        log.info("auto w at B=%d: w = %s, proxy FID %.6g", budget, w_label(chosen[budget][0]), chosen[budget][1])
+    best = min(budgets, key=lambda b: chosen[b][1])
+    return {"w": chosen[best][0], "budget_steps": best, "proxy_fid": chosen[best][1],
+            "proxy_num_samples": proxy.num_samples, "proxy_seeds": proxy.trace()["seeds"],
+            "evaluations": len(digests), "points": points}
+
+
+def run_search(cfg: DictConfig) -> dict:
+    """The reference search protocol in one process: a coarse grid over (budget snapshot, CFG, w) on a
+    small-sample FID, each w-line stopped once FID exceeds its best by more than `task.tolerance`, then
+    w ± `task.refine_step` around the best point, then a large-sample FID there. Every score is cached,
+    so a killed search restarted with the same config redoes nothing it finished."""
+    validate(cfg)
+    run = Run.from_config(cfg)
+    t = cfg.task
+    ws, budgets = sorted(merge_ws(cfg)), budgets_of(cfg)
+    if any(not isinstance(w, float) for w in ws):
+        raise NeonError("task=search sweeps scalar w: give neon.w as a list of numbers")
+    cfg_values = list(t.cfg_values or []) if t.get("cfg_key") else [None]
+    front = build_front(run, budgets)
+    loaded: dict[int, StateDict] = {}
+    points: list[dict] = []
+
+    def score(budget: int, cfg_value, w: float, num_samples: int | None = None) -> float:
+        overrides = {t.cfg_key: cfg_value} if cfg_value is not None else None
+        evaluator = Evaluator(run, front.module, num_samples=num_samples, sampler_overrides=overrides)
+        if budget not in loaded:
+            loaded[budget] = front.theta_s(budget)
+        with run.stage("evaluate"):
+            result = evaluator.score(front.merge.merged(loaded[budget], w))
+        points.append({"budget_steps": budget, "cfg": cfg_value, "w": w, "fid": result["fid"],
+                       "num_samples": evaluator.num_samples})
+        if is_main():
+            write_json(run.out / "search.json", {"points": points})  # progress, readable while it runs
+        return result["fid"]
+
+    coarse = {}
+    for cfg_value in cfg_values:
+        for budget in budgets:
+            best_line = float("inf")
+            for w in ws:
+                fid = coarse[(budget, cfg_value, w)] = score(budget, cfg_value, w)
+                best_line = min(best_line, fid)
+                if fid > best_line + float(t.tolerance):
+                    log.info("B=%d cfg=%s: stop at w=%g (FID %.4g > best %.4g + %g)", budget, cfg_value, w, fid,
+                             best_line, t.tolerance)
+                    break
+    (b, c, w), fid = min(coarse.items(), key=lambda kv: kv[1])
+    refined = {(b, c, w): fid}
+    for dw in (-float(t.refine_step), float(t.refine_step)):
+        refined[(b, c, round(w + dw, 6))] = score(b, c, round(w + dw, 6))
+    (b, c, w), fid_small = min(refined.items(), key=lambda kv: kv[1])
+    final_n = t.get("final_num_samples")
+    fid_final = score(b, c, w, num_samples=final_n) if final_n else fid_small
+    fid_base = score(b, c, 0.0, num_samples=final_n) if final_n else score(b, c, 0.0)
+    summary = {"task": "search", "fid_base": fid_base, "fid_neon": fid_final, "fid_search": fid_small, "w": w,
+               "budget_steps": b, "cfg_key": t.get("cfg_key"), "cfg": c, "points": points,
+               "tolerance": float(t.tolerance), "theta_r": str(front.base_path), "seconds": run.seconds}
+    if is_main():
+        write_json(run.out / "search.json", {"points": points, "chosen": {"budget_steps": b, "cfg": c, "w": w}})
+        write_json(run.out / "summary.json", summary)
+    log.info("search: best B=%d cfg=%s w=%g: FID %.6g (search) / %.6g (final), θ_r %.6g", b, c, w, fid_small,
+             fid_final, fid_base)
+    return summary
+
+
+def run_report(cfg: DictConfig) -> dict:
+    """Tables and plots of a finished sweep folder (`dir=`)."""
+    folder = cfg.get("dir") or cfg.task.get("dir")
+    if not folder:
+        raise NeonError("task=report needs dir=<sweep folder>, e.g. dir=multirun/2026-11-26_10-00-00_000000")
+
+    paths = write_report(folder, heat_key=cfg.task.heat_key)
+    for p in paths:
+        log.info("wrote %s", p)
+    return {"task": "report", "files": [str(p) for p in paths]}

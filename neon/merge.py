@@ -245,7 +245,9 @@ def safetensors_writer(path: Path, metas: list[tuple[str, torch.dtype, tuple[int
 
         def write(key: str, tensor: torch.Tensor) -> None:
             want_key, want_dtype, want_shape = next(expected)
-            assert key == want_key and tensor.dtype == want_dtype and tuple(tensor.shape) == want_shape
+            if (key, tensor.dtype, tuple(tensor.shape)) != (want_key, want_dtype, want_shape):  # a bug of ours
+                raise RuntimeError(f"safetensors writer: got {key} {tensor.dtype} {tuple(tensor.shape)}, header says "
+                                   f"{want_key} {want_dtype} {want_shape}")
             f.write(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)
 
         yield write

@@ -13,11 +13,11 @@ import torch
 from torch.nn import functional as F
 
 from neon.errors import NeonError
-from neon.io import StateDict
-from neon.metrics.images import to_uint8
 from neon.families.edm.losses import denoising_loss
 from neon.families.edm.precond import PRECONDS, Preconditioner
 from neon.families.edm.sampler import heun_sampler
+from neon.io import StateDict
+from neon.metrics.images import to_uint8
 from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs, setting_above
 from neon.persistence import Snapshot, read_snapshot
 from neon.seeding import PerSampleRNG, StepNoise

@@ -16,8 +16,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from neon.errors import NeonError
-from neon.families.edm.blocks import (Dense, GroupNormFloor, InitRule, RandomFourierEmbedding, ResamplingConv,
-                                      ResBlock, SinusoidalEmbedding, drop_class_labels)
+from neon.families.edm.blocks import (
+    Dense,
+    GroupNormFloor,
+    InitRule,
+    RandomFourierEmbedding,
+    ResamplingConv,
+    ResBlock,
+    SinusoidalEmbedding,
+    drop_class_labels,
+)
 
 
 class Layer(NamedTuple):

@@ -4,14 +4,13 @@ time t and the target time s (through an extra s-embedder) and predicts the one-
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from neon.errors import NeonError
+from neon.families.transformer_parts import GeluMLP, TimeEmbedder
 
 # The DiT sizes of the released models (and of DiT's own table), by name.
 DIT_SIZES = {
@@ -29,21 +28,6 @@ def sincos_pos_embed(dim: int, grid: int) -> torch.Tensor:
     rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
     col, row = np.outer(cols.reshape(-1), omega), np.outer(rows.reshape(-1), omega)
     return torch.from_numpy(np.concatenate([np.sin(col), np.cos(col), np.sin(row), np.cos(row)], axis=1)).float()
-
-
-class TimeEmbedder(nn.Module):
-    """cos/sin features (256, cos first, frequencies in float64) of a time input, then Linear–SiLU–Linear."""
-
-    def __init__(self, dim: int, frequency_size: int = 256):
-        super().__init__()
-        self.frequency_size = frequency_size
-        self.mlp = nn.Sequential(nn.Linear(frequency_size, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, n: torch.Tensor) -> torch.Tensor:
-        half = self.frequency_size // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64, device=n.device) / half)
-        args = n[:, None].to(torch.float64) * freqs[None]
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(n.dtype))
 
 
 class PatchEmbed(nn.Module):
@@ -82,17 +66,6 @@ class Attention(nn.Module):
         return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, dim))
 
 
-class Mlp(nn.Module):
-    """fc1 → GELU (tanh approximation) → fc2."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-
-
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x·(1 + scale) + shift, per sample over all tokens."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
@@ -106,7 +79,7 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.mlp = GeluMLP(dim, int(dim * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from neon.families.transformer_parts import GeluMLP
 from neon.seeding import StepNoise
 
 LOG_100 = 4.605170249938965  # float32 log(100): the cap on the learned attention temperature
@@ -56,17 +57,6 @@ class SelfAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
-class FFN(nn.Module):
-    """fc1 → GELU (tanh approximation) → fc2."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
-
-
 class SharedAdaLin(nn.Linear):
     """The class embedding → six modulation vectors, shared by all blocks (the d36 model)."""
 
@@ -89,7 +79,7 @@ class AdaLNBlock(nn.Module):
                  drop_path: float):
         super().__init__()
         self.attn = SelfAttention(dim, heads, l2_norm)
-        self.ffn = FFN(dim, round(dim * mlp_ratio))
+        self.ffn = GeluMLP(dim, round(dim * mlp_ratio))
         self.ln = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
         self.shared_aln, self.drop_path = shared_aln, drop_path
         if shared_aln:

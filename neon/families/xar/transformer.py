@@ -4,13 +4,12 @@ cluster-major order, a block-causal mask over clusters, 2-D rotary position code
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from neon.errors import NeonError
+from neon.families.transformer_parts import TimeEmbedder
 from neon.seeding import PerSampleRNG
 
 # How attention uses the KV cache: not at all (training: every cluster in one pass), refreshing it (a cluster's
@@ -143,22 +142,6 @@ class Block(nn.Module):
         return x + gate(self.mlp(modulate(self.norm2(x), scale2, shift2), rng), gamma2)
 
 
-class TimestepEmbedder(nn.Module):
-    """Sinusoidal features (cos first, 256 wide) of the integer step ⌊t·1000⌋, then Linear–SiLU–Linear."""
-
-    def __init__(self, dim: int, frequency_size: int = 256):
-        super().__init__()
-        self.frequency_size = frequency_size
-        self.mlp = nn.Sequential(nn.Linear(frequency_size, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        steps = (t.float() * 1000).long().float()  # truncated, as the release does
-        half = self.frequency_size // 2
-        freqs = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-        args = steps[:, None] * freqs[None]
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1))
-
-
 class XARTransformer(nn.Module):
     """The velocity network v(x_t, t | class, earlier clusters). The latent grid (side `grid`, `channels`
     per token) is split into cluster_grid² square clusters predicted one after another; a token sees its own
@@ -180,7 +163,7 @@ class XARTransformer(nn.Module):
         blocks = (embed_dim, num_heads, hidden, grid, cluster_grid, attn_dropout, proj_dropout)
 
         self.class_emb = nn.Embedding(num_classes + 1, embed_dim)
-        self.time_embed = TimestepEmbedder(embed_dim)
+        self.time_embed = TimeEmbedder(embed_dim, freq_dtype=torch.float32, integer_steps=1000)  # ⌊t·1000⌋, as the release
         self.z_proj = nn.Linear(channels, embed_dim)
         self.z_proj_ln = RMSNorm(embed_dim, weight=True)
         self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, self.seq_len, embed_dim))

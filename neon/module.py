@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from neon.errors import NeonError
-from neon.io import StateDict, check_state_fits, load_state_dict
+from neon.io import StateDict, check_state_fits
+from neon.readers import read_weights
 from neon.seeding import StepNoise
 
 Batch = dict[str, torch.Tensor]
@@ -121,8 +122,8 @@ class NeonModule(L.LightningModule):
         return x.detach().cpu().numpy()
 
     def read_checkpoint(self, path: str | Path) -> StateDict:
-        """Weights of the sampling network from a file (families add their official formats)."""
-        return load_state_dict(path)
+        """Weights of the sampling network from a file of any format `neon.readers` reads."""
+        return read_weights(path)
 
     # --- shared behaviour
     @property

@@ -3,7 +3,6 @@ and what Neon merges, as in the reference fine-tune); the latent space (KL-16 VA
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,27 +12,13 @@ import torch
 from torch import nn
 
 from neon.errors import NeonError
+from neon.families.latent_family import LatentImageModule, check_architecture
 from neon.families.xar.sampler import xar_sampler
 from neon.families.xar.transformer import XARTransformer
-from neon.io import StateDict, dim_of, read_torch_file, unwrap_state_dict
-from neon.families.latent_family import LatentImageModule, check_architecture
+from neon.io import StateDict, dim_of
 from neon.module import EMA, Batch, Sampler, plain_kwargs
+from neon.readers import WEIGHTS, read_weights
 from neon.seeding import PerSampleRNG, StepNoise
-
-WEIGHTS = ("ema", "model")
-
-
-def release_weights(obj: Any, path: str | Path, weights: str) -> StateDict:
-    """The transformer's weights in an xAR file: a flat state dict (the released xAR-B/L/H.pth), or a training
-    checkpoint holding 'model' and/or 'model_ema' (`weights` picks which)."""
-    if isinstance(obj, Mapping) and ("model" in obj or "model_ema" in obj):
-        key = "model_ema" if weights == "ema" else "model"
-        if key not in obj:
-            other = "model" if key == "model_ema" else "model_ema"
-            raise NeonError(f"xAR checkpoint '{path}' has no '{key}' entry (it has '{other}'): set "
-                            f"model.weights={'model' if weights == 'ema' else 'ema'}")
-        obj = obj[key]
-    return unwrap_state_dict(obj, Path(path))
 
 
 class XARModule(LatentImageModule):
@@ -65,9 +50,7 @@ class XARModule(LatentImageModule):
     # --- checkpoints
     def read_checkpoint(self, path: str | Path) -> StateDict:
         """A released xAR file or training checkpoint, checked for depth, width, heads, classes, latent layout."""
-        # training checkpoints also hold the run's argparse.Namespace
-        obj = read_torch_file(path, safe_globals=[argparse.Namespace])
-        state = release_weights(obj, path, self.weights)
+        state = read_weights(path, weights=self.weights)
         net = self.net
         rope = state.get("encoder_blocks.0.attn.rope.freqs")
         depth = len({int(m.group(1)) for k in state if (m := re.match(r"encoder_blocks\.(\d+)\.", k))})

@@ -68,6 +68,10 @@ class NeonModule(L.LightningModule):
     family: ClassVar[str] = "model"
     samplers: ClassVar[Mapping[str, Sampler]] = {}
     network_kwargs: dict[str, Any] | None = None  # families built from constructor settings set theirs
+    # Tasks that never meet the data (sample, export, evaluate of a checkpoint) set this: a checkpoint that
+    # records the network's data shape (resolution, channels, classes) then sets it, with a log line,
+    # instead of having to agree with the config.
+    shape_from_checkpoint: bool = False
 
     def __init__(
         self,

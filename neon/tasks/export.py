@@ -30,7 +30,7 @@ def run_sample(cfg: DictConfig) -> dict:
     seeds = parse_seeds(cfg.sample.seeds)
     batch = positive_int(cfg.sample.batch_size, "sample.batch_size")
     with run.stage("pretrain"):
-        module, _, base_path = load_base(run)
+        module, _, base_path = load_base(run, shape_from_checkpoint=True)
     module = module.to(run.device).eval()
     sampler = run.sampler()
     rank, world = rank_world()
@@ -60,7 +60,7 @@ def run_sample(cfg: DictConfig) -> dict:
 def run_export(cfg: DictConfig) -> dict:
     """Write the loaded θ (e.g. from an official snapshot) as safetensors plus a YAML model config."""
     run = Run.from_config(cfg)
-    module, digest, base_path = load_base(run)
+    module, digest, base_path = load_base(run, shape_from_checkpoint=True)
     weights = save_state_dict(module.neon_weights(), run.out / "model.safetensors")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.update(module.config_overrides())

@@ -134,6 +134,10 @@ class EDMModule(NeonModule):
             raise NeonError(f"snapshot '{path}' holds a {snap.class_name} network but model.network.precond is {want}")
         for key in _IDENTITY_KEYS:
             if key in snap.init_kwargs and key in self.network_kwargs and not _same(snap.init_kwargs[key], self.network_kwargs[key]):
+                if self.shape_from_checkpoint:  # the file is the truth where no data is involved
+                    log.info("snapshot '%s' records %s=%r (the config says %r): taken from the snapshot", path, key,
+                             snap.init_kwargs[key], self.network_kwargs[key])
+                    continue
                 raise NeonError(
                     f"snapshot '{path}' was built with {key}={snap.init_kwargs[key]!r} but the model config says "
                     f"{key}={self.network_kwargs[key]!r}: set model.network.{key} to match the snapshot"
@@ -143,5 +147,6 @@ class EDMModule(NeonModule):
     def _rebuild(self, network: dict[str, Any]) -> None:
         self.network_kwargs = network
         self.net = build_network(network)
+        self.num_classes = self.net.label_dim
         if self.ema is not None:
             self.ema = copy.deepcopy(self.net).requires_grad_(False)

@@ -6,7 +6,7 @@ tests/test_family_contract.py holds every model config under conf/model/ to it."
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,6 +17,7 @@ from torch import nn
 from neon.errors import NeonError
 from neon.io import StateDict, check_state_fits
 from neon.readers import read_weights
+from neon.release import Draw, LabelSpec
 from neon.seeding import StepNoise
 
 Batch = dict[str, torch.Tensor]
@@ -110,6 +111,14 @@ class NeonModule(L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One sample per seed with `sampler`; returns (samples, labels or None)."""
         raise NotImplementedError
+
+    def generate_release(self, release_seed: int, seeds: Sequence[int], batch_size: int, sampler: Sampler,
+                         labels: LabelSpec) -> Iterator[Draw]:
+        """`sample.rng=release`: len(seeds) samples, `batch_size` at a time, seeded as the family's official
+        script seeds them (from `release_seed`, or the seeds where the release seeds per image), with labels
+        given, drawn as the release draws them, or unconditional (docs/families/<family>.md)."""
+        raise NeonError(f"{self.family} has no release-mode sampling: use sample.rng=per_seed")
+        yield  # a generator, like the families' own
 
     @classmethod
     def diversity_seeking(cls, settings: Mapping[str, Any]) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +13,14 @@ import torch
 from torch.nn import functional as F
 
 from neon.errors import NeonError
-from neon.io import StateDict
-from neon.metrics.images import to_uint8
 from neon.families.edm.losses import denoising_loss
 from neon.families.edm.precond import PRECONDS, Preconditioner
 from neon.families.edm.sampler import heun_sampler
+from neon.io import StateDict
+from neon.metrics.images import to_uint8
 from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs, setting_above
 from neon.persistence import Snapshot, read_snapshot
+from neon.release import UNCONDITIONAL, Draw, LabelSpec, batch_labels, sizes_of
 from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
@@ -95,14 +96,35 @@ class EDMModule(NeonModule):
         return denoising_loss(self.net, x, labels, noise, **self.loss_kwargs).sum() / len(x)
 
     def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
+        raw, labels = self._sample(seeds, sampler, labels)
+        return self._finish(raw), labels
+
+    def _sample(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None):
+        # the sampler's float output and the labels, seeded per image as generate.py seeds them
         rng = PerSampleRNG(seeds, self.device)
         latents = rng.randn(*self.image_shape)
         if self.num_classes and labels is None:
             labels = rng.randint(self.num_classes)  # drawn after the latents, as generate.py does
-        x = sampler(self.sampling_net, latents, self.one_hot(labels), randn_like=rng.randn_like)
+        raw = sampler(self.sampling_net, latents, self.one_hot(labels), randn_like=rng.randn_like)
+        return raw, (labels.long() if labels is not None else None)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantize:
             x = to_uint8(x).to(torch.float32) / 127.5 - 1
-        return x.to(torch.float32), (labels.long() if labels is not None else None)
+        return x.to(torch.float32)
+
+    def generate_release(self, release_seed: int, seeds: Sequence[int], batch_size: int, sampler: Sampler,
+                         labels: LabelSpec) -> Iterator[Draw]:
+        """generate.py seeds every image itself (`--seeds`), so release mode is per-seed mode over `seeds`;
+        `release_seed` is not used. Labels: given (`--class` for all, or one per image), random (per seed,
+        after the latents) or unconditional (an unconditional network only)."""
+        if labels == UNCONDITIONAL and self.num_classes:
+            raise NeonError(f"this EDM network is class-conditional ({self.num_classes} classes) and has no null "
+                            "class: give sample.labels as class ids or 'random'")
+        for start, size in zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size)):
+            given = batch_labels(labels, start, size, self.device)
+            raw, drawn = self._sample(seeds[start:start + size], sampler, given)
+            yield Draw(self._finish(raw), drawn, raw.to(torch.float32))
 
     def export_samples(self, x: torch.Tensor) -> np.ndarray:
         """Images as uint8 NHWC, the layout of the ADM evaluation suite."""

@@ -7,10 +7,11 @@ import inspect
 import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,11 +19,12 @@ from neon.errors import NeonError
 from neon.families.imm.loss import imm_loss
 from neon.families.imm.network import IMMPrecond
 from neon.families.imm.sampler import pushforward_sampler
-from neon.families.latent_family import LatentImageModule, check_architecture
+from neon.families.latent_family import LatentImageModule, check_architecture, check_class_ids
 from neon.io import StateDict, dim_of
 from neon.module import EMA, Batch, Sampler, plain_kwargs
 from neon.persistence import read_snapshot
 from neon.readers import read_weights
+from neon.release import UNCONDITIONAL, Draw, LabelSpec, RecordingLatent, batch_labels, sizes_of
 from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
@@ -144,6 +146,28 @@ class IMMModule(LatentImageModule):
         return imm_loss(net, z, labels.long(), noise, **self.loss_kwargs).to(torch.float32)
 
     # --- sampling
+    def generate_release(self, release_seed: int, seeds: Sequence[int], batch_size: int, sampler: Sampler,
+                         labels: LabelSpec) -> Iterator[Draw]:
+        """generate_images.py with `eval.seed=release_seed`: numpy seeded with it draws torch's seed; then, batch
+        after batch from that one device generator, the initial latents (× σ_d) and the labels (uniform
+        integers) when not given; 'unconditional' gives the null class (the all-zero one-hot row)."""
+        net = self.sampling_net
+        g = torch.Generator(self.device).manual_seed(int(np.random.RandomState(int(release_seed)).randint(2 ** 31)))
+        for start, size in zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size)):
+            noise = torch.randn((size, net.img_channels, net.img_resolution, net.img_resolution), generator=g,
+                                device=self.device) * net.sigma_data
+            given = batch_labels(labels, start, size, self.device)
+            if labels == UNCONDITIONAL:
+                given = torch.full((size,), self.num_classes, dtype=torch.long, device=self.device)
+            elif given is None:
+                given = torch.randint(0, self.num_classes, (size,), generator=g, device=self.device)
+            else:
+                check_class_ids(given, self.num_classes, self.family)
+            latent = RecordingLatent(self.latent)
+            raw = sampler(net, latent, noise, given)
+            yield Draw(self.finish_images(raw, self.quantize), None if labels == UNCONDITIONAL else given, raw,
+                       latent.decoded)
+
     def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
         rng = PerSampleRNG(seeds, self.device)
         net = self.sampling_net

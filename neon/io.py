@@ -182,10 +182,18 @@ def read_error(path: Path, exc: BaseException, what: str = "checkpoint") -> Neon
         return NeonError(f"{what} '{path}' is not a checkpoint file (neither a torch zip archive nor a pickle; it "
                          f"starts with {head!r}): give a .safetensors, .pt or Lightning .ckpt file")
     if "Weights only load failed" in str(exc):
-        return NeonError(f"{what} '{path}' holds Python objects besides tensors: reading it could run code, so neon "
-                         "refuses it; save the weights as .safetensors or as a torch state dict of tensors")
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        return NeonError(f"{what} '{path}' holds Python objects besides tensors"
+                         f"{f' ({found.group(1)})' if found else ''}: reading it could run code, so neon refuses it; "
+                         "save the weights as .safetensors or as a torch state dict of tensors")
+    return NeonError(f"cannot read {what} '{path}' (truncated or corrupt?): {type(exc).__name__}: {first_line(exc)}")
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a reader's message, never torch's advice to load with weights_only=False (that
+    would run the file's code)."""
     first = (str(exc).strip().splitlines() or [""])[0]
-    return NeonError(f"cannot read {what} '{path}' (truncated or corrupt?): {type(exc).__name__}: {first}")
+    return "(torch's advice to lift the weights-only check left out)" if "weights_only" in first else first
 
 
 def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", safe_globals: Sequence[type] = ()) -> Any:

@@ -9,15 +9,15 @@ import numbers
 import re
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Union
 
 import torch
-from safetensors import safe_open
 
 from neon.errors import NeonError
-from neon.io import StateDict, atomic_path, read_error, unwrap_state_dict
+from neon.io import StateDict, atomic_path
+from neon.readers import open_weights
 
 log = logging.getLogger("neon")
 
@@ -168,63 +168,11 @@ def extrapolate(base: Mapping[str, torch.Tensor], aux: Mapping[str, torch.Tensor
 # ---------------------------------------------------------------- streaming from files
 
 
-class LazyWeights:
-    """Read-one-tensor-at-a-time access to the weights in a checkpoint file."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise NeonError(f"checkpoint '{self.path}' does not exist; give the path of an existing file")
-        self.container: dict[str, Any] | None = None  # non-weight entries of a torch checkpoint
-        try:
-            if self.path.suffix == ".safetensors":
-                self._st = safe_open(str(self.path), framework="pt")
-                self._keys = list(self._st.keys())
-                self._tensors = None
-            else:
-                self._st = None
-                # mmap keeps tensors on disk until touched, so a big checkpoint costs no memory here
-                try:
-                    obj = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError:  # legacy (non-zip) torch files cannot be mapped
-                    obj = torch.load(self.path, map_location="cpu", weights_only=True)
-                if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-                    self.container = {k: v for k, v in obj.items() if k != "state_dict"}
-                    self._tensors = dict(obj["state_dict"])
-                else:
-                    self._tensors = unwrap_state_dict(obj, self.path)
-                self._keys = list(self._tensors)
-        except NeonError:
-            raise
-        except Exception as exc:  # corrupt, truncated or foreign files all end here
-            raise read_error(self.path, exc) from None
-
-    def keys(self) -> list[str]:
-        """Tensor names, in file order."""
-        return list(self._keys)
-
-    def __getitem__(self, key: str) -> torch.Tensor:
-        if self._st is not None:
-            return self._st.get_tensor(key)
-        return self._tensors[key]
-
-    def meta(self, key: str) -> tuple[torch.dtype, tuple[int, ...]]:
-        """dtype and shape of one tensor, without reading its data where the format allows."""
-        if self._st is not None:
-            sl = self._st.get_slice(key)
-            return _ST_TO_TORCH[sl.get_dtype()], tuple(sl.get_shape())
-        t = self._tensors[key]
-        return t.dtype, tuple(t.shape)
-
-
 _TORCH_TO_ST = {
     torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
     torch.uint8: "U8", torch.bool: "BOOL",
 }
-_ST_TO_TORCH = {v: k for k, v in _TORCH_TO_ST.items()}
-
-
 @contextmanager
 def safetensors_writer(path: Path, metas: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> Iterator[Callable]:
     """Write a safetensors file tensor by tensor: the header is known up front from shapes and dtypes."""
@@ -260,15 +208,27 @@ def merge_files(
     w: WSpec,
     out_path: str | Path,
     on_tensor: Callable[[str], None] | None = None,
+    weights: str = "ema",
 ) -> Path:
-    """Stream θ_neon from two checkpoint files into `out_path`, holding about one tensor in memory.
+    """Stream θ_neon from two checkpoint files of any format `neon.readers` reads into `out_path`, holding
+    about one tensor in memory (a pickle snapshot is first read whole, one at a time, and spilled beside
+    `out_path`); `weights` picks EMA or raw weights in training checkpoints.
 
     `.safetensors` output is written key by key; `.ckpt`/`.pt` output keeps a Lightning checkpoint's
     layout (its `state_dict` merged, optimizer state dropped) and needs the merged model in memory.
     """
     w = check_w(w)
     out_path = Path(out_path)
-    base, aux = LazyWeights(base_path), LazyWeights(aux_path)
+    if out_path.suffix not in (".safetensors", ".ckpt", ".pt", ".pth"):
+        raise NeonError(f"output '{out_path}': use a .safetensors, .ckpt or .pt file name")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        base, aux = (stack.enter_context(open_weights(p, weights=weights, spill_dir=out_path.parent,
+                                                      keep_layout=True)) for p in (base_path, aux_path))
+        return _merge_streams(base, aux, w, out_path, on_tensor)
+
+
+def _merge_streams(base, aux, w: WSpec, out_path: Path, on_tensor: Callable[[str], None] | None) -> Path:
     _check_keys(set(base.keys()), set(aux.keys()))
     metas = []
     for key in base.keys():

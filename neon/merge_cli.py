@@ -1,4 +1,4 @@
-"""`neon-merge BASE AUX --w 0.8 -o OUT`: stream θ_neon from two checkpoint files."""
+"""`neon-merge BASE AUX --w 0.8 -o OUT`: stream θ_neon from two checkpoint files of any format neon reads."""
 
 from __future__ import annotations
 
@@ -38,17 +38,20 @@ def main(argv: list[str] | None = None) -> None:
         prog="neon-merge",
         description="Write θ_neon = (1 + w)·BASE − w·AUX, streaming key by key.",
     )
-    parser.add_argument("base", help="θ_r: the base checkpoint (.safetensors, .pt or Lightning .ckpt)")
+    parser.add_argument("base", help="θ_r: the base checkpoint (.safetensors or its sharded index, a torch state "
+                        "dict, a Lightning .ckpt, a training checkpoint, an NVIDIA .pkl snapshot)")
     parser.add_argument("aux", help="θ_s: the checkpoint fine-tuned on the model's own samples")
     parser.add_argument("--w", required=True, help="merge weight: a number, or a JSON {pattern: w} mapping")
     parser.add_argument("-o", "--out", required=True, help="output file (.safetensors, .ckpt or .pt)")
+    parser.add_argument("--weights", choices=["ema", "model"], default="ema",
+                        help="in training checkpoints holding both, merge the EMA ('model_ema') or raw ('model') weights")
     parser.add_argument("--overwrite", action="store_true", help="allow -o to name one of the inputs (replaces it)")
     args = parser.parse_args(argv)
     # the block-wise pattern counts (and warnings) go to stderr; the output path alone to stdout
     logging.basicConfig(level=logging.INFO, format="neon-merge: %(message)s", stream=sys.stderr)
     try:
         check_output(args.out, [args.base, args.aux], args.overwrite)
-        out = merge_files(args.base, args.aux, parse_w(args.w), args.out)
+        out = merge_files(args.base, args.aux, parse_w(args.w), args.out, weights=args.weights)
     except NeonError as exc:
         print(f"neon-merge: error: {exc}", file=sys.stderr)
         sys.exit(2)

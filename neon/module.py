@@ -6,7 +6,7 @@ tests/test_family_contract.py holds every model config under conf/model/ to it."
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from neon.errors import NeonError
-from neon.io import StateDict, check_state_fits, load_state_dict
+from neon.io import StateDict, check_state_fits
+from neon.readers import read_weights
+from neon.release import Draw, LabelSpec
 from neon.seeding import StepNoise
 
 Batch = dict[str, torch.Tensor]
@@ -67,6 +69,10 @@ class NeonModule(L.LightningModule):
     family: ClassVar[str] = "model"
     samplers: ClassVar[Mapping[str, Sampler]] = {}
     network_kwargs: dict[str, Any] | None = None  # families built from constructor settings set theirs
+    # Tasks that never meet the data (sample, export, evaluate of a checkpoint) set this: a checkpoint that
+    # records the network's data shape (resolution, channels, classes) then sets it, with a log line,
+    # instead of having to agree with the config.
+    shape_from_checkpoint: bool = False
 
     def __init__(
         self,
@@ -106,6 +112,14 @@ class NeonModule(L.LightningModule):
         """One sample per seed with `sampler`; returns (samples, labels or None)."""
         raise NotImplementedError
 
+    def generate_release(self, release_seed: int, seeds: Sequence[int], batch_size: int, sampler: Sampler,
+                         labels: LabelSpec) -> Iterator[Draw]:
+        """`sample.rng=release`: len(seeds) samples, `batch_size` at a time, seeded as the family's official
+        script seeds them (from `release_seed`, or the seeds where the release seeds per image), with labels
+        given, drawn as the release draws them, or unconditional (docs/families/<family>.md)."""
+        raise NeonError(f"{self.family} has no release-mode sampling: use sample.rng=per_seed")
+        yield  # a generator, like the families' own
+
     @classmethod
     def diversity_seeking(cls, settings: Mapping[str, Any]) -> list[str]:
         """The settings of one of the family's samplers that are diversity-seeking, each as 'key = value (why)'."""
@@ -121,8 +135,8 @@ class NeonModule(L.LightningModule):
         return x.detach().cpu().numpy()
 
     def read_checkpoint(self, path: str | Path) -> StateDict:
-        """Weights of the sampling network from a file (families add their official formats)."""
-        return load_state_dict(path)
+        """Weights of the sampling network from a file of any format `neon.readers` reads."""
+        return read_weights(path)
 
     # --- shared behaviour
     @property

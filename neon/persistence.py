@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from neon.errors import NeonError
-from neon.io import StateDict
+from neon.io import StateDict, first_line
 
 # Where the layers inside a persistent network come from: their classes are stood in for, never imported.
 LAYER_MODULES = ("torch.nn.modules.", "timm.layers.", "timm.models.")
@@ -136,7 +136,7 @@ def read_snapshot(path: str | Path, entry: str = "ema", what: str = "snapshot") 
             data = _SafeUnpickler(f, path, what).load()
         except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError,
                 ValueError, RuntimeError) as exc:  # truncated, corrupt or foreign files
-            raise NeonError(f"cannot read {what} '{path}': {type(exc).__name__}: {exc}") from None
+            raise NeonError(f"cannot read {what} '{path}': {type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(data, dict) or entry not in data:
         found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise NeonError(f"{what} '{path}' has no '{entry}' network (found: {found}): give a training snapshot "

@@ -7,8 +7,8 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from neon.io import StateDict, atomic_path, write_text
 from neon.merge import WSpec

@@ -119,9 +119,11 @@ def pretrain_into(run: Run, out_dir: Path) -> None:
         resume.unlink(missing_ok=True)  # done: the artifact holds θ_r alone
 
 
-def load_base(run: Run) -> tuple[NeonModule, str, Path]:
-    """The family module holding θ_r, θ_r's digest and file: `model.checkpoint`, else a (cached) pretrain."""
+def load_base(run: Run, shape_from_checkpoint: bool = False) -> tuple[NeonModule, str, Path]:
+    """The family module holding θ_r, θ_r's digest and file: `model.checkpoint`, else a (cached) pretrain;
+    `shape_from_checkpoint` (tasks that never meet the data): the checkpoint's recorded data shape wins."""
     module = run.build_module()
+    module.shape_from_checkpoint = shape_from_checkpoint
     checkpoint = run.cfg.model.get("checkpoint")
     if not checkpoint and run.cfg.model.get("pretrain") is None:
         raise NeonError("this model has no pretraining recipe here: give model.checkpoint=PATH (θ_r, e.g. the "

@@ -158,8 +158,8 @@ def test_bad_input_names_expected_and_found(tmp_path: Path, module: VARModule):
         VARModule(NET, VAE, vae_checkpoint=str(tmp_path / "nope.pth"))
     with pytest.raises(NeonError, match="class id 10 is out of range"):
         module.generate([0], partial(var_sampler, top_k=0, top_p=1.0), torch.tensor([10]))
-    for top_p in (0.0, 1.5):
-        with pytest.raises(NeonError, match=f"top_p must be in \\(0, 1\\].*{top_p}"):
+    for top_p in (-0.1, 1.5):
+        with pytest.raises(NeonError, match=f"top_p must be in \\[0, 1\\].*{top_p}"):
             module.generate([0], partial(var_sampler, top_k=0, top_p=top_p), torch.tensor([1]))
     with pytest.raises(NeonError, match="top_k must be an integer in \\[0, 64\\]"):
         module.generate([0], partial(var_sampler, top_k=900, top_p=1.0), torch.tensor([1]))

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from neon.io import StateDict, load_state_dict, rename_keys
+from neon.io import StateDict, rename_keys
 from neon.module import Batch, NeonModule, Sampler, setting_above
+from neon.readers import read_weights
 from neon.seeding import PerSampleRNG, StepNoise
 
 
@@ -79,7 +80,7 @@ class ARToy(NeonModule):
 
     def read_checkpoint(self, path: str | Path) -> StateDict:
         """Our weights, or the paper notebook's `ARGaussian2D.state_dict()` (its head2 wraps the MLP in `net`)."""
-        return rename_keys(load_state_dict(path), ((r"^head2\.net\.", "head2."),))
+        return rename_keys(read_weights(path), ((r"^head2\.net\.", "head2."),))
 
     def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
         return self.net.nll(batch["x"]).mean()

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neon.io import StateDict, load_state_dict, rename_keys
+from neon.io import StateDict, rename_keys
 from neon.module import Batch, NeonModule, Sampler, setting_below
+from neon.readers import read_weights
 from neon.seeding import PerSampleRNG, StepNoise
 
 
@@ -94,7 +95,7 @@ class ToyDiffusion(NeonModule):
 
     def read_checkpoint(self, path: str | Path) -> StateDict:
         """Our weights, or the paper notebook's `DiffusionModel.state_dict()` (inb, mbs.N.l, out) as saved."""
-        return rename_keys(load_state_dict(path), ((r"^inb\.", "inp."), (r"^mbs\.(\d+)\.l\.", r"blocks.\1.")))
+        return rename_keys(read_weights(path), ((r"^inb\.", "inp."), (r"^mbs\.(\d+)\.l\.", r"blocks.\1.")))
 
     def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
         x = batch["x"]

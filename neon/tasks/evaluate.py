@@ -29,6 +29,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
         raise NeonError("task=evaluate needs samples=PATH.npz, model.checkpoint=PATH or task.checkpoints=[PATH,...]")
     run = Run.from_config(cfg)
     module = run.build_module()
+    module.shape_from_checkpoint = True  # scores samples against reference statistics, never the training data
     evaluator = Evaluator(run, module)
     results = {}
     with run.stage("evaluate"):

@@ -6,11 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from neon.distributed import gather_strided, is_main, rank_world
+from neon.errors import NeonError
 from neon.io import atomic_path, save_state_dict, write_json, write_text
+from neon.release import UNCONDITIONAL, LabelSpec, check_label_count, check_rng_mode, label_spec
 from neon.runtime import Run, log, plain, positive_int
 from neon.seeding import parse_seeds
 from neon.stages import load_base
@@ -22,6 +25,44 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
 
 
+def per_seed_arrays(module, seeds: list[int], batch: int, sampler, spec: LabelSpec, rank: int, world: int
+                    ) -> dict[str, np.ndarray]:
+    """This process's strided share of the seeds, one generator per image (`arr_0`, `arr_1`)."""
+    images, labels = [], []
+    for start in tqdm(range(0, len(seeds), batch), desc="sample", unit="batch", disable=not is_main()):
+        # the given labels of this rank's seeds: the whole list is in seed order
+        given = None if not isinstance(spec, list) else \
+            torch.tensor(spec[rank::world][start:start + batch], dtype=torch.long, device=module.device)
+        x, y = module.generate(seeds[start:start + batch], sampler, given)
+        images.append(module.export_samples(x))
+        if y is not None:
+            labels.append(y.cpu().numpy())
+    local = {"arr_0": np.concatenate(images)} if images else {}
+    if labels:
+        local["arr_1"] = np.concatenate(labels)
+    return local
+
+
+def release_arrays(module, cfg: DictConfig, seeds: list[int], batch: int, sampler, spec: LabelSpec,
+                   world: int) -> dict[str, np.ndarray]:
+    """`sample.rng=release`: the family's official seeding, batch after batch from one stream (one process)."""
+    if world > 1:
+        raise NeonError("sample.rng=release draws every batch from one generator, as the release does: run it in "
+                        "one process (trainer=cpu or trainer.devices=1)")
+    out: dict[str, list[np.ndarray]] = {"arr_0": [], "arr_1": [], "raw": [], "latents": []}
+    keep_raw = bool(cfg.sample.get("raw"))
+    draws = module.generate_release(int(cfg.sample.release_seed), seeds, batch, sampler, spec)
+    for draw in tqdm(draws, desc="sample (release)", unit="batch", total=-(-len(seeds) // batch)):
+        out["arr_0"].append(module.export_samples(draw.samples))
+        if draw.labels is not None:
+            out["arr_1"].append(draw.labels.cpu().numpy())
+        if keep_raw:
+            out["raw"].append(draw.raw.detach().float().cpu().numpy())
+            if draw.latents is not None:
+                out["latents"].append(draw.latents.detach().float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+
 def run_sample(cfg: DictConfig) -> dict:
     """One image per seed (`sample.seeds`) into an .npz in the ADM evaluation suite's layout (`arr_0` samples,
     `arr_1` labels for conditional models). Under DDP each rank draws a strided share of the seeds (as EDM's
@@ -30,25 +71,24 @@ def run_sample(cfg: DictConfig) -> dict:
     seeds = parse_seeds(cfg.sample.seeds)
     batch = positive_int(cfg.sample.batch_size, "sample.batch_size")
     with run.stage("pretrain"):
-        module, _, base_path = load_base(run)
+        module, _, base_path = load_base(run, shape_from_checkpoint=True)
     module = module.to(run.device).eval()
     sampler = run.sampler()
+    mode, spec = check_rng_mode(cfg.sample.get("rng", "per_seed")), label_spec(cfg.sample.get("labels"))
+    check_label_count(spec, len(seeds))
     rank, world = rank_world()
-    mine = seeds[rank::world]
-    images, labels = [], []
     with run.stage("sample"):
-        for start in tqdm(range(0, len(mine), batch), desc="sample", unit="batch", disable=not is_main()):
-            x, y = module.generate(mine[start:start + batch], sampler)
-            images.append(module.export_samples(x))
-            if y is not None:
-                labels.append(y.cpu().numpy())
-    local = {"arr_0": np.concatenate(images)} if images else {}
-    if labels:
-        local["arr_1"] = np.concatenate(labels)
-    arrays = gather_strided(local)
+        if mode == "release":
+            arrays = release_arrays(module, cfg, seeds, batch, sampler, spec, world)
+        else:
+            if spec == UNCONDITIONAL or cfg.sample.get("raw"):
+                raise NeonError("sample.labels=unconditional and sample.raw=true need sample.rng=release")
+            arrays = gather_strided(per_seed_arrays(module, seeds[rank::world], batch, sampler, spec, rank, world))
     out = Path(cfg.sample.out) if cfg.sample.get("out") else run.out / "samples.npz"
     summary = {"task": "sample", "out": str(out), "n": len(seeds), "world_size": world,
                "seeds": str(cfg.sample.seeds), "theta": str(base_path), "sampler": plain(cfg.sampler),
+               "rng": mode, **({"release_seed": int(cfg.sample.release_seed)} if mode == "release" else {}),
+               "labels": spec if isinstance(spec, str) else "given",
                "seconds": run.seconds}
     if is_main():
         write_npz(out, arrays)
@@ -60,7 +100,7 @@ def run_sample(cfg: DictConfig) -> dict:
 def run_export(cfg: DictConfig) -> dict:
     """Write the loaded θ (e.g. from an official snapshot) as safetensors plus a YAML model config."""
     run = Run.from_config(cfg)
-    module, digest, base_path = load_base(run)
+    module, digest, base_path = load_base(run, shape_from_checkpoint=True)
     weights = save_state_dict(module.neon_weights(), run.out / "model.safetensors")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.update(module.config_overrides())

@@ -107,7 +107,8 @@ def run_merge(cfg: DictConfig) -> dict:
     with run.stage("merge"):
         for w in ws:
             name = Path(merged_name(w)).with_suffix(f".{cfg.task.format}").name
-            paths[w_label(w)] = str(merge_files(base, aux, w, run.out / name))
+            paths[w_label(w)] = str(merge_files(base, aux, w, run.out / name,
+                                                weights=cfg.model.get("weights") or "ema"))
     summary = {"task": "merge", "base": str(base), "aux": str(aux), "theta_neon": paths, "seconds": run.seconds}
     write_json(run.out / "summary.json", summary)
     return summary

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from neon.io import StateDict
 from neon.metrics.images import to_uint8
 from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs, setting_above
 from neon.persistence import Snapshot, read_snapshot
+from neon.release import UNCONDITIONAL, Draw, LabelSpec, batch_labels, sizes_of
 from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
@@ -95,14 +96,35 @@ class EDMModule(NeonModule):
         return denoising_loss(self.net, x, labels, noise, **self.loss_kwargs).sum() / len(x)
 
     def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
+        raw, labels = self._sample(seeds, sampler, labels)
+        return self._finish(raw), labels
+
+    def _sample(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None):
+        # the sampler's float output and the labels, seeded per image as generate.py seeds them
         rng = PerSampleRNG(seeds, self.device)
         latents = rng.randn(*self.image_shape)
         if self.num_classes and labels is None:
             labels = rng.randint(self.num_classes)  # drawn after the latents, as generate.py does
-        x = sampler(self.sampling_net, latents, self.one_hot(labels), randn_like=rng.randn_like)
+        raw = sampler(self.sampling_net, latents, self.one_hot(labels), randn_like=rng.randn_like)
+        return raw, (labels.long() if labels is not None else None)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantize:
             x = to_uint8(x).to(torch.float32) / 127.5 - 1
-        return x.to(torch.float32), (labels.long() if labels is not None else None)
+        return x.to(torch.float32)
+
+    def generate_release(self, release_seed: int, seeds: Sequence[int], batch_size: int, sampler: Sampler,
+                         labels: LabelSpec) -> Iterator[Draw]:
+        """generate.py seeds every image itself (`--seeds`), so release mode is per-seed mode over `seeds`;
+        `release_seed` is not used. Labels: given (`--class` for all, or one per image), random (per seed,
+        after the latents) or unconditional (an unconditional network only)."""
+        if labels == UNCONDITIONAL and self.num_classes:
+            raise NeonError(f"this EDM network is class-conditional ({self.num_classes} classes) and has no null "
+                            "class: give sample.labels as class ids or 'random'")
+        for start, size in zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size)):
+            given = batch_labels(labels, start, size, self.device)
+            raw, drawn = self._sample(seeds[start:start + size], sampler, given)
+            yield Draw(self._finish(raw), drawn, raw.to(torch.float32))
 
     def export_samples(self, x: torch.Tensor) -> np.ndarray:
         """Images as uint8 NHWC, the layout of the ADM evaluation suite."""
@@ -134,6 +156,10 @@ class EDMModule(NeonModule):
             raise NeonError(f"snapshot '{path}' holds a {snap.class_name} network but model.network.precond is {want}")
         for key in _IDENTITY_KEYS:
             if key in snap.init_kwargs and key in self.network_kwargs and not _same(snap.init_kwargs[key], self.network_kwargs[key]):
+                if self.shape_from_checkpoint:  # the file is the truth where no data is involved
+                    log.info("snapshot '%s' records %s=%r (the config says %r): taken from the snapshot", path, key,
+                             snap.init_kwargs[key], self.network_kwargs[key])
+                    continue
                 raise NeonError(
                     f"snapshot '{path}' was built with {key}={snap.init_kwargs[key]!r} but the model config says "
                     f"{key}={self.network_kwargs[key]!r}: set model.network.{key} to match the snapshot"
@@ -143,5 +169,6 @@ class EDMModule(NeonModule):
     def _rebuild(self, network: dict[str, Any]) -> None:
         self.network_kwargs = network
         self.net = build_network(network)
+        self.num_classes = self.net.label_dim
         if self.ema is not None:
             self.ema = copy.deepcopy(self.net).requires_grad_(False)

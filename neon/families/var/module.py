@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +16,14 @@ from torch.nn import functional as F
 
 from neon.cache import ArtifactCache
 from neon.errors import NeonError
-from neon.families.latent_family import LatentImageModule, check_architecture
+from neon.families.latent_family import LatentImageModule, check_architecture, check_class_ids
 from neon.families.var.sampler import var_sampler
 from neon.families.var.tokenizer import train_vqvae
 from neon.families.var.transformer import VARTransformer
 from neon.families.var.vqvae import VQVAE
 from neon.io import StateDict, check_state_fits, dim_of, load_state_dict, save_state_dict
 from neon.module import Batch, Sampler, plain_kwargs
+from neon.release import UNCONDITIONAL, Draw, LabelSpec, batch_labels, sizes_of
 from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
@@ -134,6 +135,26 @@ class VARModule(LatentImageModule):
         rng = PerSampleRNG(seeds, self.device)
         labels = self.labels_for(rng, labels)
         return self.finish_images(sampler(self.sampling_net, self.vae, labels, rng), self.quantize), labels
+
+    def generate_release(self, release_seed: int, seeds: Sequence[int], batch_size: int, sampler: Sampler,
+                         labels: LabelSpec) -> Iterator[Draw]:
+        """Batch i is `autoregressive_infer_cfg(B, label_B, g_seed=release_seed + i)`: one generator on the
+        model's device seeded at the start of the call, labels given, drawn first from it (a multinomial
+        over uniform class probabilities) or the null class; `raw` is what that call returns (images in
+        [0, 1], NCHW)."""
+        for i, (start, size) in enumerate(zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size))):
+            g = torch.Generator(self.device).manual_seed(int(release_seed) + i)
+            given = batch_labels(labels, start, size, self.device)
+            if labels == UNCONDITIONAL:
+                given = torch.full((size,), self.num_classes, dtype=torch.long, device=self.device)
+            elif given is None:
+                uniform = torch.full((1, self.num_classes), 1.0 / self.num_classes, device=self.device)
+                given = torch.multinomial(uniform, size, replacement=True, generator=g).reshape(size)
+            else:
+                check_class_ids(given, self.num_classes, self.family)
+            x = sampler(self.sampling_net, self.vae, given, g)
+            raw = x.add(1).mul(0.5)  # the release returns (x + 1)·0.5
+            yield Draw(self.finish_images(x, self.quantize), None if labels == UNCONDITIONAL else given, raw)
 
 
 def cached_tokenizer(vae_kwargs: dict[str, Any], recipe: dict[str, Any]) -> StateDict:

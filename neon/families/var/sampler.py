@@ -31,16 +31,19 @@ def check_filters(top_k: int, top_p: float, vocab_size: int) -> None:
     """Refuse top-k / top-p settings outside their ranges, naming the value."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= vocab_size:
         raise NeonError(f"sampler.top_k must be an integer in [0, {vocab_size}] (0: no top-k), got {top_k!r}")
-    if not 0 < float(top_p) <= 1:
-        raise NeonError(f"sampler.top_p must be in (0, 1] (1: no top-p), got {top_p!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 <= float(top_p) <= 1:
+        raise NeonError(f"sampler.top_p must be in [0, 1] (0 or 1: no top-p, as in the release), got {top_p!r}")
 
 
 def filter_top_k_top_p_(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Set to −inf, in place, every logit outside the k largest and outside the smallest set of tokens
-    holding probability top_p (the largest token always stays)."""
+    holding probability top_p (the largest token always stays); top_k = 0 and top_p = 0 turn their filter off,
+    as in the release."""
     if top_k > 0:
         kth = logits.topk(top_k, dim=-1, largest=True, sorted=False)[0].amin(dim=-1, keepdim=True)
         logits.masked_fill_(logits < kth, -torch.inf)
+    if top_p <= 0:
+        return logits
     ascending, order = logits.sort(dim=-1, descending=False)
     drop = ascending.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
     drop[..., -1:] = False

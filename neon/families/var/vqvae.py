@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from neon.errors import NeonError
 from neon.families.conv_autoencoder import Decoder, Encoder
 
 
@@ -158,3 +159,44 @@ class VQVAE(nn.Module):
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
         """The accumulated latent f̂ → images in [-1, 1]."""
         return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
+
+    # --- the release's names for the image ↔ token round trips
+    def img_to_idxBl(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Images in [-1, 1] [B, 3, H, W] → one token-index map [B, pn²] per scale, rows in (h, w) order."""
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise NeonError(f"images of shape {tuple(images.shape[1:])} do not fit this VQVAE, which encodes "
+                            f"{self.image_shape} (the last patch size {self.patch_nums[-1]} × {self.downsample})")
+        return self.encode_indices(images)
+
+    def idxBl_to_fhat(self, indices: Sequence[torch.Tensor], last_one: bool = True
+                      ) -> torch.Tensor | list[torch.Tensor]:
+        """Token maps [B, pn²] → f̂ = Σ_si Φ_si(bicubic(h_si → full size)) (the last scale not resized); with
+        `last_one=False` the f̂ after every scale."""
+        quant, size = self.quantize, self.patch_nums[-1]
+        if len(indices) != len(self.patch_nums):
+            raise NeonError(f"{len(indices)} token maps given but this VQVAE has {len(self.patch_nums)} scales "
+                            f"{list(self.patch_nums)}")
+        b = indices[0].shape[0]
+        f_hat = torch.zeros(b, quant.channels, size, size, device=indices[0].device)
+        out = []
+        for si, (pn, idx) in enumerate(zip(self.patch_nums, indices)):
+            if tuple(idx.shape) != (b, pn * pn):
+                raise NeonError(f"token map {si} has shape {tuple(idx.shape)} but scale {si} needs ({b}, {pn * pn})")
+            h = quant.embedding(idx.long()).transpose(1, 2).reshape(b, quant.channels, pn, pn)
+            f_hat = f_hat + quant._upsampled(h, si, size)
+            out.append(f_hat)
+        return out[-1] if last_one else out
+
+    def fhat_to_img(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """The accumulated latent f̂ → images in [-1, 1] (the release's name for `decode`)."""
+        return self.decode(f_hat)
+
+    def idxBl_to_img(self, indices: Sequence[torch.Tensor], same_shape: bool = True, last_one: bool = True
+                     ) -> torch.Tensor | list[torch.Tensor]:
+        """Token maps [B, pn²] → images in [-1, 1] decoded from f̂ after the last scale, or (`last_one=False`)
+        after each scale; `same_shape=True` only (every scale brought to full size, as the release samples)."""
+        if not same_shape:
+            raise NeonError("idxBl_to_img(same_shape=False), the release's progressive variant, is not "
+                            "supported: use same_shape=True (what training and sampling use)")
+        f_hats = self.idxBl_to_fhat(indices, last_one=False)
+        return self.decode(f_hats[-1]) if last_one else [self.decode(f) for f in f_hats]

@@ -3,9 +3,8 @@ and what Neon merges, as in the reference fine-tune); the latent space (KL-16 VA
 
 from __future__ import annotations
 
-import argparse
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,27 +12,14 @@ import torch
 from torch import nn
 
 from neon.errors import NeonError
-from neon.families.latent_family import LatentImageModule, check_architecture
+from neon.families.latent_family import LatentImageModule, check_architecture, check_class_ids
 from neon.families.xar.sampler import xar_sampler
 from neon.families.xar.transformer import XARTransformer
-from neon.io import StateDict, dim_of, read_torch_file, unwrap_state_dict
+from neon.io import StateDict, dim_of
 from neon.module import EMA, Batch, Sampler, plain_kwargs
+from neon.readers import WEIGHTS, read_weights
+from neon.release import RANDOM, UNCONDITIONAL, Draw, LabelSpec, RecordingLatent, batch_labels, sizes_of
 from neon.seeding import PerSampleRNG, StepNoise
-
-WEIGHTS = ("ema", "model")
-
-
-def release_weights(obj: Any, path: str | Path, weights: str) -> StateDict:
-    """The transformer's weights in an xAR file: a flat state dict (the released xAR-B/L/H.pth), or a training
-    checkpoint holding 'model' and/or 'model_ema' (`weights` picks which)."""
-    if isinstance(obj, Mapping) and ("model" in obj or "model_ema" in obj):
-        key = "model_ema" if weights == "ema" else "model"
-        if key not in obj:
-            other = "model" if key == "model_ema" else "model_ema"
-            raise NeonError(f"xAR checkpoint '{path}' has no '{key}' entry (it has '{other}'): set "
-                            f"model.weights={'model' if weights == 'ema' else 'ema'}")
-        obj = obj[key]
-    return unwrap_state_dict(obj, Path(path))
 
 
 class XARModule(LatentImageModule):
@@ -65,9 +51,7 @@ class XARModule(LatentImageModule):
     # --- checkpoints
     def read_checkpoint(self, path: str | Path) -> StateDict:
         """A released xAR file or training checkpoint, checked for depth, width, heads, classes, latent layout."""
-        # training checkpoints also hold the run's argparse.Namespace
-        obj = read_torch_file(path, safe_globals=[argparse.Namespace])
-        state = release_weights(obj, path, self.weights)
+        state = read_weights(path, weights=self.weights)
         net = self.net
         rope = state.get("encoder_blocks.0.attn.rope.freqs")
         depth = len({int(m.group(1)) for k in state if (m := re.match(r"encoder_blocks\.(\d+)\.", k))})
@@ -118,3 +102,24 @@ class XARModule(LatentImageModule):
         rng = PerSampleRNG(seeds, self.device)
         labels = self.labels_for(rng, labels)  # drawn first when not given
         return self.finish_images(sampler(self.sampling_net, self.latent, labels, rng), self.quantize), labels
+
+    def generate_release(self, release_seed: int, seeds: Sequence[int], batch_size: int, sampler: Sampler,
+                         labels: LabelSpec) -> Iterator[Draw]:
+        """eval.py after `torch.manual_seed(release_seed)`: one stream for the whole run, batch after batch —
+        each cluster's start noise from the CPU generator, the SDE noise from the model device's (the same
+        CPU generator on a CPU); labels given (the release always gives them) or the null class."""
+        if labels == RANDOM:
+            raise NeonError("xAR's release never draws labels (eval.py gives each class in turn): give "
+                            "sample.labels as class ids or 'unconditional'")
+        cpu = torch.Generator("cpu").manual_seed(int(release_seed))
+        rng = cpu if self.device.type == "cpu" else (cpu, torch.Generator(self.device).manual_seed(int(release_seed)))
+        for start, size in zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size)):
+            given = batch_labels(labels, start, size, self.device)
+            if given is None:
+                given = torch.full((size,), self.num_classes, dtype=torch.long, device=self.device)
+            else:
+                check_class_ids(given, self.num_classes, self.family)
+            latent = RecordingLatent(self.latent)
+            raw = sampler(self.sampling_net, latent, given, rng)
+            yield Draw(self.finish_images(raw, self.quantize), None if labels == UNCONDITIONAL else given, raw,
+                       latent.decoded)

@@ -1,0 +1,57 @@
+"""Tasks that never meet the data take the network's shape (resolution, channels, classes) from an EDM
+snapshot and log it; everything else still checks the snapshot against the config."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from neon.cli import CONF_DIR
+from neon.errors import NeonError
+from neon.families.edm import EDMModule
+from tests.edm_snapshot import TINY_DDPMPP, write_snapshot
+
+DIGITS_NET = dict(precond="EDMPrecond", img_resolution=8, img_channels=1, label_dim=10, model_type="ResMLP", hidden=32,
+                  num_blocks=1, noise_channels=16, label_dropout=0.1)
+
+
+def _cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=[*overrides, f"paths.output_dir={tmp_path / 'run'}",
+                                            f"paths.cache_dir={tmp_path / 'cache'}", "logger=none"])
+
+
+@pytest.fixture()
+def rgb_unconditional(tmp_path: Path) -> Path:
+    path = tmp_path / "network-snapshot-rgb.pkl"
+    write_snapshot(path, network=dict(TINY_DDPMPP, label_dim=0))
+    return path
+
+
+def test_data_tasks_still_check_the_snapshot_against_the_config(rgb_unconditional: Path):
+    with pytest.raises(NeonError, match="built with img_channels=3 but the model config says img_channels=1"):
+        EDMModule(DIGITS_NET).load_checkpoint(rgb_unconditional)
+
+
+def test_sample_takes_the_shape_from_the_snapshot(tmp_path: Path, rgb_unconditional: Path, caplog):
+    from neon.tasks.export import run_sample
+
+    cfg = _cfg(tmp_path, "task=sample", f"model.checkpoint={rgb_unconditional}", "sample.seeds=0-2",
+               "sample.batch_size=2", "sampler.num_steps=2")
+    with caplog.at_level(logging.INFO, logger="neon"):
+        summary = run_sample(cfg)
+    with np.load(summary["out"]) as f:
+        assert f["arr_0"].shape == (3, 8, 8, 3) and f["arr_0"].dtype == np.uint8 and "arr_1" not in f.files
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "records img_channels=3 (the config says 1): taken from the snapshot" in said
+    assert "records label_dim=0 (the config says 10)" in said
+    # the snapshot's images, as the module loaded under its own settings draws them
+    module = EDMModule(dict(TINY_DDPMPP, label_dim=0))
+    module.load_checkpoint(rgb_unconditional)
+    x, y = module.eval().generate([0, 1, 2], instantiate(cfg.sampler))
+    assert y is None and np.array_equal(module.export_samples(x), np.load(summary["out"])["arr_0"])

@@ -3,13 +3,15 @@ after θ_r is loaded and S drawn."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from hydra.utils import get_class
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from neon.errors import NeonError
 from neon.runtime import positive_int
+from neon.seeding import check_seed, parse_seeds
 
 
 def check_sample_count(n: int, dim: int, what: str, allow_small: bool) -> None:
@@ -58,3 +60,24 @@ def check_counts(cfg: DictConfig) -> None:
     if dim is not None and "fid" in list(m.get("compute") or ["fid"]):
         for key, value in counts.items():
             check_sample_count(value, dim, key, bool(m.get("allow_small", False)))
+
+
+def _seed_keys(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    # every `seed` and `*seed_offset` leaf (values read one by one: other leaves may interpolate run-time values)
+    if not isinstance(node, DictConfig):
+        return
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        if key == "seed" or str(key).endswith("seed_offset"):
+            yield path, node[key]
+        elif OmegaConf.is_dict(node._get_node(key)):
+            yield from _seed_keys(node[key], path + ".")
+
+
+def check_seeds(cfg: DictConfig) -> None:
+    """Every seed and seed offset of the config, and task=sample's seed list, before any work."""
+    for key, value in _seed_keys(cfg):
+        if value is not None:
+            check_seed(value, key)
+    if cfg.get("task") is not None and cfg.task.get("name") == "sample":
+        parse_seeds(cfg.sample.seeds, "sample.seeds")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -72,6 +74,81 @@ def check_keys(args: list[str], conf_dir: Path = CONF_DIR) -> None:
             valid = sorted(node.keys()) if node is not None and hasattr(node, "keys") else []
             hint = f"; {parent or 'the config'} has: {', '.join(valid)}" if valid else ""
             raise NeonError(f"no config key '{key}' (use +{key}=... to add a new one){hint}") from None
+
+
+def check_override_syntax(args: list[str]) -> None:
+    """Parse every override as Hydra will, and say in one line which one cannot be read and how to write it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise NeonError(f"cannot read the override {arg!r} ({reason}): {_syntax_hint(arg)}") from None
+
+
+def _syntax_hint(arg: str) -> str:
+    value = arg.split("=", 1)[1]
+    if value.startswith("{"):
+        return ("write a mapping with unquoted keys, key={a: 1, b: 2}; a regex key may hold letters, digits and "
+                ". \\ * _ - / $ but not ^ [ ] or quotes (patterns are searched anywhere in a parameter's name, so ^ "
+                "is rarely needed), e.g. 'neon.w={model\\.blocks: 1.9, default: 1.5}'")
+    if value.count("[") != value.count("]") or value.count("{") != value.count("}"):
+        return "close every bracket, e.g. neon.w=[0,1]"
+    return "quote the whole override for the shell and see the override grammar in Hydra's documentation"
+
+
+def replace_mappings(args: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
+    """`key={...}` for a key whose default is a list or a number (neon.w) replaces it: Hydra would try to merge
+    the mapping into the list and fail, so `key=null` is put first."""
+    mapped = [a for a in args if "=" in a and not a.startswith(("-", "+", "~", "hydra."))
+              and a.split("=", 1)[1].startswith("{")]
+    if not mapped:
+        return args
+    from hydra import compose, initialize_config_dir
+    from omegaconf import DictConfig, OmegaConf
+
+    groups_only = [a for a in args if "=" in a and not a.startswith(("-", "hydra.", "hydra/", "+", "~"))
+                   and "." not in a.split("=", 1)[0] and "," not in a.split("=", 1)[1]]
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        cfg = compose("config", overrides=groups_only)
+    out = []
+    for arg in args:
+        key = arg.split("=", 1)[0]
+        if arg in mapped and not isinstance(OmegaConf.select(cfg, key, default={}), DictConfig):
+            out.append(f"{key}=null")
+        out.append(arg)
+    return out
+
+
+def check_writable(args: list[str]) -> None:
+    """The run (or sweep) folder and the cache must be creatable: one line naming the one that is not."""
+    overrides = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    folders = {
+        "hydra.sweep.dir" if multirun else "hydra.run.dir":
+            overrides.get("hydra.sweep.dir" if multirun else "hydra.run.dir", "multirun" if multirun else "outputs"),
+        "paths.cache_dir": overrides.get("paths.cache_dir", os.environ.get("NEON_CACHE_DIR", ".neon_cache")),
+    }
+    for key, folder in folders.items():
+        literal = Path(folder.split("${", 1)[0] or ".")  # the part before any interpolation
+        existing = literal if folder.startswith("${") else literal.absolute()
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NeonError(f"{key}='{folder}' cannot be created: '{existing}' is a file, not a folder; choose another path")
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".neon-write-check-", dir=existing)
+        except OSError as exc:
+            raise NeonError(f"{key}='{folder}' cannot be written ({exc.strerror} in '{existing}'): choose a writable "
+                            "folder") from None
+        os.close(fd)
+        os.unlink(probe)
 
 
 def _first_choice(value: str) -> str:
@@ -146,31 +223,62 @@ def user_error(exc: BaseException) -> str | None:
 def _run(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
+    from neon.checks import check_seeds
     from neon.distributed import launch
     from neon.module import check_samplers
+    from neon.runtime import current_stage
     from neon.threads import apply_threads
 
     quiet_libraries()
     try:
         check_samplers(cfg, HydraConfig.get().runtime.choices)
+        check_seeds(cfg)
         apply_threads(cfg)
         summary = launch(get_method(cfg.task.entry), cfg)
     except (NeonError, MissingMandatoryValue) as exc:
         print(f"neon: error: {user_error(exc)}", file=sys.stderr)
         sys.exit(2)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        # Lightning turns Ctrl-C during fit into exit(1) after its own shutdown: the flag tells it apart
+        if not (isinstance(exc, KeyboardInterrupt) or _interrupted):
+            raise
+        print(f"neon: interrupted during {current_stage()}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)
     finally:
         finish_loggers()
     # The value a Hydra sweeper (e.g. Optuna) minimises.
     return summary.get("fid_neon") if isinstance(summary, dict) else None
 
 
+_interrupted = False
+
+
+def _on_interrupt(signum: int, frame) -> None:
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point of the `neon` command."""
+    signal.signal(signal.SIGINT, _on_interrupt)
     _register_resolvers()
     try:
-        check_overrides(sys.argv[1:])
-        check_keys(sys.argv[1:])
+        args = sys.argv[1:]
+        check_override_syntax(args)
+        check_overrides(args)
+        args = replace_mappings(args)
+        check_keys(args)
+        check_writable(args)
     except NeonError as exc:
         print(f"neon: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    _run()
+    except KeyboardInterrupt:
+        print("neon: interrupted before the run started; nothing was written", file=sys.stderr)
+        sys.exit(130)
+    sys.argv[1:] = args
+    try:
+        _run()
+    except KeyboardInterrupt:  # during Hydra's own start-up or shutdown, outside the task
+        print("neon: interrupted; rerun the same command to resume", file=sys.stderr)
+        sys.exit(130)

@@ -72,6 +72,17 @@ def positive_int(value: Any, key: str) -> int:
     return int(value)
 
 
+_ACTIVE_STAGES: list[str] = []  # the stages under way in this process, innermost last
+_LEFT_BY_EXCEPTION: list[str] = []  # the innermost stage an exception (an interrupt) is unwinding through
+
+
+def current_stage() -> str:
+    """The stage under way, or the one an exception just left (for the interrupt message), or 'start-up'."""
+    if _ACTIVE_STAGES:
+        return _ACTIVE_STAGES[-1]
+    return _LEFT_BY_EXCEPTION[0] if _LEFT_BY_EXCEPTION else "start-up"
+
+
 @dataclass
 class Run:
     """One job: its config, output folder, artifact cache and the seconds spent per stage."""
@@ -114,9 +125,16 @@ class Run:
         """Time a stage (accumulating) and log its start and end."""
         log.debug("stage %s: start", name)
         start = time.perf_counter()
+        _ACTIVE_STAGES.append(name)
+        _LEFT_BY_EXCEPTION.clear()
         try:
             yield
+        except BaseException:
+            if not _LEFT_BY_EXCEPTION:
+                _LEFT_BY_EXCEPTION.append(name)
+            raise
         finally:
+            _ACTIVE_STAGES.pop()
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
             log.debug("stage %s: %.1f s so far", name, self.seconds[name])
 

@@ -9,21 +9,41 @@ import torch
 
 from neon.errors import NeonError
 
+SEED_MAX = 2**32 - 1  # the range every seed of a run stays in (numpy's and most tools' limit)
 
-def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
-    """Parse a seed list: `"0-49999"`, `"1,5,7-9"`, an int, or a list of ints."""
-    if isinstance(spec, int):
-        return [spec]
+
+def check_seed(value: object, key: str) -> int:
+    """An integer seed in 0 … 2³²−1, or a one-line error naming the key."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise NeonError(f"{key}={value!r} is not a seed: use an integer from 0 to {SEED_MAX}")
+    return value
+
+
+def parse_seeds(spec: str | int | Sequence[int], key: str = "sample.seeds") -> list[int]:
+    """Parse a seed list: `"0-49999"`, `"1,5,7-9"`, an int, or a list of ints; ranges run low-high, no seed
+    twice, each in 0 … 2³²−1."""
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        return [check_seed(spec, key)]
     if not isinstance(spec, str):
-        return [int(s) for s in spec]
+        return _distinct([check_seed(s, key) for s in spec], spec, key)
     seeds: list[int] = []
     for part in spec.split(","):
-        part = part.strip()
-        lo, sep, hi = part.partition("-")
+        lo, sep, hi = part.strip().partition("-")
         try:
-            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(part)])
+            first, last = int(lo), int(hi if sep else lo)
         except ValueError:
-            raise NeonError(f"bad seed list '{spec}': use forms like '0-49999' or '1,5,7-9'") from None
+            raise NeonError(f"{key}='{spec}' is not a seed list: use forms like '0-49999' or '1,5,7-9' "
+                            f"(quote a comma list on the command line: \"{key}='1,5,7-9'\")") from None
+        if first > last:
+            raise NeonError(f"{key}='{spec}': the range {part.strip()} runs backwards; write it low-high ({last}-{first})")
+        seeds.extend(range(check_seed(first, key), check_seed(last, key) + 1))
+    return _distinct(seeds, spec, key)
+
+
+def _distinct(seeds: list[int], spec: object, key: str) -> list[int]:
+    if len(set(seeds)) != len(seeds):
+        twice = next(s for i, s in enumerate(seeds) if s in seeds[:i])
+        raise NeonError(f"{key}={spec!r} names seed {twice} twice: each seed gives one sample, list each once")
     return seeds
 
 

@@ -1,0 +1,173 @@
+"""Mistakes at the command line: one line, early, before any work (issue 23). The table runs the checks the
+`neon` command makes before it starts a task, in-process; one end-to-end test runs a few lines through the
+real command (exit code, stderr, no traceback, nothing written), one interrupts a run. Every command line the
+README and docs/ show is parsed as typed."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from neon.checks import check_seeds
+from neon.cli import CONF_DIR, check_keys, check_override_syntax, check_overrides, check_writable, replace_mappings
+from neon.errors import NeonError
+from neon.module import check_samplers
+from neon.runtime import Run, current_stage
+from neon.tasks.front import validate
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE_TASKS = {"neon", "search", "finetune"}
+
+
+def precheck(args: list[str]) -> None:
+    """What `neon ARGS` checks before a task starts (neon.cli.main, then _run), in the same order."""
+    check_override_syntax(args)
+    check_overrides(args)
+    args = replace_mappings(args)
+    check_keys(args)
+    check_writable(args)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[a for a in args if not a.startswith(("hydra.", "-"))],
+                      return_hydra_config=True)
+    check_samplers(cfg, cfg.hydra.runtime.choices)
+    check_seeds(cfg)
+    if cfg.task.name in PIPELINE_TASKS:
+        validate(cfg)  # the first thing those tasks do, before loading or training anything
+
+
+BAD_LINES = {
+    "regex key quoted as the old README had it": (["experiment=toy2d", r"neon.w={'^model\.blocks': 1.9, default: 1.5}"],
+                                                  "write a mapping with unquoted keys"),
+    "unclosed list": (["neon.w=[0,1"], "close every bracket"),
+    "negative seed": (["experiment=toy2d", "seed=-1"], "seed=-1 is not a seed"),
+    "fractional seed": (["seed=1.5"], "seed=1.5 is not a seed"),
+    "negative seed offset": (["metrics.seed_offset=-4"], "metrics.seed_offset=-4 is not a seed"),
+    "backwards seed range": (["experiment=toy2d", "task=sample", "model.checkpoint=x.pt", "sample.seeds=5-2"],
+                             "runs backwards"),
+    "seed listed twice": (["experiment=toy2d", "task=sample", "model.checkpoint=x.pt", "sample.seeds='1,2,1'"],
+                          "names seed 1 twice"),
+    "unwritable run folder": (["hydra.run.dir=/proc/neon-run"], "hydra.run.dir='/proc/neon-run' cannot be written"),
+    "unwritable cache": (["paths.cache_dir=/proc/neon-cache"], "paths.cache_dir='/proc/neon-cache' cannot be written"),
+    "run folder under a file": (["hydra.run.dir=README.md/run"], "is a file, not a folder"),
+    "unknown model": (["model=nope"], "unknown model 'nope'"),
+    "unknown key": (["neon.synthetic.blok=3"], "no config key 'neon.synthetic.blok'"),
+    "zero batch": (["neon.batch_size=0"], "neon.batch_size"),
+    "zero synthetic set": (["neon.n_synthetic=0"], "neon.n_synthetic"),
+    "FID from one sample": (["metrics.num_samples=1"], "below the 64 feature dimensions"),
+    "mapping without default": (["experiment=toy2d", r"neon.w={model\.blocks: 1.9}"], "default"),
+    "another family's sampler": (["model=var_tiny", "sampler=heun"], "sampler=heun is not a sampler of model var_tiny"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LINES))
+def test_bad_command_line_is_one_line_before_any_work(case: str, tmp_path: Path, monkeypatch):
+    args, expected = BAD_LINES[case]
+    monkeypatch.chdir(ROOT)  # relative run folders resolve as they would for a user in the checkout
+    monkeypatch.setenv("NEON_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(NeonError) as err:
+        precheck(args)
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+    assert not (tmp_path / "cache").exists()  # refused before anything was cached
+
+
+def test_a_mapping_replaces_a_list_default():
+    args = ["experiment=toy2d", r"neon.w={model\.blocks: 1.9, default: 1.5}"]
+    assert replace_mappings(args) == ["experiment=toy2d", "neon.w=null", *args[1:]]
+    precheck(args)  # accepted as typed
+    # a key whose default is a mapping is merged as Hydra does, not replaced
+    assert replace_mappings(["+task.real_data={seed: 1}"]) == ["+task.real_data={seed: 1}"]
+
+
+def test_current_stage_names_the_innermost_stage(tmp_path: Path):
+    run = Run.__new__(Run)  # only the stage bookkeeping is used
+    run.seconds = {}
+    assert current_stage() == "start-up"
+    with run.stage("finetune"):
+        assert current_stage() == "finetune"
+        with run.stage("evaluate"):
+            assert current_stage() == "evaluate"
+        assert current_stage() == "finetune"
+    with pytest.raises(KeyboardInterrupt), run.stage("synthesize"), run.stage("pretrain"):
+        raise KeyboardInterrupt
+    assert current_stage() == "pretrain"  # what an interrupt unwinding out of the stages reports
+
+
+def documented_commands() -> list[str]:
+    """Every `neon ...` command in the README and docs/ (inline code and bash blocks)."""
+    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+                     if "upstream" not in p.parts)
+    found = {m.group(1) for m in re.finditer(r"`((?:\.venv/bin/)?neon (?:[^`])+)`", text)}
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        found |= {line.strip() for line in block.replace("\\\n", " ").splitlines()
+                  if re.match(r"(\.venv/bin/)?neon ", line.strip())}
+    return sorted(found)
+
+
+def as_typed(command: str) -> list[str]:
+    """The arguments the shell passes; `[x]` marks an optional argument x."""
+    args = shlex.split(command)[1:]
+    return [a[1:-1] if a.startswith("[") and a.endswith("]") and "=" in a else a for a in args]
+
+
+def test_every_documented_command_parses_as_typed():
+    commands = documented_commands()
+    assert len(commands) > 20
+    failures = []
+    for command in commands:
+        args = as_typed(command)
+        try:
+            check_override_syntax(args)
+            check_overrides(args)
+            check_keys(replace_mappings(args))
+        except NeonError as exc:
+            failures.append(f"{command}: {exc}")
+    assert not failures, "\n".join(failures)
+
+
+def _neon(args: list[str], tmp_path: Path, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, NEON_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
+    return subprocess.Popen([sys.executable, "-m", "neon", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+@pytest.mark.slow
+def test_bad_lines_through_the_command(tmp_path: Path):
+    # the process boundary: exit code 2, one line on stderr, no traceback, nothing cached
+    for args in (["neon.w=[0,1"], ["experiment=toy2d", "seed=-1"], ["hydra.run.dir=/proc/neon-run"],
+                 ["experiment=toy2d", "task=sample", "model.checkpoint=x.pt", "sample.seeds=5-2"]):
+        out, err = _neon([*args, f"hydra.run.dir={tmp_path / 'run'}"] if "hydra.run.dir" not in args[0] else args,
+                         tmp_path).communicate(timeout=300)
+        assert err.count("\n") == 1 and err.startswith("neon: error: "), (args, err)
+        assert "Traceback" not in out + err
+        assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_interrupt_is_one_line_and_the_rerun_resumes(tmp_path: Path):
+    args = ["experiment=toy2d", "model.pretrain.steps=1500", "resume_every_steps=100", "neon.n_synthetic=200",
+            "neon.budget_steps=5", "neon.w=[0.0,1.0]", "metrics.num_samples=2000", "metrics.block_size=2000",
+            "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = _neon(args, tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not list((tmp_path / "cache").rglob("resume.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.5)  # interrupt once pretraining has saved a resumable checkpoint
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "neon: interrupted during pretrain; rerun the same command to resume"
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "summary.json").exists()
+    proc = _neon([*args[:-1], f"hydra.run.dir={tmp_path / 'rerun'}"], tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert "θ_r: resuming the pretraining at step" in (tmp_path / "rerun" / "cli.log").read_text()

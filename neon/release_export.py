@@ -182,7 +182,7 @@ def model_card(*, family: str, model_name: str | None, files: dict[str, tuple[Pa
                   "budget, w or metric is recorded (export a Neon run's θ_neon with `task.run=<run folder>`).", ""]
     lines += ["## Files", "", "| file | sha256 | what |", "|---|---|---|"]
     what = {"pth": f"flat torch state dict, {module_cls.release_pth}",
-            "safetensors": "the same tensors as safetensors (`safetensors.torch.load_file`)",
+            "safetensors": "the weights as safetensors (`safetensors.torch.load_file`)",
             "model.yaml": "the neon model config of these weights (its `checkpoint` names the safetensors)"}
     for kind, (path, sha) in files.items():
         lines.append(f"| `{path.name}` | `{sha}` | {what.get(kind, '')} |")

@@ -16,7 +16,14 @@ from tqdm.auto import tqdm
 from neon.distributed import gather_strided, is_main, rank_world
 from neon.errors import NeonError
 from neon.io import atomic_path, file_sha256, save_state_dict, write_json, write_text
-from neon.release import UNCONDITIONAL, LabelSpec, check_label_count, check_rng_mode, label_spec
+from neon.release import (
+    UNCONDITIONAL,
+    LabelSpec,
+    check_label_count,
+    check_rng_mode,
+    label_spec,
+    resolve_labels,
+)
 from neon.release_export import (
     CARD,
     RECIPE,
@@ -89,7 +96,8 @@ def run_sample(cfg: DictConfig) -> dict:
         module, _, base_path = load_base(run, shape_from_checkpoint=True)
     module = module.to(run.device).eval()
     sampler = run.sampler()
-    mode, spec = check_rng_mode(cfg.sample.get("rng", "per_seed")), label_spec(cfg.sample.get("labels"))
+    mode, named = check_rng_mode(cfg.sample.get("rng", "per_seed")), label_spec(cfg.sample.get("labels"))
+    spec = resolve_labels(named, len(seeds), module.num_classes)
     check_label_count(spec, len(seeds))
     rank, world = rank_world()
     with run.stage("sample"):
@@ -103,7 +111,7 @@ def run_sample(cfg: DictConfig) -> dict:
     summary = {"task": "sample", "out": str(out), "n": len(seeds), "world_size": world,
                "seeds": str(cfg.sample.seeds), "theta": str(base_path), "sampler": plain(cfg.sampler),
                "rng": mode, **({"release_seed": int(cfg.sample.release_seed)} if mode == "release" else {}),
-               "labels": spec if isinstance(spec, str) else "given",
+               "labels": named if isinstance(named, str) else "given",
                "seconds": run.seconds}
     if is_main():
         write_npz(out, arrays)

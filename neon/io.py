@@ -131,6 +131,28 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) 
     return path
 
 
+def save_torch_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Save tensors as a flat torch state dict (`torch.save`, readable with weights_only=True), atomically;
+    a tensor that views a larger storage is copied, so the file holds only the tensors' own bytes."""
+    path = Path(path)
+    tensors = {}
+    for k, v in state.items():
+        v = v.detach().cpu().contiguous()
+        tensors[k] = v.clone() if v.untyped_storage().nbytes() != v.numel() * v.element_size() else v
+    with atomic_path(path) as tmp:
+        torch.save(tensors, tmp)
+    return path
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (what `sha256sum` prints), read a MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def dim_of(state: Mapping[str, torch.Tensor], key: str, axis: int) -> int | None:
     """The size of `state[key]` along `axis` (None when the key or the axis is absent): for checking a
     checkpoint's architecture against a config before loading it."""

@@ -73,6 +73,11 @@ class NeonModule(L.LightningModule):
     # records the network's data shape (resolution, channels, classes) then sets it, with a log line,
     # instead of having to agree with the config.
     shape_from_checkpoint: bool = False
+    # `task=export format=release`: how the family's official scripts load a flat `.pth` state dict of the
+    # sampling network (None: the release ships no such file, and only safetensors are written), and what
+    # the model card says about the release's own format.
+    release_pth: ClassVar[str | None] = None
+    release_note: ClassVar[str] = ""
 
     def __init__(
         self,

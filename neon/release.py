@@ -13,9 +13,10 @@ import torch
 from neon.errors import NeonError
 
 RNG_MODES = ("per_seed", "release")
-RANDOM, UNCONDITIONAL = "random", "unconditional"
+RANDOM, UNCONDITIONAL, SORTED = "random", "unconditional", "sorted"
 # What `sample.labels` may be: None or 'random' (drawn as the release draws them), 'unconditional' (the null
-# class), or one class id per image.
+# class), 'sorted' (each class in turn, an equal share of the images each: the official FID scripts' labels),
+# or one class id per image.
 LabelSpec = Union[str, list[int]]
 
 
@@ -34,13 +35,13 @@ def label_spec(value: Any) -> LabelSpec:
     """`sample.labels` checked: None/'random', 'unconditional', or a list of class ids."""
     if value is None or value == RANDOM:
         return RANDOM
-    if value == UNCONDITIONAL:
-        return UNCONDITIONAL
+    if value in (UNCONDITIONAL, SORTED):
+        return str(value)
     if isinstance(value, (list, tuple)) or hasattr(value, "__iter__") and not isinstance(value, str):
         ids = list(value)
         if ids and all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             return [int(i) for i in ids]
-    raise NeonError(f"sample.labels must be a list of class ids, 'random' or 'unconditional', got {value!r}")
+    raise NeonError(f"sample.labels must be a list of class ids, 'random', 'sorted' or 'unconditional', got {value!r}")
 
 
 def check_rng_mode(value: Any) -> str:
@@ -55,6 +56,43 @@ def batch_labels(spec: LabelSpec, start: int, size: int, device: torch.device) -
     if not isinstance(spec, list):
         return None
     return torch.tensor(spec[start:start + size], dtype=torch.long, device=device)
+
+
+def resolve_labels(spec: LabelSpec, n: int, num_classes: int) -> LabelSpec:
+    """'sorted' as the class ids it stands for: image i of n gets class i·C // n (n/C images of class 0, then
+    of class 1, …, as xAR's eval.py and VAR's 50-per-class FID lay them out); other specs unchanged."""
+    if spec != SORTED:
+        return spec
+    if not num_classes:
+        raise NeonError("sample.labels=sorted needs a class-conditional model; this one has no classes")
+    return [i * num_classes // n for i in range(n)]
+
+
+@dataclass(frozen=True)
+class ReleaseSampling:
+    """`sample.rng=release` as task=evaluate and task=search use it: the seed of the release's generator, the
+    labels and the batch size (the release's draws depend on it)."""
+
+    release_seed: int
+    labels: LabelSpec
+    batch_size: int
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ReleaseSampling | None:
+        """The `sample.*` settings when `sample.rng=release`, else None (per-seed sampling)."""
+        sample = cfg.get("sample") or {}
+        if check_rng_mode(sample.get("rng", "per_seed")) != "release":
+            return None
+        batch = sample.get("batch_size")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch <= 0:
+            raise NeonError(f"sample.batch_size must be a positive integer, got {batch!r}")
+        spec = label_spec(sample.get("labels"))
+        return cls(int(sample.get("release_seed", 0)), spec, batch)
+
+    def key(self) -> dict[str, Any]:
+        """What the samples depend on besides the weights, sampler and count (cache keys, summaries)."""
+        return {"rng": "release", "release_seed": self.release_seed, "batch_size": self.batch_size,
+                "labels": self.labels}
 
 
 def check_label_count(spec: LabelSpec, n: int) -> None:

@@ -29,10 +29,11 @@ from neon.io import (
     write_json,
 )
 from neon.merge import check_finite_base, check_merge_pair, log_pattern_counts
-from neon.metrics.evaluate import sample_features
+from neon.metrics.evaluate import release_features, sample_features
 from neon.metrics.reference import Reference, load_reference
 from neon.metrics.scores import compute_scores
 from neon.module import NeonModule
+from neon.release import ReleaseSampling
 from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
 
 THETA_R = "theta_r.safetensors"
@@ -280,8 +281,9 @@ class Evaluator:
     Results are cached by the weights' digest and the metric settings."""
 
     def __init__(self, run: Run, module: NeonModule, seed_offset: int | None = None, num_samples: int | None = None,
-                 sampler_overrides: dict | None = None):
+                 sampler_overrides: dict | None = None, release: ReleaseSampling | None = None):
         self.run = run
+        self.release = release  # sample.rng=release: the family's official seeding instead of one generator per image
         self.module = module
         m = run.cfg.metrics
         self.num_samples = positive_int(num_samples or m.num_samples, "metrics.num_samples")
@@ -306,13 +308,15 @@ class Evaluator:
             "weights": digest, "family": self.run.cfg.model._target_, "sampler": plain(self.sampler_cfg),
             "extractor": plain(m.extractor), "seeds": [self.seeds[0], self.num_samples], "metrics": self.metrics,
             "block_size": m.block_size, "reference": plain(m.get("reference")) or plain(self.run.cfg.data),
+            **({"release": self.release.key()} if self.release else {}),
         }
 
     def trace(self) -> dict[str, Any]:
         """What a reported number was computed from: samples, seeds, extractor, reference."""
         return {"num_samples": self.num_samples, "seeds": f"{self.seeds[0]}-{self.seeds[-1]}",
                 "extractor": plain(self.run.cfg.metrics.extractor), "metrics": self.metrics,
-                "reference": plain(self.run.cfg.metrics.get("reference")) or "data"}
+                "reference": plain(self.run.cfg.metrics.get("reference")) or "data",
+                "rng": self.release.key() if self.release else "per_seed"}
 
     def score_features(self, features: dict[str, np.ndarray]) -> dict[str, Any]:
         """The configured metrics of these features against the reference."""
@@ -328,8 +332,10 @@ class Evaluator:
             self.module.load_neon_weights(state, source="weights to evaluate")
             self.module.to(self.run.device).eval()
             block = int(self.run.cfg.metrics.block_size)
-            feats = sample_features(self.module, instantiate(self.sampler_cfg), self.seeds, self.extractor, block,
-                                    progress=self.num_samples > 10 * block)
+            progress = self.num_samples > 10 * block
+            sampler = instantiate(self.sampler_cfg)
+            feats = release_features(self.module, sampler, self.seeds, self.release, self.extractor, progress) \
+                if self.release else sample_features(self.module, sampler, self.seeds, self.extractor, block, progress)
             if not is_main():
                 return
             if self.run.cfg.metrics.get("keep_features", True):

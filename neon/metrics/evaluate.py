@@ -11,8 +11,10 @@ from tqdm.auto import tqdm
 
 from neon.data.synthetic import generate_block
 from neon.distributed import gather_strided, rank_world
+from neon.errors import NeonError
 from neon.metrics.extractors import FeatureExtractor
 from neon.module import NeonModule, Sampler
+from neon.release import ReleaseSampling, check_label_count, resolve_labels
 
 
 @torch.no_grad()
@@ -35,6 +37,23 @@ def sample_features(
         for s in starts
     )
     return gather_strided(local)
+
+
+@torch.no_grad()
+def release_features(module: NeonModule, sampler: Sampler, seeds: Sequence[int], release: ReleaseSampling,
+                     extractor: FeatureExtractor, progress: bool = False) -> dict[str, np.ndarray]:
+    """Features of len(seeds) samples drawn as the family's official script draws them (`sample.rng=release`:
+    one generator for the run, `release.batch_size` at a time), in one process."""
+    if rank_world()[1] > 1:
+        raise NeonError("sample.rng=release draws every batch from one generator, as the release does: evaluate "
+                        "in one process (trainer=cpu or trainer.devices=1)")
+    labels = resolve_labels(release.labels, len(seeds), module.num_classes)
+    check_label_count(labels, len(seeds))
+    draws = module.generate_release(release.release_seed, list(seeds), release.batch_size, sampler, labels)
+    total = -(-len(seeds) // release.batch_size)
+    return concat_features(extractor.extract(draw.samples)
+                           for draw in tqdm(draws, desc="evaluate (release)", unit="batch", total=total,
+                                            disable=not progress))
 
 
 def features_of_images(images: torch.Tensor, extractor: FeatureExtractor, batch: int = 500) -> dict[str, np.ndarray]:

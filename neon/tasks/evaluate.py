@@ -16,13 +16,15 @@ from neon.io import atomic_path, write_json
 from neon.metrics.evaluate import features_of_images
 from neon.metrics.images import digest_source, read_image_source
 from neon.metrics.reference import reference_from_features, uint8_images_to_unit
+from neon.release import ReleaseSampling
 from neon.runtime import Run, log, plain
 from neon.stages import Evaluator, copy_weights
 
 
 def run_evaluate(cfg: DictConfig) -> dict:
     """Score each of `task.checkpoints` (default model.checkpoint), or an ADM-layout sample file
-    (`samples=PATH.npz`, uint8 NHWC `arr_0`) from any project."""
+    (`samples=PATH.npz`, uint8 NHWC `arr_0`) from any project; `sample.rng=release` samples as the family's
+    official script does (its FID protocol), else one generator per image."""
     samples = cfg.get("samples")
     paths = list(cfg.task.get("checkpoints") or []) or ([cfg.model.checkpoint] if cfg.model.get("checkpoint") else [])
     if not paths and not samples:
@@ -30,7 +32,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
     run = Run.from_config(cfg)
     module = run.build_module()
     module.shape_from_checkpoint = True  # scores samples against reference statistics, never the training data
-    evaluator = Evaluator(run, module)
+    evaluator = Evaluator(run, module, release=ReleaseSampling.from_config(cfg))
     results = {}
     with run.stage("evaluate"):
         if samples:

@@ -1,19 +1,41 @@
 """Files for other tools: samples in the ADM evaluation suite's layout (`task=sample`), and the loaded network
-as safetensors plus a YAML model config (`task=export`)."""
+as safetensors plus a YAML model config (`task=export`), or in the family's release layout with a model card
+and merge recipe (`task=export task.format=release`, neon/release_export.py)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from neon.distributed import gather_strided, is_main, rank_world
 from neon.errors import NeonError
-from neon.io import atomic_path, save_state_dict, write_json, write_text
-from neon.release import UNCONDITIONAL, LabelSpec, check_label_count, check_rng_mode, label_spec
+from neon.io import atomic_path, file_sha256, save_state_dict, write_json, write_text
+from neon.release import (
+    UNCONDITIONAL,
+    LabelSpec,
+    check_label_count,
+    check_rng_mode,
+    label_spec,
+    resolve_labels,
+)
+from neon.release_export import (
+    CARD,
+    RECIPE,
+    RunRecord,
+    check_export_format,
+    float_dtype,
+    merge_recipe,
+    model_card,
+    neon_parts,
+    read_run,
+    release_files,
+)
 from neon.runtime import Run, log, plain, positive_int
 from neon.seeding import parse_seeds
 from neon.stages import load_base
@@ -74,7 +96,8 @@ def run_sample(cfg: DictConfig) -> dict:
         module, _, base_path = load_base(run, shape_from_checkpoint=True)
     module = module.to(run.device).eval()
     sampler = run.sampler()
-    mode, spec = check_rng_mode(cfg.sample.get("rng", "per_seed")), label_spec(cfg.sample.get("labels"))
+    mode, named = check_rng_mode(cfg.sample.get("rng", "per_seed")), label_spec(cfg.sample.get("labels"))
+    spec = resolve_labels(named, len(seeds), module.num_classes)
     check_label_count(spec, len(seeds))
     rank, world = rank_world()
     with run.stage("sample"):
@@ -88,7 +111,7 @@ def run_sample(cfg: DictConfig) -> dict:
     summary = {"task": "sample", "out": str(out), "n": len(seeds), "world_size": world,
                "seeds": str(cfg.sample.seeds), "theta": str(base_path), "sampler": plain(cfg.sampler),
                "rng": mode, **({"release_seed": int(cfg.sample.release_seed)} if mode == "release" else {}),
-               "labels": spec if isinstance(spec, str) else "given",
+               "labels": named if isinstance(named, str) else "given",
                "seconds": run.seconds}
     if is_main():
         write_npz(out, arrays)
@@ -97,17 +120,56 @@ def run_sample(cfg: DictConfig) -> dict:
     return summary
 
 
+def export_config(cfg: DictConfig, record: RunRecord) -> DictConfig:
+    """This config with the run's model and sampler, its checkpoint the run's weights."""
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.model = record.config.model
+        cfg.sampler = record.config.sampler
+        cfg.model.checkpoint = str(record.weights)
+    return cfg
+
+
 def run_export(cfg: DictConfig) -> dict:
-    """Write the loaded θ (e.g. from an official snapshot) as safetensors plus a YAML model config."""
+    """Write the loaded θ (model.checkpoint, e.g. an official snapshot, or `task.run`: a finished run's θ_neon,
+    θ_r or export, with the run's model config) as safetensors plus a YAML model config; `task.format=release`
+    also in the family's release layout (the flat `.pth` its official scripts load), with a model card and, for
+    a Neon run, the merge recipe θ_neon = (1 + w)·θ_r − w·θ_s."""
+    fmt = check_export_format(cfg.task.get("format", "neon"))
+    record = read_run(cfg.task.run) if cfg.task.get("run") else None
+    if record is not None:
+        cfg = export_config(cfg, record)
     run = Run.from_config(cfg)
     module, digest, base_path = load_base(run, shape_from_checkpoint=True)
-    weights = save_state_dict(module.neon_weights(), run.out / "model.safetensors")
+    state = module.neon_weights()
+    stem = "theta_neon" if fmt == "release" and record is not None and record.is_neon else "model"
+    files = release_files(state, stem, run.out, type(module)) if fmt == "release" else \
+        {"safetensors": save_state_dict(state, run.out / "model.safetensors")}
+    weights = files["safetensors"]
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.update(module.config_overrides())
     model_cfg["checkpoint"] = str(weights.resolve())
     write_text(run.out / "model.yaml", OmegaConf.to_yaml(model_cfg))
-    summary = {"task": "export", "source": str(base_path), "weights": str(weights), "config": str(run.out / "model.yaml"),
-               "digest": digest}
+    summary = {"task": "export", "format": fmt, "source": str(base_path), "weights": str(weights),
+               "config": str(run.out / "model.yaml"), "digest": digest,
+               "run": str(record.folder) if record is not None else None}
+    if fmt == "release":
+        shas = {kind: (path, file_sha256(path)) for kind, path in files.items()}
+        shas["model.yaml"] = (run.out / "model.yaml", file_sha256(run.out / "model.yaml"))
+        parts = neon_parts(record) if record is not None and record.is_neon else None
+        if parts is not None:
+            write_text(run.out / RECIPE, merge_recipe(parts, float_dtype(state)))
+            summary["recipe"] = {"file": str(run.out / RECIPE), "theta_r": str(parts.theta_r),
+                                 "theta_r_sha256": parts.sha_r, "theta_s": str(parts.theta_s),
+                                 "theta_s_sha256": parts.sha_s, "w": parts.w, "budget_steps": parts.budget}
+        name = record.model_name if record is not None else (
+            HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None)
+        write_text(run.out / CARD, model_card(
+            family=type(module).family, model_name=name, files=shas, module_cls=type(module), source=base_path,
+            source_sha=file_sha256(base_path) if base_path.is_file() else None, weights_digest=digest,
+            record=record, parts=parts))
+        summary["files"] = {path.name: sha for path, sha in shas.values()}
+        summary["card"] = str(run.out / CARD)
     write_json(run.out / "summary.json", summary)
-    log.info("exported %s → %s", base_path, weights)
+    log.info("exported %s → %s", base_path, ", ".join(str(p) for p in files.values()))
     return summary

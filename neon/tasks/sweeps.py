@@ -11,6 +11,7 @@ from neon.auto_w import choose_w
 from neon.distributed import is_main
 from neon.errors import NeonError
 from neon.io import StateDict, write_json
+from neon.release import ReleaseSampling
 from neon.report import w_label
 from neon.runtime import Run, log, merge_ws, plain
 from neon.stages import Evaluator, budgets_of
@@ -63,13 +64,14 @@ def run_search(cfg: DictConfig) -> dict:
     if any(not isinstance(w, float) for w in ws):
         raise NeonError("task=search sweeps scalar w: give neon.w as a list of numbers")
     cfg_values = list(t.cfg_values or []) if t.get("cfg_key") else [None]
+    release = ReleaseSampling.from_config(cfg)  # sample.rng=release: every score seeded as the release seeds it
     front = build_front(run, budgets)
     loaded: dict[int, StateDict] = {}
     points: list[dict] = []
 
     def score(budget: int, cfg_value, w: float, num_samples: int | None = None) -> float:
         overrides = {t.cfg_key: cfg_value} if cfg_value is not None else None
-        evaluator = Evaluator(run, front.module, num_samples=num_samples, sampler_overrides=overrides)
+        evaluator = Evaluator(run, front.module, num_samples=num_samples, sampler_overrides=overrides, release=release)
         if budget not in loaded:
             loaded[budget] = front.theta_s(budget)
         with run.stage("evaluate"):
@@ -101,7 +103,8 @@ def run_search(cfg: DictConfig) -> dict:
     fid_base = score(b, c, 0.0, num_samples=final_n) if final_n else score(b, c, 0.0)
     summary = {"task": "search", "fid_base": fid_base, "fid_neon": fid_final, "fid_search": fid_small, "w": w,
                "budget_steps": b, "cfg_key": t.get("cfg_key"), "cfg": c, "points": points,
-               "tolerance": float(t.tolerance), "theta_r": str(front.base_path), "seconds": run.seconds}
+               "tolerance": float(t.tolerance), "theta_r": str(front.base_path),
+               "rng": release.key() if release else "per_seed", "seconds": run.seconds}
     if is_main():
         write_json(run.out / "search.json", {"points": points, "chosen": {"budget_steps": b, "cfg": c, "w": w}})
         write_json(run.out / "summary.json", summary)

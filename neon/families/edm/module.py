@@ -50,6 +50,10 @@ class EDMModule(NeonModule):
     [-1, 1], rounded to the 8-bit grid like the PNGs the official generator writes (`quantize`)."""
 
     family = "EDM"
+    release_note = ("EDM's releases (edm-*.pkl, network-snapshot-*.pkl) are persistence pickles that carry "
+                    "their own source code; none is written here. The safetensors hold the `ema` network's "
+                    "state dict under the release's names, to load by name into the network the official code "
+                    "builds")
     samplers = {"heun": heun_sampler}
 
     def __init__(self, network: Mapping[str, Any], optimizer=None, ema_halflife_kimg: float | None = 500.0,

@@ -69,6 +69,10 @@ class IMMModule(LatentImageModule):
     decodes to (truncated)."""
 
     family = "IMM"
+    release_note = ("IMM's releases (imagenet256_ts_a2.pkl) are persistence pickles that carry their own source "
+                    "code; none is written here. The safetensors hold the `ema` network's state dict under the "
+                    "release's names: generate_images.py copies a network's parameters and buffers by name, "
+                    "so they load into the network the official code builds")
     samplers = {"imm": pushforward_sampler}
 
     def __init__(self, network: Mapping[str, Any], latent: nn.Module, vae_checkpoint: str | None = None,

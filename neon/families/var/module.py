@@ -35,6 +35,8 @@ class VARModule(LatentImageModule):
     of the reference's PNGs (`quantize`)."""
 
     family = "VAR"
+    release_pth = ("the layout of var_d16.pth … var_d36.pth: VAR's demo_sample.ipynb reads the file with torch.load "
+                   "and loads it with load_state_dict(strict=True)")
     samplers = {"var": var_sampler}
 
     def __init__(self, network: Mapping[str, Any], vae: Mapping[str, Any], vae_checkpoint: str | None = None,

@@ -28,6 +28,8 @@ class XARModule(LatentImageModule):
     reference's PNGs (`quantize`)."""
 
     family = "xAR"
+    release_pth = ("the layout of xAR-B.pth, xAR-L.pth, xAR-H.pth: xAR's eval.py (`--resume`) and the Neon "
+                   "authors' scripts read the file with torch.load and load it with load_state_dict")
     samplers = {"xar": xar_sampler}
 
     def __init__(self, network: Mapping[str, Any], latent: nn.Module, vae_checkpoint: str | None = None,

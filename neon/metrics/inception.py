@@ -21,9 +21,11 @@ class InceptionFeatures(FeatureExtractor):
     name = "inception-v3-compat"
     feature_dim = 2048
 
-    def __init__(self, weights: str | None = None, batch_size: int = 64):
+    def __init__(self, weights: str | None = None, batch_size: int = 64, device: str | None = None):
         self.weights = weights or os.environ.get("NEON_INCEPTION_WEIGHTS")
         self.batch_size = batch_size
+        # on a GPU whenever there is one, as torch-fidelity runs it, wherever the samples were made
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._net = None
         self._warned_gray = False
 
@@ -39,7 +41,7 @@ class InceptionFeatures(FeatureExtractor):
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
             self._net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                                    feature_extractor_weights_path=str(self.weights)).eval()
+                                                    feature_extractor_weights_path=str(self.weights)).eval().to(self.device)
         return self._net
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +64,7 @@ class InceptionFeatures(FeatureExtractor):
             images = images.repeat(1, 3, 1, 1)
         pools, logits = [], []
         for i in range(0, len(images), self.batch_size):
-            pool, logit = net(images[i:i + self.batch_size])
+            pool, logit = net(images[i:i + self.batch_size].to(self.device))
             pools.append(pool.double().cpu())
             logits.append(logit.double().cpu())
         return {"pool": torch.cat(pools), "logits": torch.cat(logits)}

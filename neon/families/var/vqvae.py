@@ -69,6 +69,7 @@ class MultiScaleQuantizer(nn.Module):
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         """Codebook index of each row of z [N, C] (squared L2 distance)."""
         weight = self.embedding.weight
+        z = z.float()  # under autocast z may be half precision while the codebook stays float32
         dist = z.pow(2).sum(1, keepdim=True) + weight.pow(2).sum(1)
         dist.addmm_(z, weight.T, beta=1, alpha=-2)
         return dist.argmin(dim=1)

@@ -171,3 +171,49 @@ def test_interrupt_is_one_line_and_the_rerun_resumes(tmp_path: Path):
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
     assert "θ_r: resuming the pretraining at step" in (tmp_path / "rerun" / "cli.log").read_text()
+
+
+@pytest.mark.slow
+def test_interrupt_at_each_stage_then_the_rerun_resumes(tmp_path: Path, monkeypatch, capsys):
+    """Ctrl-C arriving in synthesize, fine-tune and evaluate in turn (raised as the stage starts, in-process
+    through the command's own entry point): exit 130 with the stage named; each rerun reuses what finished."""
+    from contextlib import contextmanager
+
+    from neon import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NEON_CACHE_DIR", str(tmp_path / "cache"))
+    base = ["experiment=toy2d", "model.pretrain.steps=300", "neon.n_synthetic=200", "neon.budget_steps=5",
+            "neon.w=[0.0,1.0]", "metrics.num_samples=2000", "metrics.block_size=2000",
+            "trainer.enable_progress_bar=false"]
+    staged = Run.stage
+
+    def command(run_dir: str, interrupt_at: str | None) -> tuple[int, str]:
+        @contextmanager
+        def interrupting(self, name):
+            with staged(self, name):
+                if name == interrupt_at:
+                    raise KeyboardInterrupt
+                yield
+
+        monkeypatch.setattr(Run, "stage", interrupting)
+        monkeypatch.setattr(sys, "argv", ["neon", *base, f"hydra.run.dir={tmp_path / run_dir}"])
+        previous = signal.getsignal(signal.SIGINT)
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return code, capsys.readouterr().err
+
+    for i, stage in enumerate(["synthesize", "finetune", "evaluate"]):
+        code, err = command(f"run{i}", stage)
+        assert code == 130 and err.strip().splitlines()[-1] == (
+            f"neon: interrupted during {stage}; rerun the same command to resume")
+    code, _ = command("done", None)
+    assert code == 0
+    log = (tmp_path / "done" / "cli.log").read_text()
+    assert "θ_r: reusing" in log and "S: reusing" in log and "θ_s: reusing" in log  # nothing redone
+    assert (tmp_path / "done" / "summary.json").is_file()

@@ -19,8 +19,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neon.families.edm.blocks import (Dense, GroupNormFloor, RandomFourierEmbedding, ResamplingConv, ResBlock,
-                                      SinusoidalEmbedding)
+from neon.families.edm.blocks import (
+    Dense,
+    GroupNormFloor,
+    RandomFourierEmbedding,
+    ResamplingConv,
+    ResBlock,
+    SinusoidalEmbedding,
+)
 from neon.families.edm.module import build_network
 from neon.families.edm.res_mlp import ResMLP
 from neon.families.edm.unets import ADMUNet, DDPMppUNet

@@ -86,7 +86,7 @@ def test_two_processes_give_the_one_process_results(tmp_path: Path):
     a, b = summary_of(one), summary_of(two)
     # S is split across the ranks by blocks: the union is the one-process S, bit for bit
     assert [s["seed"].tolist() for s in _shards(one / "cache")] == [s["seed"].tolist() for s in _shards(two / "cache")]
-    assert all(torch.equal(x["x"], y["x"]) for x, y in zip(_shards(one / "cache"), _shards(two / "cache")))
+    assert all(torch.equal(x["x"], y["x"]) for x, y in zip(_shards(one / "cache"), _shards(two / "cache"), strict=True))
     # the same global batches and per-step noise: the same θ_s up to float summation order
     fa, fb = _finetunes(one / "cache"), _finetunes(two / "cache")
     assert sorted(fa) == sorted(fb) == [5, 20]
@@ -94,7 +94,7 @@ def test_two_processes_give_the_one_process_results(tmp_path: Path):
         for key in fa[budget]:
             torch.testing.assert_close(fa[budget][key], fb[budget][key], rtol=1e-5, atol=1e-6)
     assert b["fid_base"] == pytest.approx(a["fid_base"], rel=1e-6)  # features gathered from both ranks
-    for pa, pb in zip(a["grid"], b["grid"]):
+    for pa, pb in zip(a["grid"], b["grid"], strict=True):
         assert pb["fid"] == pytest.approx(pa["fid"], rel=1e-4)
     assert a["w"] == b["w"] and a["budget_steps"] == b["budget_steps"]
     # rank 0 alone wrote the run folder and the log

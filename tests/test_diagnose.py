@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from neon.diagnose import gradient_alignment, parameter_groups, prediction
-from neon.module import diversity_warning
-from neon.module import NeonModule
+from neon.module import NeonModule, diversity_warning
 from tests.conftest import run_cli
 
 

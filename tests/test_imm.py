@@ -131,7 +131,7 @@ def test_sd_vae_loads_from_a_diffusers_folder_and_normalises_per_channel(tmp_pat
     vae = stable_diffusion_vae([1.0, -1.0, 0.5, 0.0], [2.0, 4.0, 1.0, 0.5], **tiny)
     own = vae.state_dict()
     spelled = _diffusers_names(own)
-    names = dict(zip(from_diffusers({d: torch.zeros(1) for d in spelled}), spelled))  # ours → diffusers
+    names = dict(zip(from_diffusers({d: torch.zeros(1) for d in spelled}), spelled, strict=True))  # ours → diffusers
     assert set(names) == set(own)
     folder = tmp_path / "sd-vae-ft-ema"
     folder.mkdir()

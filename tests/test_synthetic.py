@@ -31,7 +31,7 @@ def sampler():
 def by_seed(batches) -> dict[int, torch.Tensor]:
     out = {}
     for batch in batches:
-        for seed, x in zip(batch["seed"].tolist(), batch["x"]):
+        for seed, x in zip(batch["seed"].tolist(), batch["x"], strict=True):
             assert seed not in out
             out[seed] = x
     return out

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from neon.errors import NeonError
-from neon.families.xar import PixelLatent, KLAutoencoder, XARModule, xar_sampler
+from neon.families.xar import KLAutoencoder, PixelLatent, XARModule, xar_sampler
 from neon.families.xar.transformer import TRAIN, XARTransformer
 from neon.merge import extrapolate
 from neon.seeding import StepNoise

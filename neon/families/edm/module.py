@@ -13,11 +13,11 @@ import torch
 from torch.nn import functional as F
 
 from neon.errors import NeonError
-from neon.io import StateDict
-from neon.metrics.images import to_uint8
 from neon.families.edm.losses import denoising_loss
 from neon.families.edm.precond import PRECONDS, Preconditioner
 from neon.families.edm.sampler import heun_sampler
+from neon.io import StateDict
+from neon.metrics.images import to_uint8
 from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs, setting_above
 from neon.persistence import Snapshot, read_snapshot
 from neon.seeding import PerSampleRNG, StepNoise
@@ -40,7 +40,7 @@ def build_network(network: Mapping[str, Any]) -> Preconditioner:
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 

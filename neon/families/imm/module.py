@@ -15,8 +15,8 @@ from neon.errors import NeonError
 from neon.families.imm.loss import imm_loss
 from neon.families.imm.network import IMMPrecond
 from neon.families.imm.sampler import pushforward_sampler
-from neon.io import StateDict, dim_of
 from neon.families.latent_family import LatentImageModule, check_architecture
+from neon.io import StateDict, dim_of
 from neon.module import EMA, Batch, Sampler, plain_kwargs
 from neon.persistence import read_snapshot
 from neon.seeding import PerSampleRNG, StepNoise

@@ -16,11 +16,11 @@ from torch.nn import functional as F
 
 from neon.cache import ArtifactCache
 from neon.errors import NeonError
+from neon.families.latent_family import LatentImageModule, check_architecture
 from neon.families.var.sampler import var_sampler
 from neon.families.var.tokenizer import train_vqvae
 from neon.families.var.transformer import VARTransformer
 from neon.families.var.vqvae import VQVAE
-from neon.families.latent_family import LatentImageModule, check_architecture
 from neon.io import StateDict, check_state_fits, dim_of, load_state_dict, save_state_dict
 from neon.module import Batch, Sampler, plain_kwargs
 from neon.seeding import PerSampleRNG, StepNoise

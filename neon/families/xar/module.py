@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from neon.errors import NeonError
+from neon.families.latent_family import LatentImageModule, check_architecture
 from neon.families.xar.sampler import xar_sampler
 from neon.families.xar.transformer import XARTransformer
 from neon.io import StateDict, dim_of, read_torch_file, unwrap_state_dict
-from neon.families.latent_family import LatentImageModule, check_architecture
 from neon.module import EMA, Batch, Sampler, plain_kwargs
 from neon.seeding import PerSampleRNG, StepNoise
 

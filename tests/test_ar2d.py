@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from neon.families.ar2d import ARToy, temperature_sampler
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_cli, summary_of
 
 
 def random_toy(seed: int = 0) -> ARToy:

@@ -11,7 +11,7 @@ import torch
 from neon.auto_w import choose_w, line_search, memoised
 from neon.errors import NeonError
 from neon.merge import extrapolate, w_for
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_cli, summary_of
 
 AUTO = {"start": 0.0, "step": 0.5, "w_min": 0.0, "w_max": 8.0, "tolerance": 0.1, "rounds": 1}
 

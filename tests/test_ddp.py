@@ -19,7 +19,7 @@ from neon.data.batches import GlobalBatchSampler
 from neon.distributed import gather_strided
 from neon.errors import NeonError
 from neon.seeding import StepNoise
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_cli, summary_of
 from tests.process_group import in_process_group
 
 DDP = ["trainer=ddp", "trainer.devices=2"]

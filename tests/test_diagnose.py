@@ -11,7 +11,7 @@ from torch import nn
 
 from neon.diagnose import gradient_alignment, parameter_groups, prediction
 from neon.module import NeonModule, diversity_warning
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 class GaussianMean(NeonModule):

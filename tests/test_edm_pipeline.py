@@ -12,8 +12,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli, summary_of
 from tests.edm_snapshot import write_snapshot
+from tests.helpers import run_cli, summary_of
 
 SMALL_NET = ["model.network.img_resolution=8", "model.network.model_channels=16", "model.network.channel_mult=[1,2]",
              "+model.network.num_blocks=1"]

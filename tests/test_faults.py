@@ -25,7 +25,7 @@ from neon.merge_cli import main as neon_merge
 from neon.runtime import Run
 from neon.stages import RESUME, THETA_R, pretrain_into
 from neon.tasks.pipeline import run_neon
-from tests.conftest import TINY_TOY, cli_command, run_cli, summary_of
+from tests.helpers import TINY_TOY, cli_command, run_cli, summary_of
 
 
 def toy_cfg(tmp_path: Path, *overrides: str):

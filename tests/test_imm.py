@@ -20,7 +20,7 @@ from neon.families.imm.loss import group_weights, imm_loss, time_triples
 from neon.families.imm.network import IMMPrecond
 from neon.families.latents import KLAutoencoder, PixelLatent, from_diffusers, stable_diffusion_vae
 from neon.seeding import StepNoise
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_cli, summary_of
 
 NET = dict(img_resolution=8, img_channels=4, num_classes=10, model_type=None, hidden_size=32, depth=2, num_heads=2,
            patch_size=2)

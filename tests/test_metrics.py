@@ -19,7 +19,7 @@ from neon.metrics.extractors import IdentityFeatures
 from neon.metrics.frechet import feature_statistics, frechet_distance
 from neon.metrics.reference import load_reference, uint8_images_to_unit
 from neon.metrics.scores import compute_scores, precision_recall
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_cli, summary_of
 from tests.inception_weights import write_random_inception
 
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from neon.merge import extrapolate
-from tests.conftest import TINY_TOY, run_cli, summary_of
+from tests.helpers import TINY_TOY, run_cli, summary_of
 
 
 def test_run_folder_holds_config_summary_and_w_curve(tiny_toy_run: Path):

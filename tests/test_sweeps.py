@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from tests.conftest import TINY_TOY, run_cli, summary_of
+from tests.helpers import TINY_TOY, run_cli, summary_of
 
 BASE = [a for a in TINY_TOY if not a.startswith("neon.w")]
 

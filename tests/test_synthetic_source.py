@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_cli, summary_of
 
 # the EDM digits model, tiny, fine-tuned on S; the xAR digits model, tiny, draws S
 TINY_EDM = ["model.pretrain.steps=30", "neon.n_synthetic=40", "neon.budget_steps=2", "neon.batch_size=20",

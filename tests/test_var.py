@@ -18,7 +18,7 @@ from neon.families.var.transformer import VARTransformer
 from neon.families.var.vqvae import VQVAE
 from neon.merge import extrapolate
 from neon.seeding import StepNoise
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_cli, summary_of
 
 NET = dict(depth=2, embed_dim=64, num_heads=2, num_classes=10, vocab_size=64, vae_channels=8, patch_nums=[1, 2, 4])
 VAE = dict(vocab_size=64, z_channels=8, ch=32, ch_mult=[1, 2], num_res_blocks=1, in_channels=3, using_sa=True,

@@ -16,7 +16,7 @@ from neon.families.xar import KLAutoencoder, PixelLatent, XARModule, xar_sampler
 from neon.families.xar.transformer import TRAIN, XARTransformer
 from neon.merge import extrapolate
 from neon.seeding import StepNoise
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_cli, summary_of
 
 NET = dict(embed_dim=32, depth=1, num_heads=2, num_classes=10, channels=4, grid=4, cluster_grid=2,
            attn_dropout=0.0, proj_dropout=0.0)

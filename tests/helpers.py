@@ -1,0 +1,82 @@
+"""Helpers the test modules share: run the `neon` command in a subprocess, read what a run wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+# A toy run small enough for a test: short pretrain, small S, few evaluation samples.
+TINY_TOY = [
+    "experiment=toy2d",
+    "model.pretrain.steps=300",
+    "neon.n_synthetic=200",
+    "neon.budget_steps=5",
+    "neon.w=[0.0,0.5,1.0]",
+    "metrics.num_samples=2000",
+    "metrics.block_size=2000",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def cli_command(args: list[str], tmp_path: Path, run_dir: str = "run", env: dict | None = None,
+                cache: Path | None = None) -> dict:
+    """Keyword arguments for subprocess.run/Popen of `neon ARGS`; the artifact cache is `cache`, by default a
+    private one under tmp_path."""
+    cache_dir = tmp_path / "cache" if cache is None else cache
+    full_env = dict(os.environ, NEON_CACHE_DIR=str(cache_dir), PYTHONWARNINGS="ignore", **(env or {}))
+    code = "import sys; from neon.cli import main; sys.argv[0] = 'neon'; main()"
+    return dict(args=[sys.executable, "-c", code, *args, f"hydra.run.dir={tmp_path / run_dir}"], cwd=tmp_path,
+                env=full_env, capture_output=True, text=True)
+
+
+def run_cli(args: list[str], tmp_path: Path, run_dir: str = "run", env: dict | None = None,
+            cache: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `neon ARGS` in its own process; the artifact cache is `cache`, by default a private one under tmp_path."""
+    return subprocess.run(**cli_command(args, tmp_path, run_dir, env, cache), timeout=600)
+
+
+def summary_of(tmp_path: Path, run_dir: str = "run") -> dict:
+    """The summary.json a run wrote."""
+    return json.loads((tmp_path / run_dir / "summary.json").read_text())
+
+
+def compose_config(args: list[str]):
+    """The config `neon ARGS` would run, composed in-process with Hydra's compose API (sweeps are not expanded)."""
+    from hydra import compose, initialize_config_dir
+
+    from neon.cli import CONF_DIR, _register_resolvers
+
+    _register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=args, return_hydra_config=True)
+
+
+def cli_error(args: list[str]) -> str:
+    """The one-line message `neon ARGS` stops with before any work, found in-process: the checks the command
+    makes before Hydra starts, Hydra's composition, the sampler check, the pipeline's validation and θ_r's
+    checkpoint load. Fails the test if none of them refuses ARGS."""
+    import pytest
+    from hydra.utils import instantiate
+
+    from neon.cli import check_keys, check_overrides, user_error
+    from neon.errors import NeonError
+    from neon.module import check_samplers
+    from neon.runtime import model_spec
+    from neon.tasks.front import validate
+
+    try:
+        check_overrides(args)
+        check_keys(args)
+        cfg = compose_config(args)
+        check_samplers(cfg, cfg.hydra.runtime.choices)
+        validate(cfg)
+        if cfg.model.get("checkpoint"):
+            instantiate(model_spec(cfg)).load_checkpoint(cfg.model.checkpoint)
+    except NeonError as exc:
+        message = user_error(exc)
+        assert message and "\n" not in message, message
+        return message
+    pytest.fail(f"neon {' '.join(args)} was not refused")

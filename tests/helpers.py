@@ -80,3 +80,50 @@ def cli_error(args: list[str]) -> str:
         assert message and "\n" not in message, message
         return message
     pytest.fail(f"neon {' '.join(args)} was not refused")
+
+
+def task_config(args: list[str], tmp_path: Path, run_dir: str = "run", cache: Path | None = None):
+    """(config, Hydra's group choices) of `neon ARGS`, composed in-process, with the run folder tmp_path/run_dir
+    and the artifact cache `cache` (by default a private one under tmp_path) given as paths."""
+    from omegaconf import OmegaConf, open_dict
+
+    cache_dir = tmp_path / "cache" if cache is None else cache
+    cfg = compose_config([*args, f"paths.cache_dir={cache_dir}", f"paths.output_dir={tmp_path / run_dir}"])
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as inside a run, where Hydra's own settings are not part of the job's config
+    return cfg, choices
+
+
+def run_task(args: list[str], tmp_path: Path, run_dir: str = "run", cache: Path | None = None):
+    """Run the task `neon ARGS` names in this process, as the command would after composing its config (the
+    sampler check, then the task's entry); returns the task's result. For tests whose point is the task, not
+    the process: no interpreter start, no Hydra run (so no cli.log: read the `neon` logger with caplog)."""
+    from hydra.utils import get_method
+
+    from neon.distributed import launch
+    from neon.module import check_samplers
+    from neon.threads import apply_threads
+
+    cfg, choices = task_config(args, tmp_path, run_dir, cache)
+    check_samplers(cfg, choices)
+    apply_threads(cfg)  # the thread count is part of θ_r's and θ_s's cache keys: the command's choice
+    return launch(get_method(cfg.task.entry), cfg)
+
+
+def seeded_cache(tmp_path: Path, shared_cache: Path, args: list[str]) -> Path:
+    """A private artifact cache under tmp_path that already holds θ_r of `neon ARGS`: pretrained once per
+    session into `shared_cache` (under its lock: xdist workers wait for each other) and copied here, so that a
+    test which counts or corrupts its cache's S, θ_s or scores does not pretrain θ_r again."""
+    import shutil
+
+    from neon.runtime import Run
+    from neon.stages import load_base
+    from neon.threads import apply_threads
+
+    cfg, _ = task_config(args, tmp_path, "seed_cache", shared_cache)
+    apply_threads(cfg)
+    _, _, theta_r = load_base(Run.from_config(cfg))
+    cache = tmp_path / "cache"
+    shutil.copytree(theta_r.parent, cache / "pretrain" / theta_r.parent.name)
+    return cache

@@ -45,6 +45,7 @@ def test_bad_input_is_refused_in_one_line(override: str, expect: str):
     ("task=foo", "unknown task 'foo'"),  # refused before Hydra starts
     ("neon.budget_steps=0", "neon.budget_steps must be a positive integer, got 0"),  # refused inside the task
 ])
+@pytest.mark.slow
 def test_the_command_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, override: str, expect: str):
     line = one_line_error(run_cli([*TINY_TOY, override], tmp_path))
     assert expect in line

@@ -292,6 +292,7 @@ def test_pretraining_killed_resumes_bit_identically(tmp_path: Path):
 # ---------------------------------------------------------------- help
 
 
+@pytest.mark.slow
 def test_help_lists_the_tasks_and_the_readme(tmp_path: Path):
     proc = run_cli(["--help"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]

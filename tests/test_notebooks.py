@@ -23,6 +23,7 @@ def test_notebook_has_no_stale_outputs(path: Path):
             assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name}: clear the outputs"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path, shared_cache: Path, monkeypatch):
     monkeypatch.setenv("NEON_NOTEBOOK_SMALL", "1")

@@ -78,6 +78,7 @@ def test_bad_sources_are_named(tmp_path: Path):
     assert "nosuch" in cli_error([*TINY_EDM, "neon.synthetic.source_model=nosuch"])
 
 
+@pytest.mark.slow
 def test_a_pretrain_run_of_another_family_draws_s(tmp_path: Path, shared_cache: Path):
     # the pretrain run through the command: its folder keeps Hydra's .hydra/config.yaml, which names the model
     proc = run_cli(["task=pretrain", "model=xar_tiny", "model.pretrain.steps=20", "sampler.num_steps=3",

@@ -101,10 +101,12 @@ def run_task(args: list[str], tmp_path: Path, run_dir: str = "run", cache: Path 
     the process: no interpreter start, no Hydra run (so no cli.log: read the `neon` logger with caplog)."""
     from hydra.utils import get_method
 
+    from neon.cli import quiet_libraries
     from neon.distributed import launch
     from neon.module import check_samplers
     from neon.threads import apply_threads
 
+    quiet_libraries()
     cfg, choices = task_config(args, tmp_path, run_dir, cache)
     check_samplers(cfg, choices)
     apply_threads(cfg)  # the thread count is part of θ_r's and θ_s's cache keys: the command's choice

@@ -69,11 +69,12 @@ def test_bad_auto_settings_name_the_key(bad, key):
 
 @pytest.mark.slow
 def test_auto_w_on_the_toy_lands_near_the_swept_best(tmp_path: Path, shared_cache: Path):
-    # the paper's toy (ζ = 1.1, B = 50) swept on a 0.1 grid, then neon.w=auto on the same θ_r, S and θ_s
-    # (θ_r from the session's cache: the toy's full pretrain is shared with the toy-paper test)
+    # the paper's toy (ζ = 1.1, B = 50) swept on a 0.2 grid, then neon.w=auto on the same θ_r, S and θ_s
+    # (θ_r, the toy's full pretrain and nearly all of this test's time, comes from the session's cache: the
+    # toy-paper test shares it). Measured: swept best 0.8 on both a 0.1 and a 0.2 grid, auto 0.78 in 10 scores.
     common = ["experiment=toy2d", "metrics.num_samples=8000", "metrics.block_size=8000",
               "trainer.enable_progress_bar=false"]
-    grid = [round(0.1 * i, 1) for i in range(0, 31)]
+    grid = [round(0.2 * i, 1) for i in range(0, 16)]
     run_task([*common, f"neon.w=[{','.join(map(str, grid))}]"], tmp_path, "grid", shared_cache)
     swept = summary_of(tmp_path, "grid")
     run_task([*common, "neon.w=auto"], tmp_path, "auto", shared_cache)
@@ -81,7 +82,8 @@ def test_auto_w_on_the_toy_lands_near_the_swept_best(tmp_path: Path, shared_cach
 
     assert swept["w"] > 0.2  # the toy's mode-seeking S wants a positive w
     assert abs(auto["w"] - swept["w"]) <= 0.2
-    assert auto["auto_w"]["evaluations"] < len(grid) / 2
+    # auto's tolerance is 0.1: it costs less than half of a 0.1 grid over the same [0, 3] (31 scores)
+    assert auto["auto_w"]["evaluations"] < 31 / 2
     assert auto["fid_neon"] <= swept["fid_neon"] * 1.2
     assert [p["w"] for p in auto["w_curve"]] == ["0", f"{auto['w']:g}"]
     assert json.loads((tmp_path / "auto" / "summary.json").read_text())["auto_w"]["points"]

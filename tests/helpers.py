@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # A toy run small enough for a test: short pretrain, small S, few evaluation samples.
@@ -95,6 +97,22 @@ def task_config(args: list[str], tmp_path: Path, run_dir: str = "run", cache: Pa
     return cfg, choices
 
 
+@contextmanager
+def command_threads(cfg) -> Iterator[None]:
+    """torch's CPU threads as the command would set them for `cfg` (the count is part of θ_r's and θ_s's cache
+    keys), restored afterwards: other tests in this process keep theirs (bit-for-bit records depend on it)."""
+    import torch
+
+    from neon.threads import apply_threads
+
+    before = torch.get_num_threads()
+    apply_threads(cfg)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_task(args: list[str], tmp_path: Path, run_dir: str = "run", cache: Path | None = None):
     """Run the task `neon ARGS` names in this process, as the command would after composing its config (the
     sampler check, then the task's entry); returns the task's result. For tests whose point is the task, not
@@ -104,13 +122,12 @@ def run_task(args: list[str], tmp_path: Path, run_dir: str = "run", cache: Path 
     from neon.cli import quiet_libraries
     from neon.distributed import launch
     from neon.module import check_samplers
-    from neon.threads import apply_threads
 
     quiet_libraries()
     cfg, choices = task_config(args, tmp_path, run_dir, cache)
     check_samplers(cfg, choices)
-    apply_threads(cfg)  # the thread count is part of θ_r's and θ_s's cache keys: the command's choice
-    return launch(get_method(cfg.task.entry), cfg)
+    with command_threads(cfg):
+        return launch(get_method(cfg.task.entry), cfg)
 
 
 def seeded_cache(tmp_path: Path, shared_cache: Path, args: list[str]) -> Path:
@@ -121,11 +138,10 @@ def seeded_cache(tmp_path: Path, shared_cache: Path, args: list[str]) -> Path:
 
     from neon.runtime import Run
     from neon.stages import load_base
-    from neon.threads import apply_threads
 
     cfg, _ = task_config(args, tmp_path, "seed_cache", shared_cache)
-    apply_threads(cfg)
-    _, _, theta_r = load_base(Run.from_config(cfg))
+    with command_threads(cfg):
+        _, _, theta_r = load_base(Run.from_config(cfg))
     cache = tmp_path / "cache"
     shutil.copytree(theta_r.parent, cache / "pretrain" / theta_r.parent.name)
     return cache

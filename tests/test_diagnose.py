@@ -7,6 +7,7 @@ import logging
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -62,6 +63,7 @@ def test_groups_split_the_parameters():
                                                                    "other": ["2.weight", "2.bias"]}
 
 
+@pytest.mark.slow
 def test_diagnose_task_writes_its_json(tmp_path: Path, shared_cache: Path, capsys, caplog):
     with caplog.at_level(logging.INFO, logger="neon"):
         run_task(["experiment=toy2d", "task=diagnose", "model.pretrain.steps=100", "neon.n_synthetic=200",

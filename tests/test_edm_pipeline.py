@@ -33,6 +33,7 @@ def tiny_snapshot(tmp_path: Path, config: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment,config", [("paper/edm_cifar10_cond", "edm_cifar10_ddpmpp_cond"),
                                                ("paper/edm_ffhq64", "edm_ffhq64_ddpmpp_uncond")])
 def test_paper_experiment_runs_at_tiny_size(tmp_path: Path, experiment: str, config: str):
@@ -96,6 +97,7 @@ def test_export_writes_weights_and_a_usable_config(tmp_path: Path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["source"] == str(snap)
 
 
+@pytest.mark.slow
 def test_digits_default_small(tmp_path: Path, shared_cache: Path, capsys):
     run_task(["model.pretrain.steps=200", "neon.n_synthetic=300", "neon.budget_steps=3",
               "neon.w=[0.0,1.0]", "metrics.num_samples=300", "metrics.block_size=300",

@@ -263,6 +263,7 @@ TINY_IMM = ["model=imm_tiny", "model.pretrain.steps=30", "neon.n_synthetic=40", 
             "trainer.enable_progress_bar=false"]
 
 
+@pytest.mark.slow
 def test_tiny_imm_runs_the_embedded_default(tmp_path: Path):
     run_task(TINY_IMM, tmp_path)
     summary = summary_of(tmp_path)
@@ -272,6 +273,7 @@ def test_tiny_imm_runs_the_embedded_default(tmp_path: Path):
     assert torch.equal(shard["label"], torch.arange(40) % 10)
 
 
+@pytest.mark.slow
 def test_paper_experiment_runs_at_tiny_size(tmp_path: Path):
     net = dict(NET, img_resolution=2, num_classes=1000)
     snapshot = tmp_path / "imagenet256_ts_a2.pkl"

@@ -48,6 +48,7 @@ def inception(tmp_path_factory) -> Path:
     return write_random_inception(tmp_path_factory.mktemp("inception") / "weights.pth")
 
 
+@pytest.mark.slow
 def test_fid_isc_pr_match_torch_fidelity(inception: Path, tmp_path: Path):
     import torch_fidelity
 
@@ -171,6 +172,7 @@ def test_sharded_evaluation_equals_one_process(tmp_path: Path):
     assert np.allclose(np.load(tmp_path / "two.npy"), one["pool"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_reference_task_on_digits_and_an_image_folder(tmp_path: Path):
     from PIL import Image
 

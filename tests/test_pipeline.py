@@ -8,6 +8,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -15,6 +16,7 @@ from neon.merge import extrapolate
 from tests.helpers import TINY_TOY, run_task, seeded_cache, summary_of
 
 
+@pytest.mark.slow
 def test_run_folder_holds_config_summary_and_w_curve(tiny_toy_run: Path):
     run = tiny_toy_run / "run"
     summary = summary_of(tiny_toy_run)
@@ -36,6 +38,7 @@ def test_run_folder_holds_config_summary_and_w_curve(tiny_toy_run: Path):
     assert "state_dict" in torch.load(run / "theta_neon.ckpt", weights_only=True)
 
 
+@pytest.mark.slow
 def test_rerun_reuses_finished_stages(tiny_toy_run: Path, caplog):
     # the command's run, then the same job again in-process on its cache (the cache, not the process, is tested)
     first = summary_of(tiny_toy_run)
@@ -82,6 +85,7 @@ def test_each_stage_runs_alone_on_given_paths(tmp_path: Path):
     assert set(fids) == {str(theta_r), str(merged)} and all(v >= 0 for v in fids.values())
 
 
+@pytest.mark.slow
 def test_budget_list_is_one_finetune_with_snapshots(tmp_path: Path, shared_cache: Path, caplog):
     base = [a for a in TINY_TOY if not a.startswith("neon.budget_steps")]
     seeded_cache(tmp_path, shared_cache, base)

@@ -35,6 +35,7 @@ def test_report_of_a_missing_folder_is_one_line(tmp_path: Path):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_search_stops_early_refines_and_resumes(tmp_path: Path, shared_cache: Path):
     args = ["task=search", *BASE, "neon.budget_steps=[3,6]", "neon.w=[0.0,100.0,1000.0,10000.0,100000.0]",
             "task.tolerance=0.0", "task.final_num_samples=3000"]

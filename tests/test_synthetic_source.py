@@ -27,6 +27,7 @@ def finetune_keys(cache: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((cache / "finetune").glob("*/key.json"))]
 
 
+@pytest.mark.slow
 def test_another_family_draws_s_for_edm(tmp_path: Path, shared_cache: Path):
     seeded_cache(tmp_path, shared_cache, TINY_EDM)  # EDM's θ_r; xAR's is pretrained by this run
     run_task([*TINY_EDM, *XAR_DRAWS], tmp_path, "cross")
@@ -50,6 +51,7 @@ def test_another_family_draws_s_for_edm(tmp_path: Path, shared_cache: Path):
     assert again["fid_neon"] == summary["fid_neon"] and again["seconds"].get("finetune", 0) < 5
 
 
+@pytest.mark.slow
 def test_a_synthesize_run_supplies_s(tmp_path: Path, shared_cache: Path):
     seeded_cache(tmp_path, shared_cache, TINY_EDM)
     run_task(["task=synthesize", *TINY_EDM], tmp_path, "synth")

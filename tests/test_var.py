@@ -172,6 +172,7 @@ TINY_VAR = ["model=var_tiny", "model.vae_pretrain.steps=20", "model.pretrain.ste
             "trainer.enable_progress_bar=false"]
 
 
+@pytest.mark.slow
 def test_tiny_var_runs_the_embedded_default(tmp_path: Path):
     run_task(TINY_VAR, tmp_path)
     summary = summary_of(tmp_path)
@@ -184,6 +185,7 @@ def test_tiny_var_runs_the_embedded_default(tmp_path: Path):
     assert len(list((tmp_path / "cache" / "tokenizer").glob("*/vqvae.safetensors"))) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["paper/var_d16_in256", "paper/var_d36_in512"])
 def test_paper_experiments_run_at_tiny_size(tmp_path: Path, experiment: str):
     var_path, vae_path = write_release_files(tmp_path, net=dict(NET, num_classes=1000), vae=dict(VAE))

@@ -253,6 +253,7 @@ TINY_XAR = ["model=xar_tiny", "model.pretrain.steps=30", "neon.n_synthetic=40", 
             "trainer.enable_progress_bar=false"]
 
 
+@pytest.mark.slow
 def test_tiny_xar_runs_the_embedded_default(tmp_path: Path):
     run_task(TINY_XAR, tmp_path)
     summary = summary_of(tmp_path)
@@ -264,6 +265,7 @@ def test_tiny_xar_runs_the_embedded_default(tmp_path: Path):
     assert torch.allclose(codes, codes.round(), atol=1e-3)  # on the 8-bit grid of the reference's PNGs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["paper/xar_b_in256", "paper/xar_l_in256"])
 def test_paper_experiments_run_at_tiny_size(tmp_path: Path, experiment: str):
     net = dict(NET, num_classes=1000)

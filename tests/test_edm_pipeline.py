@@ -62,6 +62,7 @@ def sample_args(tmp_path: Path) -> list[str]:
             "sampler.num_steps=4", "sample.seeds=0-9"]
 
 
+@pytest.mark.slow
 def test_sample_task_writes_adm_layout_whatever_the_batch(tmp_path: Path):
     common = sample_args(tmp_path)
     for batch in (3, 10):

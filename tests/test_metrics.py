@@ -73,6 +73,7 @@ def test_fid_isc_pr_match_torch_fidelity(inception: Path, tmp_path: Path):
     assert ours["recall"] == pytest.approx(lib["recall"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_evaluate_task_scores_an_adm_sample_file(inception: Path, tmp_path: Path):
     np.savez(tmp_path / "samples.npz", arr_0=smooth_images(24, 3))
     np.savez(tmp_path / "real.npz", arr_0=smooth_images(24, 4))
@@ -163,6 +164,7 @@ def _sharded_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_one_process(tmp_path: Path):
     port = 29500 + os.getpid() % 1000
     tmp_mp.spawn(_sharded_worker, args=(2, port, str(tmp_path / "two.npy")), nprocs=2, join=True)

@@ -16,11 +16,11 @@ from functools import partial
 
 import lightning as L
 import torch
+from timing import Repeat, best_of  # bench/ is on the path when a script here runs
 from torch.utils.data import DataLoader
 
 from neon.families.edm import EDMModule, heun_sampler
 from neon.seeding import StepNoise
-from timing import Repeat, best_of  # bench/ is on the path when a script here runs
 
 NETWORKS = {
     "digits ResMLP 8x8": dict(precond="EDMPrecond", img_resolution=8, img_channels=1, label_dim=10, model_type="ResMLP",

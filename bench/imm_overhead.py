@@ -16,8 +16,8 @@ from functools import partial
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 from timing import Repeat, best_of  # bench/ is on the path when a script here runs
+from torch.utils.data import DataLoader
 
 from neon.families.imm import IMMModule, pushforward_sampler
 from neon.families.latents import PixelLatent

@@ -21,12 +21,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from timing import best_of  # noqa: E402  (bench/ is on the path when a script here runs)
+
 from neon.metrics.frechet import feature_statistics  # noqa: E402
 from neon.metrics.inception import InceptionFeatures  # noqa: E402
 from tests.inception_weights import write_random_inception  # noqa: E402
-from timing import best_of  # noqa: E402  (bench/ is on the path when a script here runs)
-
-
 
 
 def main() -> None:

@@ -17,8 +17,8 @@ from functools import partial
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 from timing import Repeat, best_of  # bench/ is on the path when a script here runs
+from torch.utils.data import DataLoader
 
 from neon.families.xar import PixelLatent, XARModule, xar_sampler
 from neon.families.xar.sampler import cluster_cfg, sde_drift

@@ -48,9 +48,9 @@ class EMA:
     def update(self, ema: nn.Module, net: nn.Module, batch_size: int) -> None:
         """Move `ema` toward `net`; buffers are copied."""
         beta = self.beta(batch_size)
-        for pe, pn in zip(ema.parameters(), net.parameters()):
+        for pe, pn in zip(ema.parameters(), net.parameters(), strict=True):
             pe.lerp_(pn.detach(), 1.0 - beta)
-        for be, bn in zip(ema.buffers(), net.buffers()):
+        for be, bn in zip(ema.buffers(), net.buffers(), strict=True):
             be.copy_(bn)
 
 

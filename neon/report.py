@@ -26,7 +26,7 @@ def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float], control
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["w", "fid", *(["fid_control"] if control else [])])
-    for i, (w, fid) in enumerate(zip(ws, fids)):
+    for i, (w, fid) in enumerate(zip(ws, fids, strict=True)):
         writer.writerow([w_label(w), repr(float(fid)), *([repr(float(control[i]))] if control else [])])
     write_text(out / "w_curve.csv", buf.getvalue())
     if grid and len(grid) > 1:
@@ -34,7 +34,7 @@ def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float], control
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["budget_steps", "w", "fid"])
         for budget, curve in grid.items():
-            for w, fid in zip(ws, curve):
+            for w, fid in zip(ws, curve, strict=True):
                 writer.writerow([budget, w_label(w), repr(float(fid))])
         write_text(out / "w_grid.csv", buf.getvalue())
 
@@ -43,13 +43,13 @@ def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float], control
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scalar = [(w, f) for w, f in zip(ws, fids) if isinstance(w, float)]
+    scalar = [(w, f) for w, f in zip(ws, fids, strict=True) if isinstance(w, float)]
     fig, ax = plt.subplots(figsize=(6, 4))
     if scalar:
         for budget, curve in (grid or {}).items() if grid and len(grid) > 1 else []:
-            pts = sorted((w, f) for w, f in zip(ws, curve) if isinstance(w, float))
-            ax.plot(*zip(*pts), marker=".", markersize=2, alpha=0.6, label=f"B = {budget}")
-        xs, ys = zip(*sorted(scalar))
+            pts = sorted((w, f) for w, f in zip(ws, curve, strict=True) if isinstance(w, float))
+            ax.plot(*zip(*pts, strict=True), marker=".", markersize=2, alpha=0.6, label=f"B = {budget}")
+        xs, ys = zip(*sorted(scalar), strict=True)
         ax.plot(xs, ys, marker="o", markersize=3, color="C0" if not grid or len(grid) == 1 else "k", label="best budget")
         if all(y > 0 for y in ys):
             ax.set_yscale("log")
@@ -57,7 +57,7 @@ def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float], control
         best_w, best_f = min(scalar, key=lambda p: p[1])
         ax.scatter([best_w], [best_f], color="red", zorder=3, label=f"best w = {best_w:g}")
         if control:
-            cx, cy = zip(*sorted((w, c) for w, c in zip(ws, control) if isinstance(w, float)))
+            cx, cy = zip(*sorted((w, c) for w, c in zip(ws, control, strict=True) if isinstance(w, float)), strict=True)
             ax.plot(cx, cy, marker="x", markersize=3, color="gray", label="control: fine-tuned on real data")
         ax.legend()
     ax.set_xlabel("merge weight w")
@@ -114,7 +114,7 @@ def w_table(summary: dict) -> str:
             row += (f"{control['w_curve'][i]['fid']:.4g}",)
         rows.append(row)
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = ["| " + " | ".join(cell.rjust(wd) for cell, wd in zip(r, widths)) + " |" for r in rows]
+    lines = ["| " + " | ".join(cell.rjust(wd) for cell, wd in zip(r, widths, strict=True)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
     noise = summary.get("fid_noise")
     tail = [f"FID θ_r = {summary['fid_base']:.4g}"]

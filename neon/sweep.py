@@ -118,7 +118,7 @@ def write_report(sweep_dir: str | Path, heat_key: str = "sampler.cfg") -> list[P
     for label, budget, w, fid, _ in points:
         curves[(label, budget)].append((w, fid))
     for (label, budget), pts in sorted(curves.items()):
-        xs, ys = zip(*sorted(set(pts)))
+        xs, ys = zip(*sorted(set(pts)), strict=True)
         ax.plot(xs, ys, marker="o", markersize=3, label=f"B={budget} {label}"[:60])
     ax.set_xlabel("w"), ax.set_ylabel("FID"), ax.set_title("w-curve per budget"), ax.legend(fontsize=6)
     _save(fig, sweep_dir / "report_w_curves.png")

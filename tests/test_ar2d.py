@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from neon.families.ar2d import ARToy, temperature_sampler
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_task, summary_of
 
 
 def random_toy(seed: int = 0) -> ARToy:
@@ -50,12 +51,12 @@ SMALL = ["experiment=ar2d", "neon.n_synthetic=20000", "metrics.num_samples=20000
          "trainer.enable_progress_bar=false"]
 
 
-def test_the_gradient_cosine_flips_sign_with_the_temperature(tmp_path: Path):
+@pytest.mark.slow
+def test_the_gradient_cosine_flips_sign_with_the_temperature(tmp_path: Path, shared_cache: Path):
     cosines = {}
     for tau in (0.6, 1.4):
-        proc = run_cli([*SMALL, "task=diagnose", f"sampler.temperature={tau}", "task.num_batches=40", "task.blocks=4",
-                        "task.real_data={seed: 1, n_train: 50000}"], tmp_path, f"diag{tau}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_task([*SMALL, "task=diagnose", f"sampler.temperature={tau}", "task.num_batches=40", "task.blocks=4",
+                  "task.real_data={seed: 1, n_train: 50000}"], tmp_path, f"diag{tau}", shared_cache)
         cosines[tau] = json.loads((tmp_path / f"diag{tau}" / "diagnosis.json").read_text())
     # the paper's figure: ≈ −0.5 for τ < 1 and ≈ +0.5 for τ > 1 (P-weighted); measured −0.48 / +0.53 at full size
     assert cosines[0.6]["cosine_preconditioned"] < -0.25 and cosines[0.6]["cosine_preconditioned_ci95"][1] < 0
@@ -63,12 +64,12 @@ def test_the_gradient_cosine_flips_sign_with_the_temperature(tmp_path: Path):
     assert cosines[0.6]["prediction"].startswith("anti-aligned") and cosines[1.4]["prediction"].startswith("aligned")
 
 
-def test_neon_helps_at_low_temperature_and_flips_at_high(tmp_path: Path):
+@pytest.mark.slow
+def test_neon_helps_at_low_temperature_and_flips_at_high(tmp_path: Path, shared_cache: Path):
     best = {}
     for tau in (0.5, 1.6):
-        proc = run_cli([*SMALL, f"sampler.temperature={tau}", "neon.budget_steps=300", "neon.w=[-0.4,-0.2,0.0,0.2,0.4]"],
-                       tmp_path, f"t{tau}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        best[tau] = summary_of(tmp_path, f"t{tau}")
+        run_task([*SMALL, f"sampler.temperature={tau}", "neon.budget_steps=300", "neon.w=[-0.4,-0.2,0.0,0.2,0.4]"],
+                 tmp_path, f"t{tau}", shared_cache)
+        best[tau] = summary_of(tmp_path, f"t{tau}", shared_cache)
     assert best[0.5]["w"] > 0 and best[0.5]["fid_neon"] < 0.8 * best[0.5]["fid_base"]
     assert best[1.6]["w"] < 0

@@ -11,7 +11,7 @@ import torch
 from neon.auto_w import choose_w, line_search, memoised
 from neon.errors import NeonError
 from neon.merge import extrapolate, w_for
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_task, summary_of
 
 AUTO = {"start": 0.0, "step": 0.5, "w_min": 0.0, "w_max": 8.0, "tolerance": 0.1, "rounds": 1}
 
@@ -67,27 +67,28 @@ def test_bad_auto_settings_name_the_key(bad, key):
         choose_w(lambda w: 0.0, {**AUTO, **bad}, None, [])
 
 
-def test_auto_w_on_the_toy_lands_near_the_swept_best(tmp_path: Path):
-    # the paper's toy (ζ = 1.1, B = 50) swept on a 0.1 grid, then neon.w=auto on the same θ_r, S and θ_s
+@pytest.mark.slow
+def test_auto_w_on_the_toy_lands_near_the_swept_best(tmp_path: Path, shared_cache: Path):
+    # the paper's toy (ζ = 1.1, B = 50) swept on a 0.2 grid, then neon.w=auto on the same θ_r, S and θ_s
+    # (θ_r, the toy's full pretrain and nearly all of this test's time, comes from the session's cache: the
+    # toy-paper test shares it). Measured: swept best 0.8 on both a 0.1 and a 0.2 grid, auto 0.78 in 10 scores.
     common = ["experiment=toy2d", "metrics.num_samples=8000", "metrics.block_size=8000",
               "trainer.enable_progress_bar=false"]
-    grid = [round(0.1 * i, 1) for i in range(0, 31)]
-    proc = run_cli([*common, f"neon.w=[{','.join(map(str, grid))}]"], tmp_path, "grid")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    grid = [round(0.2 * i, 1) for i in range(0, 16)]
+    run_task([*common, f"neon.w=[{','.join(map(str, grid))}]"], tmp_path, "grid", shared_cache)
     swept = summary_of(tmp_path, "grid")
-    proc = run_cli([*common, "neon.w=auto"], tmp_path, "auto")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task([*common, "neon.w=auto"], tmp_path, "auto", shared_cache)
     auto = summary_of(tmp_path, "auto")
 
     assert swept["w"] > 0.2  # the toy's mode-seeking S wants a positive w
     assert abs(auto["w"] - swept["w"]) <= 0.2
-    assert auto["auto_w"]["evaluations"] < len(grid) / 2
+    # auto's tolerance is 0.1: it costs less than half of a 0.1 grid over the same [0, 3] (31 scores)
+    assert auto["auto_w"]["evaluations"] < 31 / 2
     assert auto["fid_neon"] <= swept["fid_neon"] * 1.2
     assert [p["w"] for p in auto["w_curve"]] == ["0", f"{auto['w']:g}"]
     assert json.loads((tmp_path / "auto" / "summary.json").read_text())["auto_w"]["points"]
 
 
 def test_auto_w_is_refused_where_w_must_be_given(tmp_path: Path):
-    proc = run_cli(["experiment=toy2d", "task=finetune", "neon.w=auto"], tmp_path)
-    assert proc.returncode != 0
-    assert "neon.w=auto is for task=neon" in proc.stderr
+    with pytest.raises(NeonError, match="neon.w=auto is for task=neon"):
+        run_task(["experiment=toy2d", "task=finetune", "neon.w=auto"], tmp_path)

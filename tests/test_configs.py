@@ -51,6 +51,7 @@ def test_option_composes_and_instantiates(group: str, option: str, tmp_path: Pat
         assert "_target_" in cfg.logger
 
 
+@pytest.mark.slow
 def test_cli_runs_from_any_directory(tmp_path: Path):
     import subprocess
     import sys

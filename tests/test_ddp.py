@@ -19,7 +19,7 @@ from neon.data.batches import GlobalBatchSampler
 from neon.distributed import gather_strided
 from neon.errors import NeonError
 from neon.seeding import StepNoise
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_cli, run_task, seeded_cache, summary_of
 from tests.process_group import in_process_group
 
 DDP = ["trainer=ddp", "trainer.devices=2"]
@@ -75,18 +75,19 @@ def _shards(cache: Path) -> list[dict[str, torch.Tensor]]:
     return [torch.load(p, weights_only=True) for p in sorted((cache / "synthetic").glob("*/shard_*.pt"))]
 
 
-def test_two_processes_give_the_one_process_results(tmp_path: Path):
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_results(tmp_path: Path, shared_cache: Path):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
-    proc = run_cli(TOY, one)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    seeded_cache(one, shared_cache, TOY)
+    run_task(TOY, one)  # the one-process reference runs in this process; the two ranks through the command
     theta_r = next((one / "cache" / "pretrain").glob("*/theta_r.safetensors"))
     proc = run_cli([*TOY, *DDP, f"model.checkpoint={theta_r}"], two)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = summary_of(one), summary_of(two)
     # S is split across the ranks by blocks: the union is the one-process S, bit for bit
     assert [s["seed"].tolist() for s in _shards(one / "cache")] == [s["seed"].tolist() for s in _shards(two / "cache")]
-    assert all(torch.equal(x["x"], y["x"]) for x, y in zip(_shards(one / "cache"), _shards(two / "cache")))
+    assert all(torch.equal(x["x"], y["x"]) for x, y in zip(_shards(one / "cache"), _shards(two / "cache"), strict=True))
     # the same global batches and per-step noise: the same θ_s up to float summation order
     fa, fb = _finetunes(one / "cache"), _finetunes(two / "cache")
     assert sorted(fa) == sorted(fb) == [5, 20]
@@ -94,7 +95,7 @@ def test_two_processes_give_the_one_process_results(tmp_path: Path):
         for key in fa[budget]:
             torch.testing.assert_close(fa[budget][key], fb[budget][key], rtol=1e-5, atol=1e-6)
     assert b["fid_base"] == pytest.approx(a["fid_base"], rel=1e-6)  # features gathered from both ranks
-    for pa, pb in zip(a["grid"], b["grid"]):
+    for pa, pb in zip(a["grid"], b["grid"], strict=True):
         assert pb["fid"] == pytest.approx(pa["fid"], rel=1e-4)
     assert a["w"] == b["w"] and a["budget_steps"] == b["budget_steps"]
     # rank 0 alone wrote the run folder and the log
@@ -102,6 +103,7 @@ def test_two_processes_give_the_one_process_results(tmp_path: Path):
     assert "[rank 0]" in proc.stderr and "[rank 1]" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_ddp_jobs_inside_a_multirun(tmp_path: Path):
     proc = run_cli(["-m", *TOY, *DDP, "neon.w=[0.0,1.0]", "sampler.score_scale=1.05,1.1",
                     f"hydra.sweep.dir={tmp_path / 'sw'}"], tmp_path)
@@ -112,6 +114,7 @@ def test_ddp_jobs_inside_a_multirun(tmp_path: Path):
     assert len([p for p in (tmp_path / "cache" / "pretrain").iterdir() if p.is_dir()]) == 1  # θ_r built once
 
 
+@pytest.mark.slow
 def test_submitit_tasks_are_the_ranks_of_one_job(tmp_path: Path):
     # hydra/launcher=submitit_slurm with tasks_per_node = GPUs runs this same path on a cluster
     proc = run_cli(["-m", *TOY, *DDP, "neon.w=[0.0,1.0]", "hydra/launcher=submitit_local",
@@ -125,13 +128,16 @@ def test_submitit_tasks_are_the_ranks_of_one_job(tmp_path: Path):
     assert "FID θ_r" in task0 and "FID θ_r" not in task1  # rank 0 alone reports
 
 
-def test_launcher_and_trainer_must_agree_on_the_process_count(tmp_path: Path):
-    proc = run_cli([*TOY, "trainer=ddp", "trainer.devices=3"], tmp_path,
-                   env={"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"})
-    assert proc.returncode == 2
-    assert "started 2 processes but the trainer asks for 3" in proc.stderr.strip().splitlines()[-1]
+def test_launcher_and_trainer_must_agree_on_the_process_count(tmp_path: Path, monkeypatch):
+    # as if torchrun had started this process as rank 0 of 2: refused before any group is joined
+    for key, value in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(NeonError, match="started 2 processes but the trainer asks for 3") as info:
+        run_task([*TOY, "trainer=ddp", "trainer.devices=3"], tmp_path)
+    assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_rank_error_is_one_line(tmp_path: Path):
     proc = run_cli([*TOY, *DDP, "neon.batch_size=99", "neon.n_synthetic=300"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
@@ -139,6 +145,7 @@ def test_a_rank_error_is_one_line(tmp_path: Path):
     assert last.startswith("neon: error: rank") and "divisible by the number of processes" in last
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_join_its_group(tmp_path: Path):
     env = dict(os.environ, NEON_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "-m", "neon", *TOY,

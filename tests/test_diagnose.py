@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
 from neon.diagnose import gradient_alignment, parameter_groups, prediction
 from neon.module import NeonModule, diversity_warning
-from tests.conftest import run_cli
+from neon.tasks.front import validate
+from tests.helpers import run_task, task_config
 
 
 class GaussianMean(NeonModule):
@@ -60,16 +63,18 @@ def test_groups_split_the_parameters():
                                                                    "other": ["2.weight", "2.bias"]}
 
 
-def test_diagnose_task_writes_its_json(tmp_path: Path):
-    proc = run_cli(["experiment=toy2d", "task=diagnose", "model.pretrain.steps=100", "neon.n_synthetic=200",
-                    "task.num_batches=20", "task.blocks=4", "task.real_data={seed: 1, n_train: 2000}",
-                    "trainer.enable_progress_bar=false"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.slow
+def test_diagnose_task_writes_its_json(tmp_path: Path, shared_cache: Path, capsys, caplog):
+    with caplog.at_level(logging.INFO, logger="neon"):
+        run_task(["experiment=toy2d", "task=diagnose", "model.pretrain.steps=100", "neon.n_synthetic=200",
+                  "task.num_batches=20", "task.blocks=4", "task.real_data={seed: 1, n_train: 2000}",
+                  "trainer.enable_progress_bar=false"], tmp_path, cache=shared_cache)
     result = json.loads((tmp_path / "run" / "diagnosis.json").read_text())
     for key in ("cosine", "cosine_preconditioned"):
         assert -1 <= result[key] <= 1 and len(result[f"{key}_ci95"]) == 2
     assert set(result["groups"]) == {"inp", "blocks", "out"} and result["num_batches"] == 20  # the toy's modules
-    assert not math.isnan(result["groups"]["out"]["cosine"]) and "gradient cosine" in proc.stdout
+    assert not math.isnan(result["groups"]["out"]["cosine"])
+    assert "gradient cosine" in capsys.readouterr().out + caplog.text
 
 
 def test_diversity_seeking_samplers_are_named_by_their_family():
@@ -87,9 +92,14 @@ def test_diversity_seeking_samplers_are_named_by_their_family():
     assert diversity_warning(edm, {"temperature": 1.2}) is None and diversity_warning(toy, {"S_churn": 80}) is None
 
 
-def test_the_pipeline_warns_before_fine_tuning_on_a_diversity_seeking_s(tmp_path: Path):
-    proc = run_cli(["experiment=toy2d", "sampler.score_scale=0.9", "model.pretrain.steps=50", "neon.n_synthetic=100",
-                    "neon.budget_steps=2", "neon.w=[0.0,1.0]", "metrics.num_samples=500", "metrics.block_size=500",
-                    "trainer.enable_progress_bar=false"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "diversity-seeking settings (score_scale = 0.9" in proc.stdout + proc.stderr
+def test_the_pipeline_warns_before_fine_tuning_on_a_diversity_seeking_s(tmp_path: Path, caplog):
+    # the warning comes from the pipeline's validation, before θ_r is pretrained: check it there
+    cfg, _ = task_config(["experiment=toy2d", "sampler.score_scale=0.9"], tmp_path)
+    with caplog.at_level(logging.WARNING, logger="neon"):
+        validate(cfg)
+    assert "diversity-seeking settings (score_scale = 0.9" in caplog.text
+    caplog.clear()
+    cfg, _ = task_config(["experiment=toy2d"], tmp_path)  # ζ = 1.1: mode-seeking, no warning
+    with caplog.at_level(logging.WARNING, logger="neon"):
+        validate(cfg)
+    assert "diversity-seeking" not in caplog.text

@@ -12,8 +12,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli, summary_of
+from neon.errors import NeonError
 from tests.edm_snapshot import write_snapshot
+from tests.helpers import run_cli, run_task, summary_of
 
 SMALL_NET = ["model.network.img_resolution=8", "model.network.model_channels=16", "model.network.channel_mult=[1,2]",
              "+model.network.num_blocks=1"]
@@ -32,13 +33,13 @@ def tiny_snapshot(tmp_path: Path, config: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment,config", [("paper/edm_cifar10_cond", "edm_cifar10_ddpmpp_cond"),
                                                ("paper/edm_ffhq64", "edm_ffhq64_ddpmpp_uncond")])
 def test_paper_experiment_runs_at_tiny_size(tmp_path: Path, experiment: str, config: str):
     snap = tiny_snapshot(tmp_path, config)
-    proc = run_cli([f"experiment={experiment}", f"model.checkpoint={snap}", f"metrics.reference={tmp_path / 'ref.npz'}",
-                    *SMALL_NET, *SMALL_RUN], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task([f"experiment={experiment}", f"model.checkpoint={snap}", f"metrics.reference={tmp_path / 'ref.npz'}",
+              *SMALL_NET, *SMALL_RUN], tmp_path)
     summary = summary_of(tmp_path)
     assert summary["n_synthetic"] == 30 and len(summary["w_curve"]) == 2
     shard = torch.load(next((Path(summary["artifacts"]["synthetic"])).glob("shard_*.pt")), weights_only=True)
@@ -49,23 +50,34 @@ def test_paper_experiment_runs_at_tiny_size(tmp_path: Path, experiment: str, con
 
 
 def test_paper_experiment_without_checkpoint_says_what_to_set(tmp_path: Path):
-    proc = run_cli(["experiment=paper/edm_cifar10_cond", "metrics.reference=x.npz"], tmp_path)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and "give model.checkpoint=PATH" in lines[0]
+    with pytest.raises(NeonError, match="give model.checkpoint=PATH") as info:
+        run_task(["experiment=paper/edm_cifar10_cond", "metrics.reference=x.npz"], tmp_path)
+    assert "\n" not in str(info.value)
 
 
-def test_sample_task_writes_adm_layout_whatever_the_batch(tmp_path: Path):
+def sample_args(tmp_path: Path) -> list[str]:
+    """task=sample of a tiny class-conditional snapshot, ten seeds."""
     snap = tiny_snapshot(tmp_path, "edm_cifar10_ddpmpp_cond")
-    common = ["task=sample", "experiment=paper/edm_cifar10_cond", f"model.checkpoint={snap}", *SMALL_NET,
-              "sampler.num_steps=4", "sample.seeds=0-9"]
+    return ["task=sample", "experiment=paper/edm_cifar10_cond", f"model.checkpoint={snap}", *SMALL_NET,
+            "sampler.num_steps=4", "sample.seeds=0-9"]
+
+
+@pytest.mark.slow
+def test_sample_task_writes_adm_layout_whatever_the_batch(tmp_path: Path):
+    common = sample_args(tmp_path)
     for batch in (3, 10):
-        proc = run_cli([*common, f"sample.batch_size={batch}", f"sample.out={tmp_path / f'b{batch}.npz'}"],
-                       tmp_path, run_dir=f"s{batch}")
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_task([*common, f"sample.batch_size={batch}", f"sample.out={tmp_path / f'b{batch}.npz'}"], tmp_path,
+                 run_dir=f"s{batch}")
     a, b = np.load(tmp_path / "b3.npz"), np.load(tmp_path / "b10.npz")
     assert a["arr_0"].dtype == np.uint8 and a["arr_0"].shape == (10, 8, 8, 3) and a["arr_1"].shape == (10,)
     assert np.abs(a["arr_0"].astype(int) - b["arr_0"].astype(int)).max() <= 1 and np.array_equal(a["arr_1"], b["arr_1"])
 
+
+@pytest.mark.slow
+def test_sample_task_under_ddp_writes_the_one_process_file(tmp_path: Path):
+    common = sample_args(tmp_path)
+    run_task([*common, "sample.batch_size=3", f"sample.out={tmp_path / 'one.npz'}"], tmp_path, "r1")
+    a = np.load(tmp_path / "one.npz")
     # two DDP processes, each with its strided share of the seeds, gathered in seed order: the same file
     proc = run_cli([*common, "sample.batch_size=3", f"sample.out={tmp_path / 'two.npz'}", "trainer=ddp",
                     "trainer.devices=2"], tmp_path, "r2")
@@ -78,8 +90,7 @@ def test_sample_task_writes_adm_layout_whatever_the_batch(tmp_path: Path):
 
 def test_export_writes_weights_and_a_usable_config(tmp_path: Path):
     snap = tiny_snapshot(tmp_path, "edm_ffhq64_ddpmpp_uncond")
-    proc = run_cli(["task=export", "experiment=paper/edm_ffhq64", f"model.checkpoint={snap}", *SMALL_NET], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task(["task=export", "experiment=paper/edm_ffhq64", f"model.checkpoint={snap}", *SMALL_NET], tmp_path)
     weights = load_file(tmp_path / "run" / "model.safetensors")
     assert "model.map_layer0.weight" in weights
     cfg = yaml.safe_load((tmp_path / "run" / "model.yaml").read_text())
@@ -87,15 +98,16 @@ def test_export_writes_weights_and_a_usable_config(tmp_path: Path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["source"] == str(snap)
 
 
-def test_digits_default_small(tmp_path: Path):
-    proc = run_cli(["model.pretrain.steps=200", "neon.n_synthetic=300", "neon.budget_steps=3",
-                    "neon.w=[0.0,1.0]", "metrics.num_samples=300", "metrics.block_size=300",
-                    "sampler.num_steps=6", "trainer.enable_progress_bar=false"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.slow
+def test_digits_default_small(tmp_path: Path, shared_cache: Path, capsys):
+    run_task(["model.pretrain.steps=200", "neon.n_synthetic=300", "neon.budget_steps=3",
+              "neon.w=[0.0,1.0]", "metrics.num_samples=300", "metrics.block_size=300",
+              "sampler.num_steps=6", "trainer.enable_progress_bar=false"], tmp_path, cache=shared_cache)
+    out = capsys.readouterr().out
     summary = summary_of(tmp_path)
     assert summary["family"] == "neon.families.edm.EDMModule"
     assert summary["fid_noise"]["fid_base_reseeded"] > 0 and len(summary["control"]["w_curve"]) == 2
-    assert "| FID control |" in proc.stdout and "seed noise" in proc.stdout
+    assert "| FID control |" in out and "seed noise" in out
     header = (tmp_path / "run" / "w_curve.csv").read_text().splitlines()[0]
     assert header == "w,fid,fid_control"
 

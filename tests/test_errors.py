@@ -12,11 +12,11 @@ from safetensors.torch import save_file
 from neon.errors import NeonError
 from neon.families.toy2d import ToyDiffusion
 from neon.io import load_state_dict
-from tests.conftest import TINY_TOY, run_cli
+from tests.helpers import TINY_TOY, cli_error, run_cli
 
 
 def one_line_error(proc) -> str:
-    assert proc.returncode != 0
+    assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("neon: error: "), proc.stderr[-2000:]
     return lines[0]
@@ -37,7 +37,16 @@ def one_line_error(proc) -> str:
                          "neon.families.toy2d.ddim: use sampler=ddim_toy or drop the override"),
     ],
 )
-def test_cli_rejects_bad_input_in_one_line(tmp_path: Path, override: str, expect: str):
+def test_bad_input_is_refused_in_one_line(override: str, expect: str):
+    assert expect in cli_error([*TINY_TOY, override])
+
+
+@pytest.mark.parametrize("override,expect", [
+    ("task=foo", "unknown task 'foo'"),  # refused before Hydra starts
+    ("neon.budget_steps=0", "neon.budget_steps must be a positive integer, got 0"),  # refused inside the task
+])
+@pytest.mark.slow
+def test_the_command_exits_2_with_one_line_and_writes_nothing(tmp_path: Path, override: str, expect: str):
     line = one_line_error(run_cli([*TINY_TOY, override], tmp_path))
     assert expect in line
     assert not (tmp_path / "cache" / "pretrain").exists() or not any((tmp_path / "cache" / "pretrain").iterdir())
@@ -45,7 +54,7 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path: Path, override: str, expect
 
 def test_checkpoint_of_another_size_names_key_and_shapes(tmp_path: Path):
     save_file(ToyDiffusion(hidden=16).net.state_dict(), tmp_path / "small.safetensors")
-    line = one_line_error(run_cli([*TINY_TOY, f"model.checkpoint={tmp_path / 'small.safetensors'}"], tmp_path))
+    line = cli_error([*TINY_TOY, f"model.checkpoint={tmp_path / 'small.safetensors'}"])
     assert "key 'inp.weight' has shape (16, 3)" in line and "(32, 3)" in line
 
 

@@ -20,7 +20,7 @@ from neon.families.imm.loss import group_weights, imm_loss, time_triples
 from neon.families.imm.network import IMMPrecond
 from neon.families.latents import KLAutoencoder, PixelLatent, from_diffusers, stable_diffusion_vae
 from neon.seeding import StepNoise
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_task, summary_of
 
 NET = dict(img_resolution=8, img_channels=4, num_classes=10, model_type=None, hidden_size=32, depth=2, num_heads=2,
            patch_size=2)
@@ -131,7 +131,7 @@ def test_sd_vae_loads_from_a_diffusers_folder_and_normalises_per_channel(tmp_pat
     vae = stable_diffusion_vae([1.0, -1.0, 0.5, 0.0], [2.0, 4.0, 1.0, 0.5], **tiny)
     own = vae.state_dict()
     spelled = _diffusers_names(own)
-    names = dict(zip(from_diffusers({d: torch.zeros(1) for d in spelled}), spelled))  # ours → diffusers
+    names = dict(zip(from_diffusers({d: torch.zeros(1) for d in spelled}), spelled, strict=True))  # ours → diffusers
     assert set(names) == set(own)
     folder = tmp_path / "sd-vae-ft-ema"
     folder.mkdir()
@@ -263,9 +263,9 @@ TINY_IMM = ["model=imm_tiny", "model.pretrain.steps=30", "neon.n_synthetic=40", 
             "trainer.enable_progress_bar=false"]
 
 
+@pytest.mark.slow
 def test_tiny_imm_runs_the_embedded_default(tmp_path: Path):
-    proc = run_cli(TINY_IMM, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task(TINY_IMM, tmp_path)
     summary = summary_of(tmp_path)
     assert summary["family"] == "neon.families.imm.IMMModule" and summary["sampler"]["num_steps"] == 2
     assert np.isfinite(summary["fid_base"]) and np.isfinite(summary["fid_neon"])
@@ -273,6 +273,7 @@ def test_tiny_imm_runs_the_embedded_default(tmp_path: Path):
     assert torch.equal(shard["label"], torch.arange(40) % 10)
 
 
+@pytest.mark.slow
 def test_paper_experiment_runs_at_tiny_size(tmp_path: Path):
     net = dict(NET, img_resolution=2, num_classes=1000)
     snapshot = tmp_path / "imagenet256_ts_a2.pkl"
@@ -282,13 +283,12 @@ def test_paper_experiment_runs_at_tiny_size(tmp_path: Path):
     np.savez(tmp_path / "ref.npz", mu=np.zeros(768), sigma=np.eye(768) * 0.3)
     overrides = [f"model.network.{k}={'null' if v is None else v}" for k, v in net.items()]
     overrides += ["model.latent.ch=32", "model.latent.ch_mult=[1,2,2,2]", "model.latent.image_size=16"]
-    proc = run_cli(["experiment=paper/imm_in256", f"model.checkpoint={snapshot}", f"model.vae_checkpoint={tmp_path / 'vae.ckpt'}",
-                    *overrides, "metrics=pixel_fd", f"metrics.reference={tmp_path / 'ref.npz'}",
-                    "metrics.num_samples=20", "metrics.allow_small=true", "metrics.block_size=20", "neon.n_synthetic=20", "neon.batch_size=8",
-                    "neon.budget_steps=[2,4]", "neon.w=[0.0,0.8,1.2]", "task.cfg_values=[1.6,1.8]",
-                    "task.final_num_samples=40", "neon.synthetic.block_size=10", "neon.synthetic.shard_size=20",
-                    "trainer.enable_progress_bar=false"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task(["experiment=paper/imm_in256", f"model.checkpoint={snapshot}", f"model.vae_checkpoint={tmp_path / 'vae.ckpt'}",
+              *overrides, "metrics=pixel_fd", f"metrics.reference={tmp_path / 'ref.npz'}",
+              "metrics.num_samples=20", "metrics.allow_small=true", "metrics.block_size=20", "neon.n_synthetic=20", "neon.batch_size=8",
+              "neon.budget_steps=[2,4]", "neon.w=[0.0,0.8,1.2]", "task.cfg_values=[1.6,1.8]",
+              "task.final_num_samples=40", "neon.synthetic.block_size=10", "neon.synthetic.shard_size=20",
+              "trainer.enable_progress_bar=false"], tmp_path)
     summary = summary_of(tmp_path)
     assert summary["task"] == "search" and summary["cfg"] in (1.6, 1.8) and summary["budget_steps"] in (2, 4)
     assert {p["num_samples"] for p in summary["points"]} == {20, 40}

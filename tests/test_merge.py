@@ -153,6 +153,7 @@ def test_streaming_holds_about_one_tensor(tmp_path: Path, suffix: str):
     assert torch.equal(merged["t3"], torch.full((numel,), 2.0 * 4 - 5.0))
 
 
+@pytest.mark.slow
 def test_neon_merge_command(tmp_path: Path):
     base, aux = make_pair()
     save_file(base, tmp_path / "base.safetensors")

@@ -19,7 +19,7 @@ from neon.metrics.extractors import IdentityFeatures
 from neon.metrics.frechet import feature_statistics, frechet_distance
 from neon.metrics.reference import load_reference, uint8_images_to_unit
 from neon.metrics.scores import compute_scores, precision_recall
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_task, summary_of
 from tests.inception_weights import write_random_inception
 
 
@@ -48,6 +48,7 @@ def inception(tmp_path_factory) -> Path:
     return write_random_inception(tmp_path_factory.mktemp("inception") / "weights.pth")
 
 
+@pytest.mark.slow
 def test_fid_isc_pr_match_torch_fidelity(inception: Path, tmp_path: Path):
     import torch_fidelity
 
@@ -72,13 +73,13 @@ def test_fid_isc_pr_match_torch_fidelity(inception: Path, tmp_path: Path):
     assert ours["recall"] == pytest.approx(lib["recall"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_evaluate_task_scores_an_adm_sample_file(inception: Path, tmp_path: Path):
     np.savez(tmp_path / "samples.npz", arr_0=smooth_images(24, 3))
     np.savez(tmp_path / "real.npz", arr_0=smooth_images(24, 4))
-    proc = run_cli(["task=evaluate", f"samples={tmp_path / 'samples.npz'}", "metrics=fid50k",
-                    f"metrics.inception_weights={inception}", f"metrics.reference={tmp_path / 'real.npz'}",
-                    "metrics.block_size=12", "metrics.allow_small=true"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task(["task=evaluate", f"samples={tmp_path / 'samples.npz'}", "metrics=fid50k",
+              f"metrics.inception_weights={inception}", f"metrics.reference={tmp_path / 'real.npz'}",
+              "metrics.block_size=12", "metrics.allow_small=true"], tmp_path)
     summary = summary_of(tmp_path)
     scores = summary["scores"][str(tmp_path / "samples.npz")]
     assert scores["num_samples"] == 24 and scores["fid"] > 0 and scores["isc_mean"] > 0
@@ -88,9 +89,9 @@ def test_evaluate_task_scores_an_adm_sample_file(inception: Path, tmp_path: Path
 
 def test_missing_inception_weights_name_the_file(tmp_path: Path):
     np.savez(tmp_path / "samples.npz", arr_0=smooth_images(4, 3))
-    proc = run_cli(["task=evaluate", f"samples={tmp_path / 'samples.npz'}", "metrics=fid50k",
-                    "metrics.inception_weights=/nowhere/w.pth", "metrics.reference=x.npz"], tmp_path)
-    assert proc.returncode == 2 and "weights-inception-2015-12-05-6726825d.pth" in proc.stderr
+    with pytest.raises(NeonError, match="weights-inception-2015-12-05-6726825d.pth"):
+        run_task(["task=evaluate", f"samples={tmp_path / 'samples.npz'}", "metrics=fid50k",
+                  "metrics.inception_weights=/nowhere/w.pth", "metrics.reference=x.npz"], tmp_path)
 
 
 def brute_force_pr(gen: np.ndarray, real: np.ndarray, k: int) -> tuple[float, float]:
@@ -163,6 +164,7 @@ def _sharded_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_equals_one_process(tmp_path: Path):
     port = 29500 + os.getpid() % 1000
     tmp_mp.spawn(_sharded_worker, args=(2, port, str(tmp_path / "two.npy")), nprocs=2, join=True)
@@ -172,11 +174,11 @@ def test_sharded_evaluation_equals_one_process(tmp_path: Path):
     assert np.allclose(np.load(tmp_path / "two.npy"), one["pool"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_reference_task_on_digits_and_an_image_folder(tmp_path: Path):
     from PIL import Image
 
-    proc = run_cli(["task=reference", "experiment=digits"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task(["task=reference", "experiment=digits"], tmp_path)
     with np.load(tmp_path / "run" / "reference.npz") as f:
         assert f["mu"].shape == (64,) and f["pool"].shape == (1797, 64)
     assert summary_of(tmp_path)["num_images"] == 1797
@@ -184,8 +186,7 @@ def test_reference_task_on_digits_and_an_image_folder(tmp_path: Path):
     folder.mkdir()
     for i, img in enumerate(smooth_images(5, 9, size=8)):
         Image.fromarray(img).save(folder / f"{i}.png")
-    proc = run_cli(["task=reference", "metrics=pixel_fd", "metrics.reference=null", f"task.source={folder}"],
-                   tmp_path, run_dir="folder")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task(["task=reference", "metrics=pixel_fd", "metrics.reference=null", f"task.source={folder}"],
+             tmp_path, run_dir="folder")
     with np.load(tmp_path / "folder" / "reference.npz") as f:
         assert f["pool"].shape == (5, 192)

@@ -23,12 +23,7 @@ def test_notebook_has_no_stale_outputs(path: Path):
             assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name}: clear the outputs"
 
 
-@pytest.fixture(scope="module")
-def shared_cache(tmp_path_factory) -> Path:
-    """One artifact cache for all notebooks: the toy notebooks share θ_r, as they would for a user."""
-    return tmp_path_factory.mktemp("notebook_cache")
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path, shared_cache: Path, monkeypatch):
     monkeypatch.setenv("NEON_NOTEBOOK_SMALL", "1")
@@ -36,8 +31,11 @@ def test_notebook_runs_top_to_bottom(path: Path, tmp_path: Path, shared_cache: P
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.delenv("NEON_SWEEP", raising=False)
     book = nbformat.read(path, as_version=4)
-    NotebookClient(book, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    errors = [o for c in book.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    # allow_errors: every cell runs and records its error as an output, so the check below is what fails
+    NotebookClient(book, timeout=900, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [f"{o.ename}: {o.evalue}" for c in book.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "error"]
+    assert not errors, f"{path.name}: {errors}"
     assert any(o.get("name") == "stdout" for c in book.cells if c.cell_type == "code" for o in c.outputs)
     assert list((tmp_path / "notebook_runs").rglob("summary.json"))

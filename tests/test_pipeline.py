@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from neon.merge import extrapolate
-from tests.conftest import TINY_TOY, run_cli, summary_of
+from tests.helpers import TINY_TOY, run_task, seeded_cache, summary_of
 
 
+@pytest.mark.slow
 def test_run_folder_holds_config_summary_and_w_curve(tiny_toy_run: Path):
     run = tiny_toy_run / "run"
     summary = summary_of(tiny_toy_run)
@@ -35,69 +38,72 @@ def test_run_folder_holds_config_summary_and_w_curve(tiny_toy_run: Path):
     assert "state_dict" in torch.load(run / "theta_neon.ckpt", weights_only=True)
 
 
-def test_rerun_reuses_finished_stages(tiny_toy_run: Path):
+@pytest.mark.slow
+def test_rerun_reuses_finished_stages(tiny_toy_run: Path, caplog):
+    # the command's run, then the same job again in-process on its cache (the cache, not the process, is tested)
     first = summary_of(tiny_toy_run)
     # as if the first run had been interrupted after S: its θ_s and scores are gone
     for kind in ("finetune", "eval"):
         shutil.rmtree(tiny_toy_run / "cache" / kind)
-    proc = run_cli(TINY_TOY, tiny_toy_run, run_dir="rerun")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    log = (tiny_toy_run / "rerun" / "cli.log").read_text()
+    with caplog.at_level(logging.INFO, logger="neon"):
+        run_task(TINY_TOY, tiny_toy_run, run_dir="rerun")
+    log = caplog.text
     assert "θ_r: reusing" in log and "S: reusing" in log and "θ_s: fine-tuned 5 steps" in log
     second = summary_of(tiny_toy_run, "rerun")
     assert second["fid_neon"] == first["fid_neon"] and second["w_curve"] == first["w_curve"]
     # and a third run redoes nothing at all
-    proc = run_cli(TINY_TOY, tiny_toy_run, run_dir="third")
-    assert "θ_s: reusing" in (tiny_toy_run / "third" / "cli.log").read_text()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="neon"):
+        run_task(TINY_TOY, tiny_toy_run, run_dir="third")
+    assert "θ_s: reusing" in caplog.text and "fine-tuned" not in caplog.text
     assert summary_of(tiny_toy_run, "third")["seconds"]["pretrain"] < second["seconds"]["pretrain"] + 1
 
 
 def test_each_stage_runs_alone_on_given_paths(tmp_path: Path):
     small = TINY_TOY
-    assert run_cli(["task=pretrain", *small], tmp_path, "pre").returncode == 0
+    run_task(["task=pretrain", *small], tmp_path, "pre")
     theta_r = tmp_path / "pre" / "theta_r.safetensors"
     assert (tmp_path / "pre" / "theta_r.ckpt").exists()
 
-    proc = run_cli(["task=synthesize", f"model.checkpoint={theta_r}", f"task.out={tmp_path / 'S'}", *small], tmp_path, "syn")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_task(["task=synthesize", f"model.checkpoint={theta_r}", f"task.out={tmp_path / 'S'}", *small], tmp_path, "syn")
     assert len(torch.load(tmp_path / "S" / "shard_00000.pt", weights_only=True)["x"]) == 200
 
-    proc = run_cli(["task=finetune", f"model.checkpoint={theta_r}", f"task.synthetic={tmp_path / 'S'}", *small], tmp_path, "ft")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_task(["task=finetune", f"model.checkpoint={theta_r}", f"task.synthetic={tmp_path / 'S'}", *small], tmp_path, "ft")
     theta_s = tmp_path / "ft" / "theta_s.safetensors"
     by_callback = load_file(tmp_path / "ft" / "theta_neon_w0.5.safetensors")
     expect = extrapolate(load_file(theta_r), load_file(theta_s), 0.5)
     assert all(torch.equal(by_callback[k], expect[k]) for k in expect)
 
-    proc = run_cli(["task=merge", f"task.base={theta_r}", f"task.aux={theta_s}", *small, "neon.w=[0.5,1.5]"], tmp_path, "mg")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_task(["task=merge", f"task.base={theta_r}", f"task.aux={theta_s}", *small, "neon.w=[0.5,1.5]"], tmp_path, "mg")
     streamed = load_file(tmp_path / "mg" / "theta_neon_w0.5.safetensors")
     assert all(torch.equal(streamed[k], expect[k]) for k in expect)
     assert (tmp_path / "mg" / "theta_neon_w1.5.safetensors").exists()
 
     merged = tmp_path / "mg" / "theta_neon_w0.5.safetensors"
-    proc = run_cli(["task=evaluate", f"task.checkpoints=[{theta_r},{merged}]", *small], tmp_path, "ev")
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_task(["task=evaluate", f"task.checkpoints=[{theta_r},{merged}]", *small], tmp_path, "ev")
     fids = json.loads((tmp_path / "ev" / "summary.json").read_text())["fid"]
     assert set(fids) == {str(theta_r), str(merged)} and all(v >= 0 for v in fids.values())
 
 
-def test_budget_list_is_one_finetune_with_snapshots(tmp_path: Path):
+@pytest.mark.slow
+def test_budget_list_is_one_finetune_with_snapshots(tmp_path: Path, shared_cache: Path, caplog):
     base = [a for a in TINY_TOY if not a.startswith("neon.budget_steps")]
-    proc = run_cli([*base, "neon.budget_steps=[3,6]"], tmp_path, "both")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    log = (tmp_path / "both" / "cli.log").read_text()
-    assert "fine-tuned 6 steps, snapshots at [3, 6]" in log
+    seeded_cache(tmp_path, shared_cache, base)
+    with caplog.at_level(logging.INFO, logger="neon"):
+        run_task([*base, "neon.budget_steps=[3,6]"], tmp_path, "both")
+    assert "fine-tuned 6 steps, snapshots at [3, 6]" in caplog.text
     summary = summary_of(tmp_path, "both")
     assert {g["budget_steps"] for g in summary["grid"]} == {3, 6} and summary["budget_steps"] in (3, 6)
     assert (tmp_path / "both" / "w_grid.csv").read_text().startswith("budget_steps,w,fid")
     # a later job asking for one of those budgets reuses the snapshot, and it equals a fresh 3-step fine-tune
-    proc = run_cli([*base, "neon.budget_steps=3"], tmp_path, "reuse")
-    assert "θ_s: reusing" in (tmp_path / "reuse" / "cli.log").read_text()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="neon"):
+        run_task([*base, "neon.budget_steps=3"], tmp_path, "reuse")
+    assert "θ_s: reusing" in caplog.text
+    # the fresh fine-tune starts from the same θ_r (copied: θ_r is not what is compared) in a cache without θ_s
     fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    proc = run_cli([*base, "neon.budget_steps=3"], fresh)
-    assert proc.returncode == 0
+    shutil.copytree(tmp_path / "cache" / "pretrain", fresh / "cache" / "pretrain")
+    run_task([*base, "neon.budget_steps=3"], fresh)
     a = load_file(summary_of(tmp_path, "reuse")["artifacts"]["theta_s"]["3"])
     b = load_file(summary_of(fresh)["artifacts"]["theta_s"]["3"])
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -6,35 +6,41 @@ import csv
 import json
 from pathlib import Path
 
-from tests.conftest import TINY_TOY, run_cli, summary_of
+import pytest
+
+from neon.errors import NeonError
+from tests.helpers import TINY_TOY, run_cli, run_task, seeded_cache, summary_of
 
 BASE = [a for a in TINY_TOY if not a.startswith("neon.w")]
 
 
-def test_multirun_writes_a_sweep_table_and_report(tmp_path: Path):
+@pytest.mark.slow
+def test_multirun_writes_a_sweep_table_and_report(tmp_path: Path, shared_cache: Path):
+    # a Hydra multirun and its sweep callback: through the command
     proc = run_cli(["-m", *BASE, "neon.w=[0.0,1.0]", "sampler.score_scale=1.05,1.1", "neon.budget_steps=[3,5]",
-                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path)
+                    f"hydra.sweep.dir={tmp_path / 'sweep'}"], tmp_path, cache=shared_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "sweep" / "sweep.csv").open()))
     assert [r["sampler.score_scale"] for r in rows] == ["1.05", "1.1"]
     assert all(float(r["fid_neon"]) <= float(r["fid_base"]) + 1e-9 for r in rows)
     assert (tmp_path / "sweep" / "sweep.md").read_text().startswith("| job | sampler.score_scale |")
-    proc = run_cli(["task=report", f"dir={tmp_path / 'sweep'}", "task.heat_key=sampler.score_scale"], tmp_path, "rep")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task(["task=report", f"dir={tmp_path / 'sweep'}", "task.heat_key=sampler.score_scale"], tmp_path, "rep")
     for name in ("report_w_curves.png", "report_u_curve.png", "report_heatmap_w_sampler_score_scale.png"):
         assert (tmp_path / "sweep" / name).read_bytes()[:4] == b"\x89PNG", name
 
 
 def test_report_of_a_missing_folder_is_one_line(tmp_path: Path):
-    proc = run_cli(["task=report", f"dir={tmp_path / 'nope'}"], tmp_path)
-    assert proc.returncode == 2 and "does not exist" in proc.stderr.strip().splitlines()[-1]
+    with pytest.raises(NeonError, match="does not exist") as info:
+        run_task(["task=report", f"dir={tmp_path / 'nope'}"], tmp_path)
+    assert "\n" not in str(info.value)
 
 
-def test_search_stops_early_refines_and_resumes(tmp_path: Path):
+@pytest.mark.slow
+def test_search_stops_early_refines_and_resumes(tmp_path: Path, shared_cache: Path):
     args = ["task=search", *BASE, "neon.budget_steps=[3,6]", "neon.w=[0.0,100.0,1000.0,10000.0,100000.0]",
             "task.tolerance=0.0", "task.final_num_samples=3000"]
-    proc = run_cli(args, tmp_path, "s1")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    seeded_cache(tmp_path, shared_cache, args)
+    run_task(args, tmp_path, "s1")
     s = summary_of(tmp_path, "s1")
     coarse = [p for p in s["points"] if p["num_samples"] == 2000 and p["w"] in (0.0, 100.0, 1000.0, 1e4, 1e5)]
     assert len(coarse) < 10  # some w-line stopped before its end
@@ -42,16 +48,17 @@ def test_search_stops_early_refines_and_resumes(tmp_path: Path):
     assert any(abs(p["w"] - (best - 0.1)) < 1e-9 or abs(p["w"] - best) < 1e-9 for p in s["points"])
     assert s["points"][-2]["num_samples"] == 3000 and s["fid_neon"] == s["points"][-2]["fid"]
     evals = len(list((tmp_path / "cache" / "eval").glob("*[0-9a-f]")))
-    proc = run_cli(args, tmp_path, "s2")  # as if restarted: every point is served from the cache
-    assert proc.returncode == 0
+    run_task(args, tmp_path, "s2")  # as if restarted: every point is served from the cache
     assert len(list((tmp_path / "cache" / "eval").glob("*[0-9a-f]"))) == evals
     again = json.loads((tmp_path / "s2" / "summary.json").read_text())
     assert again["points"] == s["points"] and again["w"] == s["w"]
 
 
-def test_wandb_offline_one_run_per_job_in_one_group(tmp_path: Path):
+@pytest.mark.slow
+def test_wandb_offline_one_run_per_job_in_one_group(tmp_path: Path, shared_cache: Path):
     proc = run_cli(["-m", *BASE, "neon.w=[0.0,1.0]", "logger=wandb", "sampler.score_scale=1.0,1.1",
-                    f"hydra.sweep.dir={tmp_path / 'grp7f3a'}"], tmp_path, env={"WANDB_API_KEY": "", "HOME": str(tmp_path)})
+                    f"hydra.sweep.dir={tmp_path / 'grp7f3a'}"], tmp_path, env={"WANDB_API_KEY": "", "HOME": str(tmp_path)},
+                   cache=shared_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "grp7f3a").glob("*/wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 2  # one finished run per job, each in its own job folder
@@ -62,6 +69,7 @@ def test_wandb_offline_one_run_per_job_in_one_group(tmp_path: Path):
             assert key in raw, key
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_jobs_as_separate_processes(tmp_path: Path):
     # the same launcher path as hydra/launcher=submitit_slurm on a cluster, on this machine
     proc = run_cli(["-m", *BASE, "neon.w=[0.0,1.0]", "sampler.score_scale=1.05,1.1", "hydra/launcher=submitit_local",
@@ -72,9 +80,10 @@ def test_submitit_local_launcher_runs_jobs_as_separate_processes(tmp_path: Path)
     assert len([p for p in (tmp_path / "cache" / "pretrain").iterdir() if p.is_dir()]) == 1  # θ_r built once
 
 
-def test_optuna_sweeper_minimises_fid_over_w(tmp_path: Path):
+@pytest.mark.slow
+def test_optuna_sweeper_minimises_fid_over_w(tmp_path: Path, shared_cache: Path):
     proc = run_cli(["-m", *BASE, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.direction=minimize",
-                    "neon.w=interval(0,2)", f"hydra.sweep.dir={tmp_path / 'opt'}"], tmp_path)
+                    "neon.w=interval(0,2)", f"hydra.sweep.dir={tmp_path / 'opt'}"], tmp_path, cache=shared_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import yaml
 

@@ -31,7 +31,7 @@ def sampler():
 def by_seed(batches) -> dict[int, torch.Tensor]:
     out = {}
     for batch in batches:
-        for seed, x in zip(batch["seed"].tolist(), batch["x"]):
+        for seed, x in zip(batch["seed"].tolist(), batch["x"], strict=True):
             assert seed not in out
             out[seed] = x
     return out
@@ -57,6 +57,7 @@ def _write_share(rank: int, out: str, shard_size: int) -> None:
                         progress=False)
 
 
+@pytest.mark.slow
 def test_shards_are_identical_across_shard_sizes_and_ranks(tmp_path: Path):
     in_process_group(1, _write_share, str(tmp_path / "one"), 64)
     in_process_group(3, _write_share, str(tmp_path / "three"), 16)  # three processes share the blocks

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
+from hydra.utils import instantiate
 
-from tests.conftest import run_cli, summary_of
+from neon.errors import NeonError
+from neon.runtime import model_spec
+from neon.synthetic_source import check_fits, source_folder
+from tests.helpers import cli_error, compose_config, run_cli, run_task, seeded_cache, summary_of
 
 # the EDM digits model, tiny, fine-tuned on S; the xAR digits model, tiny, draws S
 TINY_EDM = ["model.pretrain.steps=30", "neon.n_synthetic=40", "neon.budget_steps=2", "neon.batch_size=20",
@@ -22,9 +27,10 @@ def finetune_keys(cache: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((cache / "finetune").glob("*/key.json"))]
 
 
-def test_another_family_draws_s_for_edm(tmp_path: Path):
-    proc = run_cli([*TINY_EDM, *XAR_DRAWS], tmp_path, "cross")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.slow
+def test_another_family_draws_s_for_edm(tmp_path: Path, shared_cache: Path):
+    seeded_cache(tmp_path, shared_cache, TINY_EDM)  # EDM's θ_r; xAR's is pretrained by this run
+    run_task([*TINY_EDM, *XAR_DRAWS], tmp_path, "cross")
     summary = summary_of(tmp_path, "cross")
     assert summary["family"] == "neon.families.edm.EDMModule" and summary["synthetic_source"].startswith("model=xar_tiny")
     assert summary["sampler"]["num_steps"] == 3 and "cfg" in summary["sampler"]  # the sampler that drew S
@@ -37,21 +43,19 @@ def test_another_family_draws_s_for_edm(tmp_path: Path):
     assert len(list((tmp_path / "cache" / "pretrain").glob("*/theta_r.safetensors"))) == 2
 
     # the EDM's own S gives another S and another θ_s; the same cross run again redoes nothing
-    proc = run_cli(TINY_EDM, tmp_path, "own")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task(TINY_EDM, tmp_path, "own")
     assert summary_of(tmp_path, "own")["artifacts"]["synthetic"] != str(s_dir)
     assert len(finetune_keys(tmp_path / "cache")) == 2
-    proc = run_cli([*TINY_EDM, *XAR_DRAWS], tmp_path, "again")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task([*TINY_EDM, *XAR_DRAWS], tmp_path, "again")
     again = summary_of(tmp_path, "again")
     assert again["fid_neon"] == summary["fid_neon"] and again["seconds"].get("finetune", 0) < 5
 
 
-def test_a_synthesize_run_supplies_s(tmp_path: Path):
-    proc = run_cli(["task=synthesize", *TINY_EDM], tmp_path, "synth")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli([*TINY_EDM, f"neon.synthetic.source={tmp_path / 'synth'}"], tmp_path, "neon")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.mark.slow
+def test_a_synthesize_run_supplies_s(tmp_path: Path, shared_cache: Path):
+    seeded_cache(tmp_path, shared_cache, TINY_EDM)
+    run_task(["task=synthesize", *TINY_EDM], tmp_path, "synth")
+    run_task([*TINY_EDM, f"neon.synthetic.source={tmp_path / 'synth'}"], tmp_path, "neon")
     summary = summary_of(tmp_path, "neon")
     assert summary["artifacts"]["synthetic"] == str(tmp_path / "synth" / "synthetic")
     (key,) = finetune_keys(tmp_path / "cache")
@@ -59,28 +63,30 @@ def test_a_synthesize_run_supplies_s(tmp_path: Path):
 
 
 def test_bad_sources_are_named(tmp_path: Path):
-    proc = run_cli([*TINY_EDM, f"neon.synthetic.source={tmp_path / 'nowhere'}"], tmp_path, "a")
-    assert proc.returncode != 0 and "nowhere' does not exist" in proc.stderr
+    with pytest.raises(NeonError, match="nowhere' does not exist"):
+        source_folder(tmp_path / "nowhere")
     ckpt = tmp_path / "model.safetensors"
     ckpt.write_bytes(b"x")
-    proc = run_cli([*TINY_EDM, f"neon.synthetic.source={ckpt}"], tmp_path, "b")
-    assert proc.returncode != 0 and "neon.synthetic.source_model" in proc.stderr
+    with pytest.raises(NeonError, match="neon.synthetic.source_model"):
+        source_folder(ckpt)
     # S of 2-d toy points cannot fine-tune an 8×8 image model
-    proc = run_cli(["task=synthesize", "experiment=toy2d", "model.pretrain.steps=20", "neon.n_synthetic=50"],
-                   tmp_path, "toy")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli([*TINY_EDM, f"neon.synthetic.source={tmp_path / 'toy'}"], tmp_path, "c")
-    assert proc.returncode != 0 and "images of shape (2,)" in proc.stderr and "(1, 8, 8)" in proc.stderr
-    proc = run_cli([*TINY_EDM, "neon.synthetic.source_model=nosuch"], tmp_path, "d")
-    assert proc.returncode != 0 and "nosuch" in proc.stderr
+    toy_s = tmp_path / "toy"
+    toy_s.mkdir()
+    torch.save({"x": torch.randn(50, 2), "seed": torch.arange(50)}, toy_s / "shard_00000.pt")
+    edm = instantiate(model_spec(compose_config(TINY_EDM)))
+    with pytest.raises(NeonError) as info:
+        check_fits(edm, source_folder(toy_s), f"'{toy_s}'")
+    assert "images of shape (2,)" in str(info.value) and "(1, 8, 8)" in str(info.value)
+    assert "nosuch" in cli_error([*TINY_EDM, "neon.synthetic.source_model=nosuch"])
 
 
-def test_a_pretrain_run_of_another_family_draws_s(tmp_path: Path):
+@pytest.mark.slow
+def test_a_pretrain_run_of_another_family_draws_s(tmp_path: Path, shared_cache: Path):
+    # the pretrain run through the command: its folder keeps Hydra's .hydra/config.yaml, which names the model
     proc = run_cli(["task=pretrain", "model=xar_tiny", "model.pretrain.steps=20", "sampler.num_steps=3",
                     "trainer.enable_progress_bar=false"], tmp_path, "xar")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_cli([*TINY_EDM, f"neon.synthetic.source={tmp_path / 'xar'}"], tmp_path, "edm")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task([*TINY_EDM, f"neon.synthetic.source={tmp_path / 'xar'}"], tmp_path, "edm", shared_cache)
     summary = summary_of(tmp_path, "edm")
     assert summary["synthetic_source"] == f"the model of run {tmp_path / 'xar'}"
     key = json.loads((Path(summary["artifacts"]["synthetic"]) / "key.json").read_text())

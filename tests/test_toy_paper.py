@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.helpers import run_cli, seeded_cache
 
 
 @pytest.mark.slow
-def test_toy_reproduces_the_papers_findings(tmp_path: Path):
+def test_toy_reproduces_the_papers_findings(tmp_path: Path, shared_cache: Path):
+    # a Hydra multirun (the process is the point); θ_r, the toy's full pretrain, comes from the session's cache
+    seeded_cache(tmp_path, shared_cache, ["experiment=toy2d"])
     proc = run_cli(
         ["-m", "experiment=toy2d", "sampler.score_scale=1.1,0.9", "neon.budget_steps=50,250",
          f"hydra.sweep.dir={tmp_path / 'sweep'}", "trainer.enable_progress_bar=false"],

@@ -18,7 +18,7 @@ from neon.families.var.transformer import VARTransformer
 from neon.families.var.vqvae import VQVAE
 from neon.merge import extrapolate
 from neon.seeding import StepNoise
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_task, summary_of
 
 NET = dict(depth=2, embed_dim=64, num_heads=2, num_classes=10, vocab_size=64, vae_channels=8, patch_nums=[1, 2, 4])
 VAE = dict(vocab_size=64, z_channels=8, ch=32, ch_mult=[1, 2], num_res_blocks=1, in_channels=3, using_sa=True,
@@ -172,9 +172,9 @@ TINY_VAR = ["model=var_tiny", "model.vae_pretrain.steps=20", "model.pretrain.ste
             "trainer.enable_progress_bar=false"]
 
 
+@pytest.mark.slow
 def test_tiny_var_runs_the_embedded_default(tmp_path: Path):
-    proc = run_cli(TINY_VAR, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task(TINY_VAR, tmp_path)
     summary = summary_of(tmp_path)
     assert summary["family"] == "neon.families.var.VARModule" and summary["sampler"]["top_k"] == 32
     assert np.isfinite(summary["fid_base"]) and np.isfinite(summary["fid_neon"])
@@ -185,19 +185,19 @@ def test_tiny_var_runs_the_embedded_default(tmp_path: Path):
     assert len(list((tmp_path / "cache" / "tokenizer").glob("*/vqvae.safetensors"))) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["paper/var_d16_in256", "paper/var_d36_in512"])
 def test_paper_experiments_run_at_tiny_size(tmp_path: Path, experiment: str):
     var_path, vae_path = write_release_files(tmp_path, net=dict(NET, num_classes=1000), vae=dict(VAE))
     np.savez(tmp_path / "ref.npz", mu=np.zeros(192), sigma=np.eye(192) * 0.3)
     net = [f"model.network.{k}={v}".replace(" ", "") for k, v in dict(NET, num_classes=1000).items()]
     vae = [f"model.vae.{k}={v}".replace(" ", "") for k, v in VAE.items()]
-    proc = run_cli([f"experiment={experiment}", f"model.checkpoint={var_path}", f"model.vae_checkpoint={vae_path}",
-                    *net, "model.network.shared_aln=false", *vae, "metrics=pixel_fd", f"metrics.reference={tmp_path / 'ref.npz'}",
-                    "metrics.num_samples=20", "metrics.allow_small=true", "metrics.block_size=20", "neon.n_synthetic=20", "neon.batch_size=10",
-                    "neon.budget_steps=[2,4]", "neon.w=[0.0,0.5,1.0]", "task.cfg_values=[1.5,2.0]",
-                    "task.final_num_samples=40", "sampler.top_k=50", "neon.synthetic.block_size=10",
-                    "neon.synthetic.shard_size=20", "trainer.enable_progress_bar=false"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task([f"experiment={experiment}", f"model.checkpoint={var_path}", f"model.vae_checkpoint={vae_path}",
+              *net, "model.network.shared_aln=false", *vae, "metrics=pixel_fd", f"metrics.reference={tmp_path / 'ref.npz'}",
+              "metrics.num_samples=20", "metrics.allow_small=true", "metrics.block_size=20", "neon.n_synthetic=20", "neon.batch_size=10",
+              "neon.budget_steps=[2,4]", "neon.w=[0.0,0.5,1.0]", "task.cfg_values=[1.5,2.0]",
+              "task.final_num_samples=40", "sampler.top_k=50", "neon.synthetic.block_size=10",
+              "neon.synthetic.shard_size=20", "trainer.enable_progress_bar=false"], tmp_path)
     summary = summary_of(tmp_path)
     assert summary["task"] == "search" and summary["cfg"] in (1.5, 2.0) and summary["budget_steps"] in (2, 4)
     assert {p["num_samples"] for p in summary["points"]} == {20, 40}  # small-sample search, large-sample final

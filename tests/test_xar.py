@@ -16,7 +16,7 @@ from neon.families.xar import KLAutoencoder, PixelLatent, XARModule, xar_sampler
 from neon.families.xar.transformer import TRAIN, XARTransformer
 from neon.merge import extrapolate
 from neon.seeding import StepNoise
-from tests.conftest import run_cli, summary_of
+from tests.helpers import run_task, summary_of
 
 NET = dict(embed_dim=32, depth=1, num_heads=2, num_classes=10, channels=4, grid=4, cluster_grid=2,
            attn_dropout=0.0, proj_dropout=0.0)
@@ -253,9 +253,9 @@ TINY_XAR = ["model=xar_tiny", "model.pretrain.steps=30", "neon.n_synthetic=40", 
             "trainer.enable_progress_bar=false"]
 
 
+@pytest.mark.slow
 def test_tiny_xar_runs_the_embedded_default(tmp_path: Path):
-    proc = run_cli(TINY_XAR, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task(TINY_XAR, tmp_path)
     summary = summary_of(tmp_path)
     assert summary["family"] == "neon.families.xar.XARModule" and summary["sampler"]["num_steps"] == 4
     assert np.isfinite(summary["fid_base"]) and np.isfinite(summary["fid_neon"])
@@ -265,6 +265,7 @@ def test_tiny_xar_runs_the_embedded_default(tmp_path: Path):
     assert torch.allclose(codes, codes.round(), atol=1e-3)  # on the 8-bit grid of the reference's PNGs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["paper/xar_b_in256", "paper/xar_l_in256"])
 def test_paper_experiments_run_at_tiny_size(tmp_path: Path, experiment: str):
     net = dict(NET, num_classes=1000)
@@ -272,14 +273,13 @@ def test_paper_experiments_run_at_tiny_size(tmp_path: Path, experiment: str):
     np.savez(tmp_path / "ref.npz", mu=np.zeros(192), sigma=np.eye(192) * 0.3)
     overrides = [f"model.network.{k}={v}" for k, v in net.items()]
     overrides += [f"model.latent.{k}={v}".replace(" ", "") for k, v in VAE.items()]
-    proc = run_cli([f"experiment={experiment}", f"model.checkpoint={xar_path}", f"model.vae_checkpoint={vae_path}",
-                    *overrides, "metrics=pixel_fd", f"metrics.reference={tmp_path / 'ref.npz'}",
-                    "metrics.num_samples=20", "metrics.allow_small=true", "metrics.block_size=20", "neon.n_synthetic=20", "neon.batch_size=10",
-                    "neon.budget_steps=[2,4]", "neon.lr_warmup_steps=3", "neon.w=[0.0,0.5,1.0]",
-                    "task.cfg_values=[1.5,2.0]", "task.final_num_samples=40", "sampler.num_steps=3",
-                    "metrics.sampler.num_steps=3", "neon.synthetic.block_size=10", "neon.synthetic.shard_size=20",
-                    "trainer.enable_progress_bar=false"], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_task([f"experiment={experiment}", f"model.checkpoint={xar_path}", f"model.vae_checkpoint={vae_path}",
+              *overrides, "metrics=pixel_fd", f"metrics.reference={tmp_path / 'ref.npz'}",
+              "metrics.num_samples=20", "metrics.allow_small=true", "metrics.block_size=20", "neon.n_synthetic=20", "neon.batch_size=10",
+              "neon.budget_steps=[2,4]", "neon.lr_warmup_steps=3", "neon.w=[0.0,0.5,1.0]",
+              "task.cfg_values=[1.5,2.0]", "task.final_num_samples=40", "sampler.num_steps=3",
+              "metrics.sampler.num_steps=3", "neon.synthetic.block_size=10", "neon.synthetic.shard_size=20",
+              "trainer.enable_progress_bar=false"], tmp_path)
     summary = summary_of(tmp_path)
     assert summary["task"] == "search" and summary["cfg"] in (1.5, 2.0) and summary["budget_steps"] in (2, 4)
     assert {p["num_samples"] for p in summary["points"]} == {20, 40}  # small-sample search, large-sample final

@@ -25,7 +25,7 @@ class ARGaussian2D(nn.Module):
         self.mu1 = nn.Parameter(torch.zeros(1))
         self.log_std1 = nn.Parameter(torch.zeros(1))  # σ1 starts at 1
         widths = [1] + [hidden] * layers
-        body = [m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
+        body = [m for a, b in zip(widths, widths[1:], strict=False) for m in (nn.Linear(a, b), nn.ReLU())]
         self.head2 = nn.Sequential(*body, nn.Linear(hidden, 2))
         self.min_log_std, self.max_log_std = min_log_std, max_log_std
 

@@ -53,7 +53,7 @@ def run_neon(cfg: DictConfig) -> dict:
     best_b, best = min(((b, i) for b in budgets for i in range(len(ws))), key=lambda bi: grid[bi[0]][bi[1]]["fid"])
     fids = [r["fid"] for r in grid[best_b]]
     with run.stage("evaluate"):
-        fid_base = next((f for w, f in zip(ws, fids) if w == 0.0), None)
+        fid_base = next((f for w, f in zip(ws, fids, strict=True) if w == 0.0), None)
         if fid_base is None:
             fid_base = evaluator.score(front.theta_r)["fid"]
         if not math.isfinite(fid_base):  # no gain can be measured against it: not a result to report
@@ -80,11 +80,11 @@ def run_neon(cfg: DictConfig) -> dict:
         "fid_neon": fids[best],
         "w": ws[best],
         "budget_steps": best_b,
-        "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, fids)],
-        "grid": [{"budget_steps": b, "w": w_label(w), "fid": r["fid"]} for b in budgets for w, r in zip(ws, grid[b])],
+        "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, fids, strict=True)],
+        "grid": [{"budget_steps": b, "w": w_label(w), "fid": r["fid"]} for b in budgets for w, r in zip(ws, grid[b], strict=True)],
         "fid_noise": noise,
         "control": None if control is None else {
-            "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, control)],
+            "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, control, strict=True)],
             "fid_best": min(control), "w": ws[control.index(min(control))]},
         "auto_w": auto,
         "n_synthetic": cfg.neon.n_synthetic,
@@ -111,7 +111,7 @@ def run_neon(cfg: DictConfig) -> dict:
     summary["seconds"] = {k: round(v, 3) for k, v in run.seconds.items()}
     write_json(run.out / "summary.json", summary)
     run.log_results(
-        [{"w": w, "fid": f} for w, f in zip(ws, fids) if isinstance(w, float)],
+        [{"w": w, "fid": f} for w, f in zip(ws, fids, strict=True) if isinstance(w, float)],
         {"fid_base": fid_base, "fid_neon": fids[best], "budget_steps": best_b,
          **({"w": ws[best]} if isinstance(ws[best], float) else {})},
         images={"neon/w_curve": run.out / "w_curve.png", **grids},

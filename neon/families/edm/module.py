@@ -41,7 +41,7 @@ def build_network(network: Mapping[str, Any]) -> Preconditioner:
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
@@ -125,7 +125,7 @@ class EDMModule(NeonModule):
         if labels == UNCONDITIONAL and self.num_classes:
             raise NeonError(f"this EDM network is class-conditional ({self.num_classes} classes) and has no null "
                             "class: give sample.labels as class ids or 'random'")
-        for start, size in zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size)):
+        for start, size in zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size), strict=True):
             given = batch_labels(labels, start, size, self.device)
             raw, drawn = self._sample(seeds[start:start + size], sampler, given)
             yield Draw(self._finish(raw), drawn, raw.to(torch.float32))

@@ -57,7 +57,7 @@ class LayeredUNet(nn.Module):
         """Run the encoder; returns the bottleneck features and the feature maps the decoder merges."""
         kept: list[torch.Tensor] = []
         image = x
-        for role, module in zip(self.enc_roles, self.enc.values()):
+        for role, module in zip(self.enc_roles, self.enc.values(), strict=True):
             if role == "image_down":
                 image = module(image)
             elif role == "image_add":
@@ -74,7 +74,7 @@ class LayeredUNet(nn.Module):
     def decode(self, x: torch.Tensor, emb: torch.Tensor, kept: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the decoder; returns its last features and the summed image heads (None without heads)."""
         image = head = None
-        for role, module in zip(self.dec_roles, self.dec.values()):
+        for role, module in zip(self.dec_roles, self.dec.values(), strict=True):
             if role == "head_up":
                 image = module(image)
             elif role == "head_norm":

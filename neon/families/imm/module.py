@@ -157,7 +157,7 @@ class IMMModule(LatentImageModule):
         integers) when not given; 'unconditional' gives the null class (the all-zero one-hot row)."""
         net = self.sampling_net
         g = torch.Generator(self.device).manual_seed(int(np.random.RandomState(int(release_seed)).randint(2 ** 31)))
-        for start, size in zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size)):
+        for start, size in zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size), strict=True):
             noise = torch.randn((size, net.img_channels, net.img_resolution, net.img_resolution), generator=g,
                                 device=self.device) * net.sigma_data
             given = batch_labels(labels, start, size, self.device)

@@ -29,6 +29,6 @@ def pushforward_sampler(net: IMMPrecond, latent, noise: torch.Tensor, labels: to
     check_settings(num_steps, cfg)
     times = torch.linspace(net.T, net.eps, num_steps + 1, dtype=torch.float64, device=noise.device)
     x = noise.to(torch.float64)
-    for t, s in zip(times[:-1], times[1:]):
+    for t, s in zip(times[:-1], times[1:], strict=True):
         x = (net(x, t, s, labels) if cfg is None else net.cfg_forward(x, t, s, labels, float(cfg))).to(torch.float64)
     return latent.decode(x.float())

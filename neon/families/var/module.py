@@ -144,7 +144,7 @@ class VARModule(LatentImageModule):
         model's device seeded at the start of the call, labels given, drawn first from it (a multinomial
         over uniform class probabilities) or the null class; `raw` is what that call returns (images in
         [0, 1], NCHW)."""
-        for i, (start, size) in enumerate(zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size))):
+        for i, (start, size) in enumerate(zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size), strict=True)):
             g = torch.Generator(self.device).manual_seed(int(release_seed) + i)
             given = batch_labels(labels, start, size, self.device)
             if labels == UNCONDITIONAL:

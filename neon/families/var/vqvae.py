@@ -180,7 +180,7 @@ class VQVAE(nn.Module):
         b = indices[0].shape[0]
         f_hat = torch.zeros(b, quant.channels, size, size, device=indices[0].device)
         out = []
-        for si, (pn, idx) in enumerate(zip(self.patch_nums, indices)):
+        for si, (pn, idx) in enumerate(zip(self.patch_nums, indices, strict=True)):
             if tuple(idx.shape) != (b, pn * pn):
                 raise NeonError(f"token map {si} has shape {tuple(idx.shape)} but scale {si} needs ({b}, {pn * pn})")
             h = quant.embedding(idx.long()).transpose(1, 2).reshape(b, quant.channels, pn, pn)

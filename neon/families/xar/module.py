@@ -115,7 +115,7 @@ class XARModule(LatentImageModule):
                             "sample.labels as class ids or 'unconditional'")
         cpu = torch.Generator("cpu").manual_seed(int(release_seed))
         rng = cpu if self.device.type == "cpu" else (cpu, torch.Generator(self.device).manual_seed(int(release_seed)))
-        for start, size in zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size)):
+        for start, size in zip(range(0, len(seeds), batch_size), sizes_of(len(seeds), batch_size), strict=True):
             given = batch_labels(labels, start, size, self.device)
             if given is None:
                 given = torch.full((size,), self.num_classes, dtype=torch.long, device=self.device)

@@ -70,6 +70,6 @@ def test_neon_helps_at_low_temperature_and_flips_at_high(tmp_path: Path, shared_
     for tau in (0.5, 1.6):
         run_task([*SMALL, f"sampler.temperature={tau}", "neon.budget_steps=300", "neon.w=[-0.4,-0.2,0.0,0.2,0.4]"],
                  tmp_path, f"t{tau}", shared_cache)
-        best[tau] = summary_of(tmp_path, f"t{tau}", shared_cache)
+        best[tau] = summary_of(tmp_path, f"t{tau}")
     assert best[0.5]["w"] > 0 and best[0.5]["fid_neon"] < 0.8 * best[0.5]["fid_base"]
     assert best[1.6]["w"] < 0

@@ -74,6 +74,7 @@ from neon.metrics.inception import InceptionFeatures  # noqa: E402
 from neon.module import NeonModule  # noqa: E402
 from neon.runtime import model_spec, plain  # noqa: E402
 from neon.seeding import StepNoise  # noqa: E402
+from tests.helpers import random_batch  # noqa: E402
 from tests.inception_weights import write_random_inception  # noqa: E402
 
 REFERENCE_GPUS = 8  # GPUs of the reference runs: per-GPU batch = neon.batch_size / 8
@@ -230,15 +231,6 @@ def measure_sampling(module: NeonModule, sampler, batch: int, sizes: Sizes, devi
 AUTOCAST = {"32-true": None, "bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
-def training_batch(module: NeonModule, batch: int) -> dict[str, torch.Tensor]:
-    """Random images in [-1, 1] (and class ids) on the CPU, where a data loader would hand them over."""
-    g = torch.Generator().manual_seed(1)
-    out = {"x": torch.rand(batch, *module.image_shape, generator=g) * 2 - 1}
-    if module.num_classes:
-        out["label"] = torch.randint(module.num_classes, (batch,), generator=g)
-    return out
-
-
 class StepClock(L.Callback):
     """Seconds from the end of the warm-up steps to the end of the last step, inside a fit."""
 
@@ -307,7 +299,7 @@ class BareLoop:
 def measure_finetune(module: NeonModule, batch: int, precision: str, clip: float | None, sizes: Sizes,
                      device: torch.device) -> dict:
     """Steps/s of a Lightning fit against the bare loop, interleaved, best of `sizes.rounds`."""
-    data = training_batch(module, batch)
+    data = random_batch(module, batch)
     module.to(device)
     bare = BareLoop(module, data, precision, clip, device)
     warm = seconds(lambda: bare.run(2), device) / 2  # warm-up, and the step time that sets the step count

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 # A toy run small enough for a test: short pretrain, small S, few evaluation samples.
 TINY_TOY = [
     "experiment=toy2d",
@@ -145,3 +147,12 @@ def seeded_cache(tmp_path: Path, shared_cache: Path, args: list[str]) -> Path:
     cache = tmp_path / "cache"
     shutil.copytree(theta_r.parent, cache / "pretrain" / theta_r.parent.name)
     return cache
+
+
+def random_batch(module, n: int) -> dict[str, torch.Tensor]:
+    """Images in [-1, 1] of the module's shape, with class labels when it is conditional."""
+    g = torch.Generator().manual_seed(1)
+    batch = {"x": torch.rand(n, *module.image_shape, generator=g) * 2 - 1}
+    if module.num_classes:
+        batch["label"] = torch.randint(module.num_classes, (n,), generator=g)
+    return batch

@@ -28,6 +28,7 @@ from neon.families.xar.transformer import Attention as XARAttention
 from neon.module import NeonModule
 from neon.runtime import model_spec
 from neon.seeding import PerSampleRNG, StepNoise
+from tests.helpers import random_batch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -56,15 +57,6 @@ def perturbed(module: NeonModule, scale: float = 0.02) -> NeonModule:
     if module.ema is not None:
         module.ema.load_state_dict(module.net.state_dict())
     return module
-
-
-def random_batch(module: NeonModule, n: int) -> dict[str, torch.Tensor]:
-    """Images in [-1, 1] of the module's shape, with class labels when it is conditional."""
-    g = torch.Generator().manual_seed(1)
-    batch = {"x": torch.rand(n, *module.image_shape, generator=g) * 2 - 1}
-    if module.num_classes:
-        batch["label"] = torch.randint(module.num_classes, (n,), generator=g)
-    return batch
 
 
 @pytest.fixture()

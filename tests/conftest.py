@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import TINY_TOY, run_cli
+
+
+def pytest_configure(config) -> None:
+    """Share the cores among xdist's workers: each worker, and every `neon` process a test starts, gets
+    cores / workers torch threads (through OMP_NUM_THREADS, which the command obeys). Left alone, every process
+    takes one thread per core and the oversubscribed CPU runs some tests many times slower."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and not os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        import torch
+
+        from neon.threads import machine_cores
+
+        threads = max(1, machine_cores() // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

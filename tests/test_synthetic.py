@@ -47,7 +47,7 @@ def test_noise_of_a_seed_does_not_depend_on_its_batch():
 def test_parse_seeds():
     assert parse_seeds("0-3,7,10-11") == [0, 1, 2, 3, 7, 10, 11]
     assert parse_seeds(5) == [5] and parse_seeds([1, 2]) == [1, 2]
-    with pytest.raises(NeonError, match="bad seed list"):
+    with pytest.raises(NeonError, match="is not a seed list"):
         parse_seeds("a-b")
 
 

@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 
 from neon.errors import NeonError
-from neon.io import UNREADABLE, StateDict, read_error, save_state_dict
+from neon.io import UNREADABLE, StateDict, read_error
 
 # Globals a training checkpoint holds besides tensors: harmless data classes only.
 SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
@@ -112,12 +112,6 @@ def _torch_load(path: Path, what: str, mmap: bool) -> Any:
         raise read_error(path, exc, what) from None
 
 
-def _snapshot(path: Path, what: str) -> StateDict:
-    from neon.persistence import read_snapshot  # persistence reads StateDict from neon.io
-
-    return read_snapshot(path, what=what).state_dict
-
-
 def read_weights(path: str | os.PathLike, what: str = "checkpoint", weights: str = "ema") -> StateDict:
     """All the weights of the network in a file of any supported format, on the CPU."""
     with open_weights(path, what, weights) as lazy:
@@ -152,14 +146,11 @@ class LazyWeights:
             self._open(self.path)
             self._where = {k: self.path for k in self._handles[self.path].keys()}
         elif kind == "snapshot":
-            # a pickle cannot be mapped: read it (one model in memory), then stream it from a safetensors copy
-            state = _snapshot(self.path, what)
+            # a pickle cannot be mapped: its storages are spilled to files as it is read and mapped back
+            from neon.persistence import read_snapshot  # persistence reads StateDict from neon.io
+
             self._spill = tempfile.TemporaryDirectory(prefix=".neon-spill-", dir=spill_dir)
-            copy = Path(self._spill.name) / "weights.safetensors"
-            save_state_dict(state, copy)
-            del state
-            self._open(copy)
-            self._where = {k: copy for k in self._handles[copy].keys()}
+            self._tensors = read_snapshot(self.path, what=what, spill_dir=self._spill.name).state_dict
         else:
             # mmap keeps tensors on disk until touched, so a big checkpoint costs no memory here
             obj = _torch_load(self.path, what, mmap=True)
@@ -214,7 +205,7 @@ class LazyWeights:
 def open_weights(path: str | os.PathLike, what: str = "checkpoint", weights: str = "ema",
                  spill_dir: str | os.PathLike | None = None, keep_layout: bool = False) -> LazyWeights:
     """The weights of a file, a tensor at a time, as a context manager: safetensors and torch zip files are
-    mapped, not read; a pickle snapshot is read once (one model in memory) and spilled to a safetensors copy
-    in `spill_dir` (the system's temporary folder when None). With `keep_layout` (the merge), a Lightning
+    mapped, not read; a pickle snapshot's storages are spilled as it is read, one at a time, to files in
+    `spill_dir` (the system's temporary folder when None) and mapped back. With `keep_layout` (the merge), a Lightning
     checkpoint keeps its whole `state_dict` and its other entries (`container`)."""
     return LazyWeights(path, what, weights, spill_dir, keep_layout)

@@ -104,3 +104,39 @@ def test_a_global_outside_the_network_layers_is_refused(tmp_path: Path):
     (tmp_path / "cut.pkl").write_bytes((tmp_path / "evil.pkl").read_bytes()[:50])
     with pytest.raises(NeonError, match="cannot read snapshot '.*cut.pkl'"):
         read_snapshot(tmp_path / "cut.pkl")
+
+
+def _rss_anon_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read memory")
+def test_merging_two_snapshots_streams_their_storages(tmp_path: Path):
+    import gc
+
+    from safetensors.torch import load_file
+
+    from neon.merge import merge_files
+
+    # two snapshots of 16 layers × 16 MiB: a model is 256 MiB; the merge should hold a few layers at a time
+    n, width = 16, 2048
+    for name, fill in (("base", 1.0), ("aux", 2.0)):
+        child = nn.Sequential(*[nn.Linear(width, width, bias=False) for _ in range(n)])
+        with torch.no_grad():
+            for i, layer in enumerate(child):
+                layer.weight.fill_(fill + i)
+        write_pickle(tmp_path / f"{name}.pkl", child, pickle.HIGHEST_PROTOCOL)
+        del child
+    gc.collect()
+    start = _rss_anon_mb()
+    peak = [start]
+    merge_files(tmp_path / "base.pkl", tmp_path / "aux.pkl", 1.0, tmp_path / "m.safetensors",
+                on_tensor=lambda key: peak.append(_rss_anon_mb()))
+    layer_mb = width * width * 4 / 2**20
+    assert max(peak) - start < 8 * layer_mb, f"peak grew by {max(peak) - start:.0f} MiB (a layer is {layer_mb} MiB)"
+    merged = load_file(tmp_path / "m.safetensors")
+    assert torch.equal(merged["mlp.3.weight"], torch.full((width, width), 2.0 * 4 - 5.0))
+    assert not list(tmp_path.glob(".neon-spill-*"))  # the spilled storages are gone

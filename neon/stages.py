@@ -322,7 +322,9 @@ class Evaluator:
         """The configured metrics of these features against the reference."""
         m = self.run.cfg.metrics
         return compute_scores(features, self.reference(), self.metrics, isc_splits=int(m.get("isc_splits", 10)),
-                              pr_k=int(m.get("pr_k", 3)), allow_small=bool(m.get("allow_small", False)))
+                              pr_k=int(m.get("pr_k", 3)), allow_small=bool(m.get("allow_small", False)),
+                              kid_subsets=int(m.get("kid_subsets", 100)),
+                              kid_subset_size=int(m.get("kid_subset_size", 1000)))
 
     def score(self, state: StateDict) -> dict[str, Any]:
         """{'fid': ..., other metrics, 'digest': ...} for these weights; features kept beside the result."""

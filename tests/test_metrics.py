@@ -17,7 +17,7 @@ from neon.families.toy2d import ToyDiffusion, ddim
 from neon.metrics.evaluate import features_of_images, sample_features
 from neon.metrics.extractors import IdentityFeatures
 from neon.metrics.frechet import feature_statistics, frechet_distance
-from neon.metrics.reference import load_reference, uint8_images_to_unit
+from neon.metrics.reference import Reference, load_reference, uint8_images_to_unit
 from neon.metrics.scores import compute_scores, precision_recall
 from tests.helpers import run_task, summary_of
 from tests.inception_weights import write_random_inception
@@ -60,17 +60,19 @@ def test_fid_isc_pr_match_torch_fidelity(inception: Path, tmp_path: Path):
     ref = load_reference(tmp_path / "real.npz", extractor)  # an ADM-style batch of real images
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ours = compute_scores(features_of_images(uint8_images_to_unit(gen, "gen"), extractor), ref, ["fid", "isc", "pr"],
-                              allow_small=True)
+        ours = compute_scores(features_of_images(uint8_images_to_unit(gen, "gen"), extractor), ref,
+                              ["fid", "isc", "pr", "kid"], allow_small=True, kid_subsets=20, kid_subset_size=25)
         lib = torch_fidelity.calculate_metrics(
-            input1=UInt8Set(gen), input2=UInt8Set(real), fid=True, isc=True, prc=True, cuda=False, verbose=False,
-            cache=False, feature_extractor="inception-v3-compat", feature_layer_prc="2048",
-            feature_extractor_weights_path=str(inception), batch_size=16)
+            input1=UInt8Set(gen), input2=UInt8Set(real), fid=True, isc=True, prc=True, kid=True, cuda=False,
+            verbose=False, cache=False, feature_extractor="inception-v3-compat", feature_layer_prc="2048",
+            feature_extractor_weights_path=str(inception), batch_size=16, kid_subsets=20, kid_subset_size=25)
     assert ours["fid"] == pytest.approx(lib["frechet_inception_distance"], rel=1e-4)
     assert ours["isc_mean"] == pytest.approx(lib["inception_score_mean"], rel=1e-4)
     assert ours["isc_std"] == pytest.approx(lib["inception_score_std"], rel=1e-4, abs=1e-6)
     assert ours["precision"] == pytest.approx(lib["precision"], abs=1e-6)
     assert ours["recall"] == pytest.approx(lib["recall"], abs=1e-6)
+    assert ours["kid_mean"] == pytest.approx(lib["kernel_inception_distance_mean"], rel=1e-4, abs=1e-9)
+    assert ours["kid_std"] == pytest.approx(lib["kernel_inception_distance_std"], rel=1e-4, abs=1e-9)
 
 
 @pytest.mark.slow
@@ -190,3 +192,21 @@ def test_reference_task_on_digits_and_an_image_folder(tmp_path: Path):
              tmp_path, run_dir="folder")
     with np.load(tmp_path / "folder" / "reference.npz") as f:
         assert f["pool"].shape == (5, 192)
+
+
+def test_kid_separates_shifted_features_and_checks_the_subset_size():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 16))
+    ref = Reference(*feature_statistics(real), real, "real")
+    same = compute_scores({"pool": rng.normal(size=(200, 16))}, ref, ["kid"], kid_subsets=10, kid_subset_size=100)
+    shifted = compute_scores({"pool": rng.normal(size=(200, 16)) + 0.5}, ref, ["kid"], kid_subsets=10,
+                             kid_subset_size=100)
+    assert abs(same["kid_mean"]) < 0.1 * shifted["kid_mean"] and shifted["kid_std"] >= 0
+    with pytest.raises(NeonError, match="metrics.kid_subset_size=1000"):
+        compute_scores({"pool": real}, ref, ["kid"])
+    with pytest.warns(UserWarning, match="KID subsets shrunk"):
+        small = compute_scores({"pool": real + 0.5}, ref, ["kid"], kid_subsets=10, allow_small=True)
+    assert small["kid_mean"] > 0
+    with pytest.warns(UserWarning, match="kid needs real features"):
+        stats_only = compute_scores({"pool": real}, Reference(ref.mu, ref.sigma, None, "stats"), ["kid"])
+    assert stats_only["kid_mean"] is None

@@ -1,5 +1,6 @@
-"""FID, Inception Score and precision/recall from one pass of features. The IS and precision/recall
-arithmetic is torch-fidelity's own (called, not re-implemented), so the numbers are the library's."""
+"""FID, Inception Score, KID and precision/recall from one pass of features. The IS, KID and
+precision/recall arithmetic is torch-fidelity's own (called, not re-implemented), so the numbers are the
+library's."""
 
 from __future__ import annotations
 
@@ -33,10 +34,32 @@ def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = 3) -> tup
     return float(out["precision"]), float(out["recall"])
 
 
+def kernel_distance(generated: np.ndarray, real: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+                    allow_small: bool = False) -> tuple[float, float]:
+    """Mean and std of KID (torch-fidelity: polynomial-kernel MMD² over random subsets, its fixed seed); fewer
+    samples than `subset_size` is an error unless `allow_small` (then the subsets shrink to fit)."""
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    fewest = min(len(generated), len(real))
+    if fewest < subset_size:
+        if not allow_small:
+            raise NeonError(f"KID draws subsets of metrics.kid_subset_size={subset_size} samples, but there are "
+                            f"{len(generated)} generated and {len(real)} real: lower metrics.kid_subset_size or "
+                            "score more samples")
+        warnings.warn(f"KID subsets shrunk from {subset_size} to {fewest} samples to fit (metrics.allow_small)",
+                      stacklevel=2)
+        subset_size = fewest
+    out = kid_features_to_metric(torch.from_numpy(np.asarray(generated, np.float32)),
+                                 torch.from_numpy(np.asarray(real, np.float32)),
+                                 kid_subsets=subsets, kid_subset_size=subset_size, verbose=False)
+    return float(out["kernel_inception_distance_mean"]), float(out["kernel_inception_distance_std"])
+
+
 def compute_scores(features: dict[str, np.ndarray], reference: Reference, metrics: Iterable[str] = ("fid",),
-                   isc_splits: int = 10, pr_k: int = 3, allow_small: bool = False) -> dict[str, float | None]:
-    """The requested metrics ('fid', 'isc', 'pr') of generated features against a reference; an FID from
-    fewer samples than feature dimensions is an error unless `allow_small` (then a warning)."""
+                   isc_splits: int = 10, pr_k: int = 3, allow_small: bool = False, kid_subsets: int = 100,
+                   kid_subset_size: int = 1000) -> dict[str, float | None]:
+    """The requested metrics ('fid', 'isc', 'kid', 'pr') of generated features against a reference; an FID
+    from fewer samples than feature dimensions is an error unless `allow_small` (then a warning)."""
     pool = features["pool"]
     out: dict[str, float | None] = {"num_samples": int(len(pool))}
     for name in metrics:
@@ -51,13 +74,17 @@ def compute_scores(features: dict[str, np.ndarray], reference: Reference, metric
                 raise NeonError("metrics.compute asks for isc, but the Inception Score needs an extractor with class "
                                 "logits: set metrics.extractor to the Inception extractor or drop isc")
             out["isc_mean"], out["isc_std"] = inception_score(features["logits"], isc_splits)
-        elif name == "pr":
+        elif name in ("pr", "kid"):
+            keys = ("precision", "recall") if name == "pr" else ("kid_mean", "kid_std")
             if reference.features is None:
-                warnings.warn(f"precision/recall need real features; reference '{reference.source}' has only statistics",
+                warnings.warn(f"{name} needs real features; reference '{reference.source}' has only statistics",
                               stacklevel=2)
-                out["precision"] = out["recall"] = None
-            else:
+                out.update(dict.fromkeys(keys))
+            elif name == "pr":
                 out["precision"], out["recall"] = precision_recall(pool, reference.features, pr_k)
+            else:
+                out["kid_mean"], out["kid_std"] = kernel_distance(pool, reference.features, kid_subsets,
+                                                                  kid_subset_size, allow_small)
         else:
-            raise NeonError(f"metrics.compute: unknown metric '{name}': use fid, isc or pr")
+            raise NeonError(f"metrics.compute: unknown metric '{name}': use fid, isc, kid or pr")
     return out

@@ -143,6 +143,11 @@ class NeonModule(L.LightningModule):
         """Weights of the sampling network from a file of any format `neon.readers` reads."""
         return read_weights(path)
 
+    def write_native(self, state: StateDict, out: Path) -> Path | None:
+        """θ = `state` in the family's own loadable layout at `out` (diffusers: a pipeline folder), or None for
+        families whose weights file is all there is."""
+        return None
+
     # --- shared behaviour
     @property
     def sampling_net(self) -> nn.Module:

@@ -24,12 +24,14 @@ from neon.seeding import StepNoise
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
 # built and run in full; every other model is release-size and is built on the meta device
-TINY = {"toy2d", "ar2d", "edm_digits", "imm_tiny", "var_tiny", "xar_tiny"}
+TINY = {"toy2d", "ar2d", "edm_digits", "imm_tiny", "var_tiny", "xar_tiny", "diffusers_tiny"}
 # small release networks without a VAE that need a checkpoint: tests/test_pixel_configs.py samples them
 PIXELS = {"imm_pixels", "xar_pixels"}
+# built from a local pipeline folder (tests/test_diffusers.py builds and loads tiny ones)
+FOLDERS = {"diffusers"}
 # fewer sampler steps where the family's sampler takes many (the contract does not depend on the count)
 QUICK_SAMPLER = {"edm_digits": ["sampler.num_steps=4"], "xar_tiny": ["sampler.num_steps=4"],
-                 "imm_tiny": ["sampler.num_steps=2"]}
+                 "imm_tiny": ["sampler.num_steps=2"], "diffusers_tiny": ["sampler.num_inference_steps=4"]}
 
 
 def compose_model(name: str, tmp_path: Path, *overrides: str):
@@ -74,7 +76,7 @@ def test_a_model_target_that_is_no_family_is_one_line(tmp_path: Path):
         family_of({"_target_": "neon.families.nothing.Here"})
 
 
-@pytest.mark.parametrize("name", sorted(set(MODELS) - TINY - PIXELS))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - TINY - PIXELS - FOLDERS))
 def test_release_size_model_builds_on_the_meta_device(name: str, tmp_path: Path):
     cfg = compose_model(name, tmp_path)
     family = family_of(cfg.model)

@@ -146,13 +146,15 @@ def run_export(cfg: DictConfig) -> dict:
     files = release_files(state, stem, run.out, type(module)) if fmt == "release" else \
         {"safetensors": save_state_dict(state, run.out / "model.safetensors")}
     weights = files["safetensors"]
+    native = module.write_native(state, run.out / f"{stem}_pipeline")  # the family's own layout, if it has one
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.update(module.config_overrides())
     model_cfg["checkpoint"] = str(weights.resolve())
     write_text(run.out / "model.yaml", OmegaConf.to_yaml(model_cfg))
     summary = {"task": "export", "format": fmt, "source": str(base_path), "weights": str(weights),
                "config": str(run.out / "model.yaml"), "digest": digest,
-               "run": str(record.folder) if record is not None else None}
+               "run": str(record.folder) if record is not None else None,
+               **({"pipeline": str(native)} if native is not None else {})}
     if fmt == "release":
         shas = {kind: (path, file_sha256(path)) for kind, path in files.items()}
         shas["model.yaml"] = (run.out / "model.yaml", file_sha256(run.out / "model.yaml"))

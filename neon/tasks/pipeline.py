@@ -103,6 +103,9 @@ def run_neon(cfg: DictConfig) -> dict:
     with run.stage("merge"):
         merge.write(front.theta_s(best_b), ws[best], run.out / "theta_neon.safetensors", module=module,
                     model_cfg=cfg.model)
+        native = module.write_native(module.neon_weights(), run.out / "theta_neon_pipeline")
+        if native is not None:  # the family's own layout too (diffusers: a pipeline folder)
+            summary["artifacts"]["theta_neon_pipeline"] = str(native)
     write_w_curve(run.out, ws, fids, control, grid={b: [r["fid"] for r in grid[b]] for b in budgets})
     theta_neon = copy_weights(module.neon_weights())  # write() left θ_neon in the module
     module.to(run.device).eval()

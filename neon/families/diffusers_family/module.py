@@ -1,0 +1,157 @@
+"""The diffusers family as a NeonModule: a local pipeline folder's denoising network (θ), its scheduler's
+training objective, and sampling through that scheduler with one generator per image."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from neon.errors import NeonError
+from neon.families.diffusers_family.folder import PipelineFolder, check_scheduler, read_pipeline_folder
+from neon.families.diffusers_family.objective import scheduler_loss
+from neon.families.diffusers_family.sampler import scheduler_sampler
+from neon.io import StateDict
+from neon.metrics.images import to_uint8
+from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs, setting_above
+from neon.readers import read_weights
+from neon.seeding import PerSampleRNG, StepNoise
+
+log = logging.getLogger("neon")
+
+
+def _scheduler(name: str, config: Mapping[str, Any]):
+    import diffusers
+
+    return getattr(diffusers, name).from_config(dict(config))
+
+
+class DiffusersModule(NeonModule):
+    """A diffusers `UNet2DModel` pipeline (DDPMPipeline / DDIMPipeline layout, `num_class_embeds` for classes):
+    from `pretrained` (a local folder), or built from `network` + `scheduler` settings and pretrained here.
+    Samples are images in [-1, 1]; `quantize` rounds them to the 8-bit grid the pipeline's PIL output has."""
+
+    family = "diffusers"
+    samplers = {"diffusers": scheduler_sampler}
+    release_note = ("diffusers pipelines are folders (model_index.json, one subfolder per component); "
+                    "theta_neon_pipeline/ is that folder with the merged network, for "
+                    "DiffusionPipeline.from_pretrained")
+
+    def __init__(self, pretrained: str | None = None, network: Mapping[str, Any] | None = None,
+                 scheduler: Mapping[str, Any] | None = None, optimizer=None, ema_decay: float | None = None,
+                 quantize: bool = True):
+        self.folder: PipelineFolder | None = None
+        if pretrained:
+            self.folder = read_pipeline_folder(pretrained)
+            network = self.folder.network_config()
+            self.scheduler_class, scheduler_config = self.folder.scheduler_class, self.folder.scheduler_config
+        else:
+            if not network or not scheduler:
+                raise NeonError("model=diffusers needs model.pretrained=<a local pipeline folder> (or, to build one "
+                                "here, model.network and model.scheduler settings)")
+            scheduler_config = {k: v for k, v in dict(scheduler).items() if k != "class_name"}
+            self.scheduler_class = str(dict(scheduler).get("class_name", "DDPMScheduler"))
+            check_scheduler(self.scheduler_class, scheduler_config, "model.scheduler")
+        self.network_kwargs = plain_kwargs(network)
+        self.scheduler_config = dict(scheduler_config)
+        net = self.build_net(self.network_kwargs)
+        if net.config.out_channels != net.config.in_channels:
+            raise NeonError(f"the network predicts {net.config.out_channels} channels for {net.config.in_channels} "
+                            "input channels (a learned variance?): only networks with out_channels = in_channels "
+                            "are supported")
+        super().__init__(net, optimizer=optimizer, ema=EMA(decay=ema_decay) if ema_decay else None,
+                         num_classes=int(net.config.num_class_embeds or 0))
+        if self.folder is not None:
+            self.load_neon_weights(self.read_checkpoint(self.folder.path), source=f"pipeline '{self.folder.path}'")
+        self.scheduler = _scheduler(self.scheduler_class, self.scheduler_config)
+        self.quantize = quantize
+
+    @classmethod
+    def build_net(cls, network: Mapping[str, Any]) -> nn.Module:
+        """A UNet2DModel from its constructor settings (a folder's config.json, or model.network)."""
+        from diffusers import UNet2DModel
+
+        try:
+            return UNet2DModel(**dict(network))
+        except (TypeError, ValueError) as exc:
+            raise NeonError(f"model.network does not build a UNet2DModel: {exc}") from None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the generated images."""
+        size = self.net.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(self.net.config.in_channels), int(h), int(w))
+
+    @classmethod
+    def diversity_seeking(cls, settings: Mapping[str, Any]) -> list[str]:
+        """DDIM with η = 1 is ancestral (DDPM-like) sampling: fresh noise at every step."""
+        return setting_above(settings, "eta", 1.0, "η ≥ 1 adds full fresh noise each step", inclusive=True)
+
+    def _labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.num_classes:
+            if labels is not None:
+                raise NeonError("the network is unconditional (no num_class_embeds) but class labels were given: "
+                                "use unconditional data and sampling")
+            return None
+        if labels is None:
+            raise NeonError(f"the network is class-conditional ({self.num_classes} classes) but the data has no labels")
+        return labels.long()
+
+    def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
+        x = batch["x"]
+        if tuple(x.shape[1:]) != self.image_shape:
+            raise NeonError(f"images of shape {tuple(x.shape[1:])} do not fit the network, which expects {self.image_shape}")
+        # an unconditional network ignores the data's labels, as it would any other unused field
+        labels = self._labels(batch.get("label")) if self.num_classes else None
+        return scheduler_loss(self.net, self.scheduler, x, labels, noise)
+
+    def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
+        # one generator per image: its initial noise first, as the pipelines draw it, then (class-conditional
+        # models) a label, drawn even when labels are given so the step noise after it is the same either way
+        rng = PerSampleRNG(seeds, self.device)
+        latents = rng.randn(*self.image_shape)
+        drawn = rng.randint(self.num_classes) if self.num_classes else None
+        labels = drawn if labels is None else labels
+        labels = self._labels(labels.to(self.device) if labels is not None else None)
+        scheduler = _scheduler(self.scheduler_class, self.scheduler_config)  # set_timesteps changes its state
+        x = sampler(self.sampling_net, scheduler, latents, labels, rng.generators)
+        x = (x / 2 + 0.5).clamp(0, 1)  # the pipelines' output, in [0, 1]
+        if self.quantize:
+            x = (x * 255).round() / 255  # the 8-bit grid of the pipelines' PIL images
+        return (x * 2 - 1).to(torch.float32), labels
+
+    def export_samples(self, x: torch.Tensor) -> np.ndarray:
+        """Images as uint8 NHWC, the layout of the ADM evaluation suite."""
+        return to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
+
+    def read_checkpoint(self, path: str | Path) -> StateDict:
+        """A pipeline folder's network weights (safetensors, sharded or not), or any weights file."""
+        path = Path(path)
+        if path.is_dir():
+            folder = read_pipeline_folder(path)
+            return read_weights(_weights_file(folder.network_dir), what=f"{folder.network_name} weights")
+        return super().read_checkpoint(path)
+
+    def write_native(self, state: StateDict, out: Path) -> Path:
+        """θ (e.g. θ_neon) as a pipeline folder `DiffusionPipeline.from_pretrained` loads."""
+        from neon.families.diffusers_family.export import write_pipeline
+
+        net = copy.deepcopy(self.sampling_net)
+        net.load_state_dict(state)
+        return write_pipeline(net, _scheduler(self.scheduler_class, self.scheduler_config), out, self.folder)
+
+
+def _weights_file(network_dir: Path) -> Path:
+    for name in ("diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors",
+                 "diffusion_pytorch_model.bin"):
+        if (network_dir / name).is_file():
+            return network_dir / name
+    raise NeonError(f"'{network_dir}' holds no diffusion_pytorch_model weights (.safetensors, a sharded index or "
+                    ".bin)")

@@ -1,0 +1,177 @@
+"""The diffusers family: a tiny pipeline built and saved here loads as θ_r, samples exactly as the pipeline's
+own call with per-image generators, trains with its scheduler's objective, and θ goes back out as a
+pipeline folder diffusers loads; bad folders are one-line errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from neon.errors import NeonError
+from neon.families.diffusers_family import DiffusersModule, scheduler_sampler
+from neon.seeding import StepNoise
+
+diffusers = pytest.importorskip("diffusers")
+
+
+def tiny_unet(classes: int | None = None, **overrides):
+    torch.manual_seed(0)
+    settings = dict(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+                    down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                    norm_num_groups=4, num_class_embeds=classes)
+    return diffusers.UNet2DModel(**{**settings, **overrides})
+
+
+def save_pipeline(folder: Path, pipeline_class: str = "DDPMPipeline", classes: int | None = None,
+                  prediction: str = "epsilon", shard: int | None = None, **unet) -> Path:
+    """A tiny pipeline folder, as save_pretrained writes it."""
+    scheduler_cls = diffusers.DDIMScheduler if pipeline_class == "DDIMPipeline" else diffusers.DDPMScheduler
+    scheduler = scheduler_cls(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type=prediction)
+    pipe = getattr(diffusers, pipeline_class)(unet=tiny_unet(classes, **unet), scheduler=scheduler)
+    pipe.save_pretrained(folder, safe_serialization=True, **({"max_shard_size": shard} if shard else {}))
+    return folder
+
+
+def sampler(**kwargs):
+    return lambda net, scheduler, latents, labels, generators: scheduler_sampler(
+        net, scheduler, latents, labels, generators, **kwargs)
+
+
+@pytest.mark.parametrize("pipeline_class, eta", [("DDPMPipeline", None), ("DDIMPipeline", 0.0),
+                                                 ("DDIMPipeline", 0.7)])
+def test_samples_equal_the_pipelines_own_call_per_seed(tmp_path: Path, pipeline_class: str, eta):
+    folder = save_pipeline(tmp_path / "pipe", pipeline_class)
+    module = DiffusersModule(pretrained=str(folder), quantize=False).eval()
+    seeds, steps = [3, 11, 5], 6
+    kwargs = {"num_inference_steps": steps, **({"eta": eta} if eta is not None else {})}
+    with torch.no_grad():
+        ours, labels = module.generate(seeds, sampler(**kwargs))
+        alone, _ = module.generate([11], sampler(**kwargs))
+    pipe = getattr(diffusers, pipeline_class).from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(batch_size=len(seeds), generator=[torch.Generator().manual_seed(s) for s in seeds],
+                  output_type="pt", **kwargs).images
+    assert labels is None
+    assert torch.allclose((ours + 1) / 2, theirs, atol=1e-6)
+    # an image depends on its seed only, not on its batch (up to the convolutions' float rounding, which
+    # varies with the batch size)
+    assert torch.allclose(alone[0], ours[1], atol=1e-5)
+
+
+def test_class_conditional_sampling_is_per_seed_and_checks_labels(tmp_path: Path):
+    module = DiffusersModule(pretrained=str(save_pipeline(tmp_path / "pipe", classes=10)), quantize=True).eval()
+    with torch.no_grad():
+        x, labels = module.generate([1, 2, 3, 4], sampler(num_inference_steps=3))
+        given, same = module.generate([2], sampler(num_inference_steps=3), labels=labels[1:2])
+    assert module.num_classes == 10 and labels.shape == (4,)
+    assert torch.allclose(given[0], x[1], atol=1e-5) and same.tolist() == [labels[1].item()]
+    grid = (x + 1) * 127.5
+    assert torch.allclose(grid, grid.round(), atol=1e-4)  # on the 8-bit grid
+    unconditional = DiffusersModule(pretrained=str(save_pipeline(tmp_path / "u")))
+    with pytest.raises(NeonError, match="unconditional .* but class labels were given"):
+        unconditional.generate([0], sampler(num_inference_steps=2), labels=torch.tensor([1]))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
+def test_loss_is_the_schedulers_objective(tmp_path: Path, prediction: str):
+    module = DiffusersModule(pretrained=str(save_pipeline(tmp_path / "p", classes=3, prediction=prediction)))
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    labels = torch.tensor([0, 2, 1, 0])
+    loss = module.loss({"x": x0, "label": labels}, StepNoise.single(4, seed=5, step=2))
+    # by hand, from the same draws: t first, then ε
+    noise = StepNoise.single(4, seed=5, step=2)
+    t, eps = noise.randint(100), noise.randn(1, 8, 8)
+    abar = module.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    xt = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    target = {"epsilon": eps, "sample": x0, "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[prediction]
+    with torch.no_grad():
+        expected = (module.net(xt, t, class_labels=labels).sample - target).pow(2).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    assert all(p.grad is not None for p in module.net.parameters() if p.requires_grad)
+
+
+def test_theta_goes_back_as_a_pipeline_diffusers_loads(tmp_path: Path):
+    folder = save_pipeline(tmp_path / "pipe", shard=60_000)  # sharded input stays sharded
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    module = DiffusersModule(pretrained=str(folder), quantize=False).eval()
+    state = {k: v + 0.01 for k, v in module.neon_weights().items()}
+    out = module.write_native(state, tmp_path / "theta_neon_pipeline")
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    assert not list(tmp_path.glob(".theta_neon_pipeline.*"))  # the temporary folder was renamed
+    pipe = diffusers.DiffusionPipeline.from_pretrained(out)
+    assert type(pipe).__name__ == "DDPMPipeline"
+    for k, v in pipe.unet.state_dict().items():
+        assert torch.equal(v, state[k])
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=2,
+                 output_type="pt").images
+    assert image.shape == (1, 1, 8, 8) and torch.isfinite(image).all()
+    reread = DiffusersModule(pretrained=str(out))
+    assert all(torch.equal(v, state[k]) for k, v in reread.neon_weights().items())
+
+
+def test_a_module_built_from_settings_exports_a_ddpm_pipeline(tmp_path: Path):
+    module = DiffusersModule(network={"sample_size": 8, "in_channels": 1, "out_channels": 1, "layers_per_block": 1,
+                                      "block_out_channels": [8, 16], "norm_num_groups": 4,
+                                      "down_block_types": ["DownBlock2D", "DownBlock2D"],
+                                      "up_block_types": ["UpBlock2D", "UpBlock2D"]},
+                             scheduler={"class_name": "DDPMScheduler", "num_train_timesteps": 50})
+    out = module.write_native(module.neon_weights(), tmp_path / "out")
+    pipe = diffusers.DiffusionPipeline.from_pretrained(out)
+    assert type(pipe.scheduler).__name__ == "DDPMScheduler" and pipe.scheduler.config.num_train_timesteps == 50
+
+
+def _edit_index(folder: Path, **entries) -> None:
+    index = json.loads((folder / "model_index.json").read_text())
+    index.update(entries)
+    (folder / "model_index.json").write_text(json.dumps(index))
+
+
+def test_bad_folders_are_one_line_errors(tmp_path: Path):
+    def refused(path, match: str, **kwargs):
+        with pytest.raises(NeonError, match=match) as err:
+            DiffusersModule(pretrained=str(path), **kwargs)
+        assert "\n" not in str(err.value)
+
+    refused(tmp_path / "nope", "is not a local folder: give the folder")
+    refused("google/ddpm-cifar10-32", r"a Hub id is not downloaded")
+    (tmp_path / "empty").mkdir()
+    refused(tmp_path / "empty", "model index .*model_index.json' does not exist")
+    good = save_pipeline(tmp_path / "good")
+    dit = tmp_path / "dit"
+    shutil.copytree(good, dit)
+    _edit_index(dit, _class_name="DiTPipeline")
+    refused(dit, "holds a DiTPipeline, which is not supported: use a folder of DDIMPipeline or DDPMPipeline")
+    euler = tmp_path / "euler"
+    shutil.copytree(good, euler)
+    _edit_index(euler, scheduler=["diffusers", "EulerDiscreteScheduler"])
+    refused(euler, "scheduler EulerDiscreteScheduler has no training objective here")
+    learned = save_pipeline(tmp_path / "learned", out_channels=2)
+    refused(learned, "predicts 2 channels for 1 input channels")
+    with pytest.raises(NeonError, match="DDPMScheduler takes no eta"):
+        module = DiffusersModule(pretrained=str(good))
+        module.generate([0], sampler(num_inference_steps=2, eta=0.5))
+
+
+@pytest.mark.slow
+def test_neon_runs_end_to_end_on_a_pipeline_folder(tmp_path: Path):
+    from tests.helpers import run_task, summary_of
+
+    folder = save_pipeline(tmp_path / "pipe", classes=10)
+    run_task(["model=diffusers", f"model.pretrained={folder}", "neon.n_synthetic=64", "neon.budget_steps=2",
+              "neon.w=[0.0,1.0]", "neon.control=false", "metrics.num_samples=80", "metrics.block_size=80",
+              "metrics.noise_seed_offset=null", "sampler.num_inference_steps=3", "preview_samples=0",
+              "trainer.enable_progress_bar=false"], tmp_path)
+    summary = summary_of(tmp_path)
+    assert summary["family"] == "neon.families.diffusers_family.DiffusersModule"
+    assert summary["artifacts"]["theta_r"] == str(folder)
+    pipe = diffusers.DiffusionPipeline.from_pretrained(summary["artifacts"]["theta_neon_pipeline"])
+    from safetensors.torch import load_file
+
+    theta_neon = load_file(tmp_path / "run" / "theta_neon.safetensors")
+    assert all(torch.equal(v, theta_neon[k]) for k, v in pipe.unet.state_dict().items())

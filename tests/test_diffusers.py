@@ -175,3 +175,22 @@ def test_neon_runs_end_to_end_on_a_pipeline_folder(tmp_path: Path):
 
     theta_neon = load_file(tmp_path / "run" / "theta_neon.safetensors")
     assert all(torch.equal(v, theta_neon[k]) for k, v in pipe.unet.state_dict().items())
+
+
+def test_two_sharded_pipeline_networks_merge_by_streaming(tmp_path: Path):
+    from safetensors.torch import load_file, save_file
+
+    from neon.merge import extrapolate, merge_files
+    from neon.readers import open_weights
+
+    base = save_pipeline(tmp_path / "base", shard=60_000)
+    aux = save_pipeline(tmp_path / "aux", shard=60_000)
+    for p in aux.glob("unet/diffusion_pytorch_model-*.safetensors"):  # a different θ_s
+        save_file({k: v * 0.9 for k, v in load_file(p).items()}, p)
+    index = "unet/diffusion_pytorch_model.safetensors.index.json"
+    seen = []
+    out = merge_files(base / index, aux / index, 0.5, tmp_path / "m.safetensors", on_tensor=seen.append)
+    with open_weights(base / index) as b, open_weights(aux / index) as a:
+        expected = extrapolate({k: b[k] for k in b.keys()}, {k: a[k] for k in a.keys()}, 0.5)
+    merged = load_file(out)
+    assert len(seen) == len(expected) and all(torch.equal(merged[k], v) for k, v in expected.items())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,7 @@ def save_pipeline(folder: Path, pipeline_class: str = "DDPMPipeline", classes: i
 
 
 def sampler(**kwargs):
-    return lambda net, scheduler, latents, labels, generators: scheduler_sampler(
-        net, scheduler, latents, labels, generators, **kwargs)
+    return partial(scheduler_sampler, **kwargs)
 
 
 @pytest.mark.parametrize("pipeline_class, eta", [("DDPMPipeline", None), ("DDIMPipeline", 0.0),
@@ -145,8 +145,9 @@ def test_bad_folders_are_one_line_errors(tmp_path: Path):
     good = save_pipeline(tmp_path / "good")
     dit = tmp_path / "dit"
     shutil.copytree(good, dit)
-    _edit_index(dit, _class_name="DiTPipeline")
-    refused(dit, "holds a DiTPipeline, which is not supported: use a folder of DDIMPipeline or DDPMPipeline")
+    _edit_index(dit, _class_name="StableDiffusionPipeline")
+    refused(dit, "holds a StableDiffusionPipeline, which is not supported: use a folder of one of DDIMPipeline, "
+                 "DDPMPipeline, DiTPipeline")
     euler = tmp_path / "euler"
     shutil.copytree(good, euler)
     _edit_index(euler, scheduler=["diffusers", "EulerDiscreteScheduler"])
@@ -194,3 +195,49 @@ def test_two_sharded_pipeline_networks_merge_by_streaming(tmp_path: Path):
         expected = extrapolate({k: b[k] for k in b.keys()}, {k: a[k] for k in a.keys()}, 0.5)
     merged = load_file(out)
     assert len(seen) == len(expected) and all(torch.equal(merged[k], v) for k, v in expected.items())
+
+
+def save_dit_pipeline(folder: Path) -> Path:
+    """A tiny DiTPipeline folder: a 1-block DiT with a learned variance over 4×4×4 latents of an 8×8 RGB VAE."""
+    torch.manual_seed(0)
+    transformer = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
+                                                  out_channels=8, num_layers=1, sample_size=4, patch_size=2,
+                                                  num_embeds_ada_norm=1000)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                                  norm_num_groups=4, sample_size=8)
+    scheduler = diffusers.DDIMScheduler(num_train_timesteps=100)
+    diffusers.DiTPipeline(transformer=transformer, vae=vae, scheduler=scheduler).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("guidance", [1.0, 3.0])
+def test_dit_samples_equal_the_pipelines_own_call(tmp_path: Path, guidance: float):
+    folder = save_dit_pipeline(tmp_path / "dit")
+    module = DiffusersModule(pretrained=str(folder), quantize=False).eval()
+    assert module.image_shape == (3, 8, 8) and module.latent_shape == (4, 4, 4) and module.num_classes == 1000
+    seeds, labels = [4, 9], torch.tensor([7, 123])
+    with torch.no_grad():
+        ours, used = module.generate(seeds, sampler(num_inference_steps=4, guidance_scale=guidance), labels=labels)
+    pipe = diffusers.DiTPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(class_labels=labels.tolist(), guidance_scale=guidance, num_inference_steps=4, output_type="pt",
+                  generator=[torch.Generator().manual_seed(s) for s in seeds]).images
+    assert used.tolist() == labels.tolist()
+    assert torch.allclose((ours + 1) / 2, theirs, atol=1e-6)
+
+
+def test_dit_trains_in_the_vae_latents_with_its_own_label_dropout(tmp_path: Path):
+    module = DiffusersModule(pretrained=str(save_dit_pipeline(tmp_path / "dit")), label_dropout=0.5)
+    assert module.null_label == 1000 and module.label_dropout == 0.5
+    vae_before = {k: v.clone() for k, v in module.vae.state_dict().items()}
+    batch = {"x": torch.rand(6, 3, 8, 8) * 2 - 1, "label": torch.arange(6)}
+    module.train()
+    first = module.loss(batch, StepNoise.single(6, seed=1))
+    assert torch.equal(first, module.loss(batch, StepNoise.single(6, seed=1)))  # every draw from the step
+    first.backward()
+    assert all(torch.equal(v, module.vae.state_dict()[k]) for k, v in vae_before.items())
+    assert all(p.grad is None for p in module.vae.parameters())  # the VAE is frozen, and not θ
+    assert not any(k.startswith("vae.") for k in module.neon_weights())
+    out = module.write_native(module.neon_weights(), tmp_path / "theta_neon_pipeline")
+    assert type(diffusers.DiffusionPipeline.from_pretrained(out)).__name__ == "DiTPipeline"

@@ -10,8 +10,9 @@ from typing import Any
 
 from neon.errors import NeonError
 
-# pipeline class → (its denoising network's component, that component's class)
-PIPELINES = {"DDPMPipeline": ("unet", "UNet2DModel"), "DDIMPipeline": ("unet", "UNet2DModel")}
+# pipeline class → (its denoising network's component, that component's class, its frozen VAE component)
+PIPELINES = {"DDPMPipeline": ("unet", "UNet2DModel", None), "DDIMPipeline": ("unet", "UNet2DModel", None),
+             "DiTPipeline": ("transformer", "DiTTransformer2DModel", "vae")}
 # schedulers whose training objective is add_noise + a prediction target (docs/upstream/diffusers.md)
 SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
@@ -27,6 +28,7 @@ class PipelineFolder:
     network_class: str
     scheduler_class: str
     scheduler_config: dict[str, Any]
+    vae_name: str | None = None
 
     @property
     def network_dir(self) -> Path:
@@ -34,9 +36,10 @@ class PipelineFolder:
         return self.path / self.network_name
 
     def network_config(self) -> dict[str, Any]:
-        """The network's constructor settings from its config.json (diffusers' bookkeeping keys dropped)."""
+        """The network's constructor settings from its config.json (diffusers' bookkeeping keys dropped),
+        with its class under `class_name`."""
         config = _read_json(self.network_dir / "config.json", f"the {self.network_name} config")
-        return {k: v for k, v in config.items() if not k.startswith("_")}
+        return {"class_name": self.network_class, **{k: v for k, v in config.items() if not k.startswith("_")}}
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -74,8 +77,8 @@ def read_pipeline_folder(path: str | Path) -> PipelineFolder:
     name = str(index.get("_class_name", "?"))
     if name not in PIPELINES:
         raise NeonError(f"'{folder}' holds a {name}, which is not supported: use a folder of "
-                        f"{' or '.join(sorted(PIPELINES))}")
-    network_name, network_class = PIPELINES[name]
+                        f"one of {', '.join(sorted(PIPELINES))}")
+    network_name, network_class, vae_name = PIPELINES[name]
     entry = index.get(network_name)
     if not (isinstance(entry, list) and len(entry) == 2 and entry[1] == network_class):
         raise NeonError(f"'{folder}/model_index.json': '{network_name}' should be a {network_class}, found {entry!r}")
@@ -85,4 +88,6 @@ def read_pipeline_folder(path: str | Path) -> PipelineFolder:
     scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json", "scheduler config")
     scheduler_class = str(scheduler_entry[1])
     check_scheduler(scheduler_class, scheduler_config, f"'{folder}'")
-    return PipelineFolder(folder, name, network_name, network_class, scheduler_class, scheduler_config)
+    if vae_name is not None:
+        _read_json(folder / vae_name / "config.json", f"the {vae_name} config")
+    return PipelineFolder(folder, name, network_name, network_class, scheduler_class, scheduler_config, vae_name)

@@ -25,6 +25,8 @@ from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
 
+NETWORKS = ("UNet2DModel", "DiTTransformer2DModel")
+
 
 def _scheduler(name: str, config: Mapping[str, Any]):
     import diffusers
@@ -33,8 +35,9 @@ def _scheduler(name: str, config: Mapping[str, Any]):
 
 
 class DiffusersModule(NeonModule):
-    """A diffusers `UNet2DModel` pipeline (DDPMPipeline / DDIMPipeline layout, `num_class_embeds` for classes):
-    from `pretrained` (a local folder), or built from `network` + `scheduler` settings and pretrained here.
+    """A diffusers pipeline's network: a `UNet2DModel` (DDPMPipeline / DDIMPipeline, `num_class_embeds` for
+    classes) or a `DiTTransformer2DModel` in a frozen `AutoencoderKL` latent space (DiTPipeline), from
+    `pretrained` (a local folder), or a UNet built from `network` + `scheduler` settings and pretrained here.
     Samples are images in [-1, 1]; `quantize` rounds them to the 8-bit grid the pipeline's PIL output has."""
 
     family = "diffusers"
@@ -45,7 +48,7 @@ class DiffusersModule(NeonModule):
 
     def __init__(self, pretrained: str | None = None, network: Mapping[str, Any] | None = None,
                  scheduler: Mapping[str, Any] | None = None, optimizer=None, ema_decay: float | None = None,
-                 quantize: bool = True):
+                 label_dropout: float | None = None, quantize: bool = True):
         self.folder: PipelineFolder | None = None
         if pretrained:
             self.folder = read_pipeline_folder(pretrained)
@@ -61,33 +64,74 @@ class DiffusersModule(NeonModule):
         self.network_kwargs = plain_kwargs(network)
         self.scheduler_config = dict(scheduler_config)
         net = self.build_net(self.network_kwargs)
-        if net.config.out_channels != net.config.in_channels:
-            raise NeonError(f"the network predicts {net.config.out_channels} channels for {net.config.in_channels} "
-                            "input channels (a learned variance?): only networks with out_channels = in_channels "
-                            "are supported")
+        config = net.config
+        is_dit = "num_embeds_ada_norm" in config
+        allowed = (config.in_channels, 2 * config.in_channels) if is_dit else (config.in_channels,)
+        if (config.out_channels or config.in_channels) not in allowed:
+            raise NeonError(f"the network predicts {config.out_channels} channels for {config.in_channels} input "
+                            "channels (a learned variance?): UNet2DModel networks need out_channels = in_channels")
+        classes = int((config.num_embeds_ada_norm if is_dit else config.num_class_embeds) or 0)
         super().__init__(net, optimizer=optimizer, ema=EMA(decay=ema_decay) if ema_decay else None,
-                         num_classes=int(net.config.num_class_embeds or 0))
+                         num_classes=classes)
+        # DiT's label embeddings drop labels themselves with the global generator; here the loss drops them
+        # (label_dropout, from the step's noise), so they never do
+        self.null_label = self._own_label_dropout(net) if is_dit else None
+        self.label_dropout = float(label_dropout if label_dropout is not None else (0.1 if self.null_label else 0.0))
+        if self.label_dropout and self.null_label is None:
+            raise NeonError(f"model.label_dropout={self.label_dropout}: the network has no null class to drop to")
+        self.vae = self._frozen_vae() if self.folder is not None and self.folder.vae_name else None
         if self.folder is not None:
             self.load_neon_weights(self.read_checkpoint(self.folder.path), source=f"pipeline '{self.folder.path}'")
         self.scheduler = _scheduler(self.scheduler_class, self.scheduler_config)
         self.quantize = quantize
 
+    @staticmethod
+    def _own_label_dropout(net: nn.Module) -> int | None:
+        from diffusers.models.embeddings import LabelEmbedding
+
+        tables = [m for m in net.modules() if isinstance(m, LabelEmbedding)]
+        for table in tables:
+            table.dropout_prob = 0.0
+        # the null class exists where the table has a row past the classes
+        has_null = tables and all(t.embedding_table.num_embeddings > t.num_classes for t in tables)
+        return int(tables[0].num_classes) if has_null else None
+
+    def _frozen_vae(self) -> nn.Module:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(self.folder.path / self.folder.vae_name)
+        return vae.eval().requires_grad_(False)
+
     @classmethod
     def build_net(cls, network: Mapping[str, Any]) -> nn.Module:
-        """A UNet2DModel from its constructor settings (a folder's config.json, or model.network)."""
-        from diffusers import UNet2DModel
+        """The network from its constructor settings (a folder's config.json, or model.network) and its
+        `class_name` (UNet2DModel by default, or DiTTransformer2DModel)."""
+        import diffusers
 
+        settings = dict(network)
+        name = settings.pop("class_name", "UNet2DModel")
+        if name not in NETWORKS:
+            raise NeonError(f"model.network.class_name '{name}' is not supported: use one of {', '.join(NETWORKS)}")
         try:
-            return UNet2DModel(**dict(network))
+            return getattr(diffusers, name)(**settings)
         except (TypeError, ValueError) as exc:
-            raise NeonError(f"model.network does not build a UNet2DModel: {exc}") from None
+            raise NeonError(f"model.network does not build a {name}: {exc}") from None
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) the network denoises: the images, or the VAE's latents."""
+        size = self.net.config.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        return (int(self.net.config.in_channels), int(h), int(w))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(channels, height, width) of the generated images."""
-        size = self.net.config.sample_size
-        h, w = (size, size) if isinstance(size, int) else tuple(size)
-        return (int(self.net.config.in_channels), int(h), int(w))
+        c, h, w = self.latent_shape
+        if self.vae is None:
+            return (c, h, w)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (int(self.vae.config.out_channels), h * factor, w * factor)
 
     @classmethod
     def diversity_seeking(cls, settings: Mapping[str, Any]) -> list[str]:
@@ -110,18 +154,26 @@ class DiffusersModule(NeonModule):
             raise NeonError(f"images of shape {tuple(x.shape[1:])} do not fit the network, which expects {self.image_shape}")
         # an unconditional network ignores the data's labels, as it would any other unused field
         labels = self._labels(batch.get("label")) if self.num_classes else None
+        if self.vae is not None:  # the frozen VAE's latents: (mean + std·n) · scaling factor, n from the step
+            with torch.no_grad():
+                dist = self.vae.encode(x).latent_dist
+                x = (dist.mean + dist.std * noise.randn(*dist.mean.shape[1:])) * self.vae.config.scaling_factor
+        if self.label_dropout and labels is not None:
+            labels = torch.where(noise.rand() < self.label_dropout, self.null_label, labels)
         return scheduler_loss(self.net, self.scheduler, x, labels, noise)
 
     def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
         # one generator per image: its initial noise first, as the pipelines draw it, then (class-conditional
         # models) a label, drawn even when labels are given so the step noise after it is the same either way
         rng = PerSampleRNG(seeds, self.device)
-        latents = rng.randn(*self.image_shape)
+        latents = rng.randn(*self.latent_shape)
         drawn = rng.randint(self.num_classes) if self.num_classes else None
         labels = drawn if labels is None else labels
         labels = self._labels(labels.to(self.device) if labels is not None else None)
         scheduler = _scheduler(self.scheduler_class, self.scheduler_config)  # set_timesteps changes its state
-        x = sampler(self.sampling_net, scheduler, latents, labels, rng.generators)
+        x = sampler(self.sampling_net, scheduler, latents, labels, rng.generators, null_label=self.null_label)
+        if self.vae is not None:
+            x = self.vae.decode(x / self.vae.config.scaling_factor).sample
         x = (x / 2 + 0.5).clamp(0, 1)  # the pipelines' output, in [0, 1]
         if self.quantize:
             x = (x * 255).round() / 255  # the 8-bit grid of the pipelines' PIL images

@@ -27,5 +27,6 @@ def scheduler_loss(net: nn.Module, scheduler, x0: torch.Tensor, labels: torch.Te
     t = noise.randint(int(scheduler.config.num_train_timesteps))
     eps = noise.randn(*x0.shape[1:], dtype=x0.dtype)
     xt = scheduler.add_noise(x0, eps, t)
-    prediction = net(xt, t, class_labels=labels).sample
+    # a learned variance's channels (the second half, DiT) get no target: the variational term is not used
+    prediction = net(xt, t, class_labels=labels).sample[:, :x0.shape[1]]
     return F.mse_loss(prediction.float(), prediction_target(scheduler, x0, eps, t).float())

@@ -1,5 +1,6 @@
-"""Sampling through a diffusers scheduler as DDPMPipeline and DDIMPipeline loop, with one generator per
-image (docs/upstream/diffusers.md): the images equal the pipeline's for a list of per-image generators."""
+"""Sampling through a diffusers scheduler as DDPMPipeline, DDIMPipeline and DiTPipeline loop, with one
+generator per image (docs/upstream/diffusers.md): for the same seeds (and labels) the latents equal the
+pipeline's with a list of per-image generators."""
 
 from __future__ import annotations
 
@@ -12,19 +13,46 @@ from torch import nn
 from neon.errors import NeonError
 
 
+def _scheduler_of(scheduler, scheduler_class: str | None):
+    if scheduler_class is None:
+        return scheduler
+    import diffusers
+
+    from neon.families.diffusers_family.folder import SCHEDULERS
+
+    if scheduler_class not in SCHEDULERS:
+        raise NeonError(f"sampler.scheduler_class '{scheduler_class}' is not one of {', '.join(SCHEDULERS)}")
+    return getattr(diffusers, scheduler_class).from_config(scheduler.config)
+
+
+def guided_prediction(net: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
+                      guidance_scale: float, null_label: int | None) -> torch.Tensor:
+    """The network's prediction for the scheduler: with guidance > 1, one pass over [x, x] with [labels,
+    null] and ε_uncond + g·(ε_cond − ε_uncond); only the first channels of x's count (a learned variance's
+    second half is dropped, as DiTPipeline does)."""
+    channels = x.shape[1]
+    guided = guidance_scale > 1 and labels is not None
+    if guided:
+        if null_label is None:
+            raise NeonError(f"sampler.guidance_scale={guidance_scale}: the network has no null class to guide "
+                            "with; use guidance_scale=1")
+        x = torch.cat([x, x])
+        labels = torch.cat([labels, torch.full_like(labels, null_label)])
+    out = net(x, t.expand(len(x)), class_labels=labels).sample[:, :channels]
+    if guided:
+        cond, uncond = out.chunk(2)
+        out = uncond + guidance_scale * (cond - uncond)
+    return out
+
+
 def scheduler_sampler(net: nn.Module, scheduler, latents: torch.Tensor, labels: torch.Tensor | None,
-                      generators: Sequence[torch.Generator], num_inference_steps: int = 50, eta: float = 0.0,
-                      scheduler_class: str | None = None) -> torch.Tensor:
+                      generators: Sequence[torch.Generator], null_label: int | None = None,
+                      num_inference_steps: int = 50, eta: float = 0.0, scheduler_class: str | None = None,
+                      guidance_scale: float = 1.0) -> torch.Tensor:
     """Denoise `latents` over `num_inference_steps` of `scheduler` (or the class `scheduler_class` built from
-    its config); `eta` for schedulers that take one (DDIM). Returns the last sample, unclipped."""
-    if scheduler_class is not None:
-        import diffusers
-
-        from neon.families.diffusers_family.folder import SCHEDULERS
-
-        if scheduler_class not in SCHEDULERS:
-            raise NeonError(f"sampler.scheduler_class '{scheduler_class}' is not one of {', '.join(SCHEDULERS)}")
-        scheduler = getattr(diffusers, scheduler_class).from_config(scheduler.config)
+    its config); `eta` for schedulers that take one (DDIM), classifier-free guidance with the network's
+    `null_label`. Returns the last sample, unclipped."""
+    scheduler = _scheduler_of(scheduler, scheduler_class)
     takes_eta = "eta" in inspect.signature(scheduler.step).parameters
     if eta and not takes_eta:
         raise NeonError(f"sampler.eta={eta}: {type(scheduler).__name__} takes no eta; use "
@@ -35,6 +63,8 @@ def scheduler_sampler(net: nn.Module, scheduler, latents: torch.Tensor, labels: 
     scheduler.set_timesteps(int(num_inference_steps))
     x = latents
     for t in scheduler.timesteps:
-        out = net(x, t, class_labels=labels).sample
+        out = guided_prediction(net, scheduler.scale_model_input(x, t), t, labels, guidance_scale, null_label)
+        # DiTPipeline steps its doubled batch (both halves alike) without a generator; stepping one half
+        # with the per-image generators is the same for deterministic schedulers and seeds stochastic ones
         x = scheduler.step(out, t, x, generator=generator, **step_kwargs).prev_sample
     return x

@@ -45,6 +45,12 @@ def check_w(w: Any) -> WSpec:
     return float(w)
 
 
+def merged_name(w: WSpec, budget: int | None = None) -> str:
+    """File name of θ_neon for one w (and one budget, where a fine-tune snapshots several)."""
+    tag = f"{w:g}" if isinstance(w, float) else "blockwise"
+    return f"theta_neon_w{tag}{'' if budget is None else f'_B{budget}'}.safetensors"
+
+
 def w_for(key: str, w: WSpec) -> float:
     """The coefficient for one parameter: the first pattern that matches its name, else 'default'."""
     if not isinstance(w, Mapping):

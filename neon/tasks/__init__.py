@@ -2,10 +2,14 @@
 (`entry`), which `neon.cli` calls in the processes the trainer asks for.
 
 - `pipeline`: `task=neon`, every stage chained through the artifact cache
-- `standalone`: one stage alone on paths the user gives (pretrain, synthesize, finetune, merge)
+- `standalone`: one stage alone on paths the user gives (pretrain, synthesize, finetune)
+- `merge`: θ_neon streamed from two checkpoint files (`task=merge`)
 - `export`: files for other tools (sample, export)
 - `evaluate`: scores and reference statistics (evaluate, reference)
-- `sweeps`: many points of (B, w, cfg): the reference search protocol, `neon.w=auto`, sweep reports
+- `sweeps`: many points of (B, w, cfg): the reference search protocol, `neon.w=auto`
+- `report`: the tables and plots of a finished sweep (`task=report`)
 - `diagnose`: the anti-alignment diagnostic
 - `front`: what the pipeline and the searches share: θ_r, S and θ_s from the cache
+
+Tasks that need no model family (merge, report) import neither it nor Lightning: their modules stay light.
 """

@@ -156,7 +156,7 @@ class Run:
         return torch.device(want)
 
     def build_module(self) -> NeonModule:
-        """The family's LightningModule, with fresh weights."""
+        """The family's module (a NeonModule), with fresh weights."""
         from neon.module import NeonModule
 
         module = instantiate(model_spec(self.cfg))

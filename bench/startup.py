@@ -3,8 +3,9 @@
 Every command runs as a fresh process, rounds interleaved (so drifts in machine load hit all alike), best of
 `--repeats`. For each task two times are taken from the moment the process is started:
 
-  first work: the task's first stage starts (`sample`, `evaluate`: the log line "stage <name>: start", after
-              the network is built and its weights loaded); the other tasks: the process's exit;
+  first work: the task's working stage starts, read from its log line "stage <name>: start": `sample` after
+              the network is built and its weights read, `evaluate` after the network and the feature
+              extractor are built (the weights are read next); the other tasks: the process's exit;
   exit:       the process has finished (tiny work: a few images with a few sampler steps).
 
 Anchors: `import torch` alone, and `import torch` + reading the network's weights file (the floor of "import

@@ -230,7 +230,7 @@ def _run(cfg: DictConfig) -> float | None:
 
     quiet_libraries()
     try:
-        if cfg.task.get("samples", True):  # the check imports the model family, and with it Lightning
+        if cfg.task.get("samples", True):  # a task that draws no samples need not import the model family
             from neon.module import check_samplers
 
             check_samplers(cfg, HydraConfig.get().runtime.choices)

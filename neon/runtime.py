@@ -22,7 +22,7 @@ from neon.errors import NeonError
 from neon.io import write_text
 from neon.merge import WSpec, check_w
 
-if TYPE_CHECKING:  # Lightning (several seconds to import) only where a task builds a model or trains
+if TYPE_CHECKING:  # Lightning takes seconds to import: only the stages that train import it
     import lightning as L
 
     from neon.module import NeonModule

@@ -11,5 +11,6 @@
 - `diagnose`: the anti-alignment diagnostic
 - `front`: what the pipeline and the searches share: θ_r, S and θ_s from the cache
 
-Tasks that need no model family (merge, report) import neither it nor Lightning: their modules stay light.
+Lightning is imported only where a stage trains (neon/training.py), so sample, evaluate and export start at
+about `import torch`; merge and report do not import a model family either.
 """

@@ -145,14 +145,6 @@ class NeonModule(nn.Module):
 
     # --- shared behaviour
     @property
-    def device(self) -> torch.device:
-        """Where the module's weights are (the CPU for a module without any)."""
-        tensor = next(self.parameters(), None)
-        if tensor is None:
-            tensor = next(self.buffers(), None)
-        return tensor.device if tensor is not None else torch.device("cpu")
-
-    @property
     def sampling_net(self) -> nn.Module:
         """The network used to sample: the EMA copy where the family keeps one."""
         return self.ema if self.ema is not None else self.net
@@ -172,6 +164,14 @@ class NeonModule(nn.Module):
     def load_checkpoint(self, path: str | Path) -> None:
         """Read a checkpoint file and load it as θ."""
         self.load_neon_weights(self.read_checkpoint(path), source=f"checkpoint '{path}'")
+
+    @property
+    def device(self) -> torch.device:
+        """Where the module's weights are (the CPU for a module without any)."""
+        tensor = next(self.parameters(), None)
+        if tensor is None:
+            tensor = next(self.buffers(), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
 
     def optimizer_params(self) -> Iterable[nn.Parameter] | list[dict[str, Any]]:
         """What the optimizer trains: the network's parameters (families may return parameter groups)."""

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from neon.families.edm import EDMModule, heun_sampler
 from neon.seeding import StepNoise
+from neon.training import LightningNeon
 
 NETWORKS = {
     "digits ResMLP 8x8": dict(precond="EDMPrecond", img_resolution=8, img_channels=1, label_dim=10, model_type="ResMLP",
@@ -55,7 +56,7 @@ def bench(name: str, network: dict, n_images: int, steps: int, batch: int, num_s
     def framework_run() -> None:
         trainer = L.Trainer(accelerator="cpu", max_steps=steps, max_epochs=-1, logger=False,
                             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
-        trainer.fit(module, DataLoader(Repeat(data), batch_size=None))
+        trainer.fit(LightningNeon(module), DataLoader(Repeat(data), batch_size=None))
 
     def bare_loop() -> None:
         for _ in range(steps):

@@ -74,6 +74,7 @@ from neon.metrics.inception import InceptionFeatures  # noqa: E402
 from neon.module import NeonModule  # noqa: E402
 from neon.runtime import model_spec, plain  # noqa: E402
 from neon.seeding import StepNoise  # noqa: E402
+from neon.training import LightningNeon  # noqa: E402
 from tests.helpers import random_batch  # noqa: E402
 from tests.inception_weights import write_random_inception  # noqa: E402
 
@@ -253,7 +254,7 @@ def lightning_fit(module: NeonModule, data: dict, steps: int, precision: str, cl
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=False, gradient_clip_val=clip, callbacks=[clock])
     start = time.perf_counter()
-    trainer.fit(module, DataLoader(Repeat(data), batch_size=None))
+    trainer.fit(LightningNeon(module), DataLoader(Repeat(data), batch_size=None))
     return clock.end - clock.start, time.perf_counter() - start
 
 

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from neon.families.imm import IMMModule, pushforward_sampler
 from neon.families.latents import PixelLatent
 from neon.seeding import StepNoise
+from neon.training import LightningNeon
 
 NET = dict(img_resolution=16, img_channels=4, num_classes=10, model_type=None, hidden_size=256, depth=4,
            num_heads=4, patch_size=2)
@@ -64,7 +65,7 @@ def main() -> None:
     def framework_run() -> None:
         trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, max_epochs=-1, logger=False,
                             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
-        trainer.fit(module, DataLoader(Repeat(data), batch_size=None))
+        trainer.fit(LightningNeon(module), DataLoader(Repeat(data), batch_size=None))
 
     def bare_loop() -> None:
         for step in range(args.steps):

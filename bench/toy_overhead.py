@@ -18,6 +18,7 @@ import torch
 from neon.data.batches import TensorItems, global_batch_loader
 from neon.families.toy2d import ToyDiffusion, ddim
 from neon.seeding import StepNoise
+from neon.training import LightningNeon
 
 
 def timed(fn) -> float:
@@ -38,7 +39,7 @@ def main() -> None:
     module = ToyDiffusion(optimizer=partial(torch.optim.Adam, lr=1e-4))
     trainer = L.Trainer(accelerator="cpu", max_steps=args.steps, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
-    t_framework = timed(lambda: trainer.fit(module, global_batch_loader(TensorItems({"x": points}), len(points), seed=0)))
+    t_framework = timed(lambda: trainer.fit(LightningNeon(module), global_batch_loader(TensorItems({"x": points}), len(points), seed=0)))
 
     bare = ToyDiffusion()
     opt = torch.optim.Adam(bare.net.parameters(), lr=1e-4)

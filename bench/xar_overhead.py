@@ -24,6 +24,7 @@ from neon.families.xar import PixelLatent, XARModule, xar_sampler
 from neon.families.xar.sampler import cluster_cfg, sde_drift
 from neon.families.xar.transformer import TRAIN
 from neon.seeding import PerSampleRNG, StepNoise
+from neon.training import LightningNeon
 
 NET = dict(embed_dim=256, depth=2, num_heads=4, num_classes=10, channels=16, grid=8, cluster_grid=2,
            attn_dropout=0.0, proj_dropout=0.0)
@@ -90,7 +91,7 @@ def fine_tune(batch: int, steps: int) -> None:
     def framework_run(module: XARModule) -> None:
         trainer = L.Trainer(accelerator="cpu", max_steps=steps, max_epochs=-1, logger=False,
                             enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False)
-        trainer.fit(module, DataLoader(Repeat(data), batch_size=None))
+        trainer.fit(LightningNeon(module), DataLoader(Repeat(data), batch_size=None))
 
     opt = torch.optim.AdamW(plain.optimizer_params(), lr=1e-4, betas=(0.9, 0.96), weight_decay=0.02)
 

@@ -10,13 +10,7 @@ import lightning as L
 
 from neon.checkpoints import save_checkpoint_pair
 from neon.io import StateDict, save_state_dict
-from neon.merge import WSpec, check_w, extrapolate
-
-
-def merged_name(w: WSpec, budget: int | None = None) -> str:
-    """File name of θ_neon for one w (and one budget, where a fine-tune snapshots several)."""
-    tag = f"{w:g}" if isinstance(w, float) else "blockwise"
-    return f"theta_neon_w{tag}{'' if budget is None else f'_B{budget}'}.safetensors"
+from neon.merge import WSpec, check_w, extrapolate, merged_name
 
 
 def neon_weights_of(module: L.LightningModule) -> StateDict:

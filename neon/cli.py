@@ -225,13 +225,15 @@ def _run(cfg: DictConfig) -> float | None:
 
     from neon.checks import check_seeds
     from neon.distributed import launch
-    from neon.module import check_samplers
     from neon.runtime import current_stage
     from neon.threads import apply_threads
 
     quiet_libraries()
     try:
-        check_samplers(cfg, HydraConfig.get().runtime.choices)
+        if cfg.task.get("samples", True):  # a task that draws no samples need not import the model family
+            from neon.module import check_samplers
+
+            check_samplers(cfg, HydraConfig.get().runtime.choices)
         check_seeds(cfg)
         apply_threads(cfg)
         summary = launch(get_method(cfg.task.entry), cfg)

@@ -45,6 +45,12 @@ def check_w(w: Any) -> WSpec:
     return float(w)
 
 
+def merged_name(w: WSpec, budget: int | None = None) -> str:
+    """File name of θ_neon for one w (and one budget, where a fine-tune snapshots several)."""
+    tag = f"{w:g}" if isinstance(w, float) else "blockwise"
+    return f"theta_neon_w{tag}{'' if budget is None else f'_B{budget}'}.safetensors"
+
+
 def w_for(key: str, w: WSpec) -> float:
     """The coefficient for one parameter: the first pattern that matches its name, else 'default'."""
     if not isinstance(w, Mapping):
@@ -125,10 +131,24 @@ def check_merge_pair(base: Mapping[str, torch.Tensor], aux: Mapping[str, torch.T
 def extrapolate_tensor(base: torch.Tensor, aux: torch.Tensor, w: float) -> torch.Tensor:
     """(1 + w)·base − w·aux for one mergeable tensor, computed in at least float32, in base's dtype."""
     dtype = torch.promote_types(base.dtype, torch.float32)
-    # in place on one fresh buffer: base − w·(aux − base), so streaming holds ~3 tensors at a time
-    out = aux.to(dtype, copy=True)
-    out.sub_(base).mul_(-w).add_(base)
-    return out.to(base.dtype)
+    # base + (−w)·(aux − base) in one fused pass into one fresh buffer, so streaming holds ~3 tensors at a time
+    return torch.lerp(base.to(dtype), aux.to(dtype), -w).to(base.dtype)
+
+
+def merge_tensor(key: str, base: torch.Tensor, aux: torch.Tensor, w: float) -> torch.Tensor:
+    """θ_neon's entry for one key: by the rule of `merge_action`, merged with coefficient `w` (w = 0: base
+    itself) or base where the rule copies it; the same errors.
+
+    The rule needs to know whether base and aux are finite. A NaN or ±inf in either makes the merged tensor's
+    sum NaN or ±inf (inf − inf and 0·inf are NaN), so a finite sum proves both finite: one reduction over the
+    result instead of a pass over each input. A non-finite sum (or an overflow) falls back to the exact rule."""
+    if base.is_floating_point() and aux.is_floating_point():
+        out = extrapolate_tensor(base, aux, w)
+        if bool(torch.isfinite(out.sum(dtype=torch.promote_types(out.dtype, torch.float32)))):
+            return out if w != 0.0 else base
+        return out if merge_action(key, base, aux) and w != 0.0 else base
+    merge_action(key, base, aux)  # raises where one of them is floating point and the other not
+    return base
 
 
 def _check_pair(key: str, base: torch.Tensor, aux: torch.Tensor) -> None:
@@ -160,8 +180,8 @@ def extrapolate(base: Mapping[str, torch.Tensor], aux: Mapping[str, torch.Tensor
     for key, b in base.items():
         a = aux[key]
         _check_pair(key, b, a)
-        coef = w_for(key, w)
-        merged[key] = extrapolate_tensor(b, a, coef) if merge_action(key, b, a) and coef != 0.0 else b.clone()
+        out = merge_tensor(key, b, a, w_for(key, w))
+        merged[key] = b.clone() if out is b else out
     return merged
 
 
@@ -246,9 +266,7 @@ def _merge_streams(base, aux, w: WSpec, out_path: Path, on_tensor: Callable[[str
 
     def merged_tensors() -> Iterator[tuple[str, torch.Tensor]]:
         for key in base.keys():
-            b, a = base[key], aux[key]
-            coef = w_for(key, w)
-            yield key, extrapolate_tensor(b, a, coef) if merge_action(key, b, a) and coef != 0.0 else b
+            yield key, merge_tensor(key, base[key], aux[key], w_for(key, w))
             if on_tensor is not None:
                 on_tensor(key)
 

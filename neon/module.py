@@ -1,7 +1,8 @@
-"""The family contract: `NeonModule`, the LightningModule every model family subclasses, declares all that
+"""The family contract: `NeonModule`, the torch module every model family subclasses, declares all that
 a family provides (network, loss, generation, image shape, class count, samplers and their
 diversity-seeking rule, optional checkpoint reader); `family_of` and `check_sampler` read it from a config.
-tests/test_family_contract.py holds every model config under conf/model/ to it."""
+tests/test_family_contract.py holds every model config under conf/model/ to it. Lightning trains a family
+through `neon.training.LightningNeon`; tasks that only sample or score never import Lightning."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-import lightning as L
 import torch
 from torch import nn
 
@@ -54,7 +54,7 @@ class EMA:
             be.copy_(bn)
 
 
-class NeonModule(L.LightningModule):
+class NeonModule(nn.Module):
     """Base of every family: the contract. A family declares
 
     - `family`: its name in messages; `samplers`: {sampler config name (conf/sampler/<name>.yaml): the
@@ -170,38 +170,17 @@ class NeonModule(L.LightningModule):
         """Read a checkpoint file and load it as θ."""
         self.load_neon_weights(self.read_checkpoint(path), source=f"checkpoint '{path}'")
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        self._batch_size = local = len(batch["x"])
-        rank, world = self.trainer.global_rank, self.trainer.world_size
-        # the global batch is the ranks' shares in rank order (GlobalBatchSampler), all of equal size
-        noise = StepNoise(self.noise_seed, self.global_step, slice(rank * local, (rank + 1) * local), local * world,
-                          self.device)
-        loss = self.loss(batch, noise)
-        # logging costs a sizeable share of a small network's step: only on the steps the logger keeps
-        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
-            self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
-        return loss
-
-    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        # here rather than in on_train_batch_end, so callbacks of that hook (snapshots) see the updated EMA
-        if self.ema is not None:
-            self.ema_rule.update(self.ema, self.net, batch_size=self._batch_size * self.trainer.world_size)
+    @property
+    def device(self) -> torch.device:
+        """Where the module's weights are (the CPU for a module without any)."""
+        tensor = next(self.parameters(), None)
+        if tensor is None:
+            tensor = next(self.buffers(), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
 
     def optimizer_params(self) -> Iterable[nn.Parameter] | list[dict[str, Any]]:
         """What the optimizer trains: the network's parameters (families may return parameter groups)."""
         return self.net.parameters()
-
-    def configure_optimizers(self):
-        if self.optimizer_factory is None:
-            raise NeonError("no optimizer configured: set model.optimizer (pretraining) or neon.optimizer")
-        optimizer = self.optimizer_factory(self.optimizer_params())
-        if not self.lr_warmup_steps:
-            return optimizer
-        warmup = int(self.lr_warmup_steps)
-        # step k (from 0) runs at lr·k/warmup, as a per-iteration linear warmup does
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, k / warmup))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 def family_of(model_cfg: Mapping[str, Any]) -> type[NeonModule]:

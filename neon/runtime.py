@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import numbers
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from neon.cache import ArtifactCache
@@ -22,7 +21,11 @@ from neon.distributed import is_main
 from neon.errors import NeonError
 from neon.io import write_text
 from neon.merge import WSpec, check_w
-from neon.module import NeonModule
+
+if TYPE_CHECKING:  # Lightning takes seconds to import: only the stages that train import it
+    import lightning as L
+
+    from neon.module import NeonModule
 
 log = logging.getLogger("neon")
 
@@ -91,18 +94,24 @@ class Run:
     out: Path
     cache: ArtifactCache
     seconds: dict[str, float] = field(default_factory=dict)
-    logger: Any = None
+    logger_cfg: Any = None  # the `logger` group; None: no logger (and none on ranks other than 0)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "Run":
         out = Path(cfg.paths.output_dir)
-        logger = None
+        logger_cfg = None
         if is_main():  # under DDP, rank 0 alone writes the run folder and logs
             out.mkdir(parents=True, exist_ok=True)
             # Hydra keeps the config with its interpolations in .hydra/; this is what actually ran.
             write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-            logger = instantiate(cfg.logger) if cfg.get("logger") else None
-        return cls(cfg=cfg, out=out, cache=ArtifactCache(cfg.paths.cache_dir), logger=logger)
+            logger_cfg = cfg.logger if cfg.get("logger") else None
+        return cls(cfg=cfg, out=out, cache=ArtifactCache(cfg.paths.cache_dir), logger_cfg=logger_cfg)
+
+    @functools.cached_property
+    def logger(self) -> Any:
+        """The configured logger, built on first use: the loggers are Lightning's, and tasks that never train
+        or log curves (sample, evaluate, merge, export) should not pay for importing it."""
+        return instantiate(self.logger_cfg) if self.logger_cfg is not None else None
 
     def log_results(self, rows: list[dict[str, float]], summary: dict[str, Any],
                     images: dict[str, Path] | None = None) -> None:
@@ -147,7 +156,9 @@ class Run:
         return torch.device(want)
 
     def build_module(self) -> NeonModule:
-        """The family's LightningModule, with fresh weights."""
+        """The family's module (a NeonModule), with fresh weights."""
+        from neon.module import NeonModule
+
         module = instantiate(model_spec(self.cfg))
         if not isinstance(module, NeonModule):
             raise NeonError(f"model._target_ {self.cfg.model._target_} is not a NeonModule family")
@@ -159,6 +170,8 @@ class Run:
 
     def trainer(self, max_steps: int, callbacks: list | None = None, **overrides: Any) -> L.Trainer:
         """A Lightning Trainer from the trainer group, for one stage."""
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
         callbacks = list(callbacks or [])
         if self.cfg.trainer.get("enable_progress_bar", True):
             # a redraw per step floods logs and non-terminal outputs for fast small models

@@ -4,20 +4,16 @@
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from neon.callbacks import NeonMerge
 from neon.data.batches import GlobalBatchSampler
-from neon.data.synthetic import SyntheticDataModule, write_synthetic_set
 from neon.distributed import barrier, broadcast, is_main, main_lock
 from neon.errors import NeonError
 from neon.io import (
@@ -35,6 +31,9 @@ from neon.metrics.scores import compute_scores
 from neon.module import NeonModule
 from neon.release import ReleaseSampling
 from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
+
+if TYPE_CHECKING:
+    from neon.data.synthetic import SyntheticDataModule
 
 THETA_R = "theta_r.safetensors"
 THETA_S = "theta_s.safetensors"
@@ -60,44 +59,13 @@ def training_threads(run: Run) -> dict[str, int]:
 RESUME = "resume.ckpt"
 
 
-class ResumableCheckpoint(L.Callback):
-    """Every `every` optimizer steps, the whole training state (weights, EMA, optimizer, step, the global
-    RNG) into `path`, written under a temporary name and renamed: a kill leaves the previous one whole.
-    `pretrain_into` resumes from it with the batch stream past the global batches already trained on, so
-    the resumed run equals an uninterrupted one bit for bit."""
-
-    def __init__(self, path: Path, every: int):
-        self.path, self.every, self._saved = Path(path), every, -1
-        self._rng: torch.Tensor | None = None
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: NeonModule, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        if step % self.every or step == self._saved or step >= trainer.max_steps:
-            return
-        self._saved = step
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(tmp)  # collective: every rank calls it, rank 0 writes
-        if trainer.is_global_zero:
-            os.replace(tmp, self.path)
-
-    def state_dict(self) -> dict[str, Any]:
-        # the training noise is seeded per step; this covers anything else drawing from the global RNG
-        return {"cpu_rng": torch.get_rng_state()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._rng = state_dict["cpu_rng"]
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: NeonModule) -> None:
-        # set only now: creating the data loader's iterator (after the restore) draws from the global RNG,
-        # as it did before step 0 of the uninterrupted run
-        rng, self._rng = self._rng, None
-        if rng is not None:
-            torch.set_rng_state(rng)
-
-
 def pretrain_into(run: Run, out_dir: Path) -> None:
     """Train θ_r from scratch with the family's own loss on the real data, resuming from `out_dir`'s
     checkpoint of an interrupted attempt (written every `resume_every_steps`)."""
+    import lightning as L  # only where a stage trains: tasks that sample or score never import it
+
+    from neon.training import LightningNeon, ResumableCheckpoint
+
     cfg = run.cfg
     steps = positive_int(cfg.model.pretrain.steps, "model.pretrain.steps")
     every = positive_int(cfg.get("resume_every_steps") or steps, "resume_every_steps")
@@ -114,7 +82,7 @@ def pretrain_into(run: Run, out_dir: Path) -> None:
         if isinstance(loader.sampler, GlobalBatchSampler):
             loader.sampler.start = done * int(cfg.trainer.get("accumulate_grad_batches") or 1)
     run.trainer(max_steps=steps, callbacks=[ResumableCheckpoint(resume, every)]).fit(
-        module, train_dataloaders=loader, ckpt_path=str(resume) if found else None, weights_only=True)
+        LightningNeon(module), train_dataloaders=loader, ckpt_path=str(resume) if found else None, weights_only=True)
     if is_main():
         save_state_dict(module.neon_weights(), out_dir / THETA_R)
         resume.unlink(missing_ok=True)  # done: the artifact holds θ_r alone
@@ -170,6 +138,8 @@ def synthetic_key(run: Run, base_digest: str) -> dict[str, Any]:
 
 def synthesize_into(run: Run, module: NeonModule, out_dir: Path) -> None:
     """Draw S from θ_r with the configured (mode-seeking) sampler into shards."""
+    from neon.data.synthetic import write_synthetic_set
+
     s = run.cfg.neon.synthetic
     module = module.to(run.device).eval()
     write_synthetic_set(
@@ -180,6 +150,8 @@ def synthesize_into(run: Run, module: NeonModule, out_dir: Path) -> None:
 
 def synthetic_data(run: Run, module: NeonModule, directory: Path | None) -> SyntheticDataModule:
     """S for fine-tuning: written shards, or a live stream when neon.synthetic.mode=stream."""
+    from neon.data.synthetic import SyntheticDataModule  # a Lightning data module: imported when training
+
     s = run.cfg.neon.synthetic
     batch = positive_int(run.cfg.neon.batch_size, "neon.batch_size")
     if s.mode == "stream":
@@ -207,6 +179,10 @@ def budgets_of(cfg) -> list[int]:
 
 def finetune_module(run: Run, module: NeonModule, data, steps: int, callbacks: Sequence = ()) -> NeonModule:
     """Fine-tune a copy of θ_r on `data` for `steps` optimizer steps with the family's own loss."""
+    import lightning as L
+
+    from neon.training import LightningNeon
+
     cfg = run.cfg
     tuned = copy.deepcopy(module).cpu().train()
     tuned.optimizer_factory = instantiate(cfg.neon.optimizer)
@@ -215,7 +191,7 @@ def finetune_module(run: Run, module: NeonModule, data, steps: int, callbacks: S
     if not cfg.neon.get("finetune_ema", True):
         tuned.ema = tuned.ema_rule = None  # θ_s is then the raw fine-tuned network
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run.trainer(max_steps=steps, callbacks=list(callbacks)).fit(tuned, datamodule=data)
+    run.trainer(max_steps=steps, callbacks=list(callbacks)).fit(LightningNeon(tuned), datamodule=data)
     return tuned
 
 
@@ -239,6 +215,8 @@ def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data
                       budgets: Sequence[int]) -> dict[int, Path]:
     """θ_s after every budget: from the cache, or from one fine-tune to the largest missing budget that
     snapshots each missing one on the way (the reference protocol's budget axis)."""
+    from neon.callbacks import NeonMerge  # a Lightning callback
+
     keys = {b: finetune_key(run, base_digest, data_key, b) for b in budgets}
     folders = {b: run.cache.path("finetune", keys[b]) for b in budgets}
 

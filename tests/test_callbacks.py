@@ -14,6 +14,7 @@ from neon.callbacks import NeonMerge, merged_name
 from neon.data.gaussian2d import Gaussian2DDataModule
 from neon.families.toy2d import ToyDiffusion
 from neon.merge import extrapolate
+from neon.training import LightningNeon
 
 WS = [0.5, -1.0, {r"^blocks\.0\.": 2.0, "out": 0.25, "default": 1.0}]  # scalar, negative and block-wise w
 
@@ -25,7 +26,7 @@ def fit(callback: NeonMerge, steps: int) -> ToyDiffusion:
     trainer = L.Trainer(max_steps=steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
                         callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
-    trainer.fit(module, datamodule=data)
+    trainer.fit(LightningNeon(module), datamodule=data)
     return module
 
 

@@ -28,6 +28,7 @@ from neon.families.xar.transformer import Attention as XARAttention
 from neon.module import NeonModule
 from neon.runtime import model_spec
 from neon.seeding import PerSampleRNG, StepNoise
+from neon.training import LightningNeon
 from tests.helpers import random_batch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -169,7 +170,7 @@ def test_lightning_mixed_precision_training_steps(name: str, precision: str, tmp
     trainer = L.Trainer(accelerator="gpu", devices=1, precision=precision, max_steps=12, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                         callbacks=[Losses()], default_root_dir=str(tmp_path))
-    trainer.fit(module, DataLoader([random_batch(module, 8)] * 12, batch_size=None))
+    trainer.fit(LightningNeon(module), DataLoader([random_batch(module, 8)] * 12, batch_size=None))
     assert len(losses) == 12 and all(np.isfinite(losses))
     assert dtypes == {torch.bfloat16 if precision == "bf16-mixed" else torch.float16}  # autocast was on
     after = {k: p.detach().cpu() for k, p in module.net.named_parameters()}
@@ -290,7 +291,7 @@ def test_lightning_ddp_fit_on_one_gpu(tmp_path: Path, dist_env):
     trainer = L.Trainer(accelerator="gpu", devices=1, strategy="ddp", max_steps=3, max_epochs=-1, logger=False,
                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
                         callbacks=[Backend()], default_root_dir=str(tmp_path), use_distributed_sampler=False)
-    trainer.fit(module, DataLoader([random_batch(module, 16)] * 3, batch_size=None))
+    trainer.fit(LightningNeon(module), DataLoader([random_batch(module, 16)] * 3, batch_size=None))
     assert seen == {"backend": "nccl", "world": 1, "device": DEVICE.type}
     after = module.net.state_dict()
     assert any(not torch.equal(before[k], after[k].cpu()) for k in before if before[k].is_floating_point())

@@ -145,7 +145,7 @@ def test_task_merge_reads_snapshot_pickles(tmp_path: Path):
     from hydra import compose, initialize_config_dir
 
     from neon.cli import CONF_DIR
-    from neon.tasks.standalone import run_merge
+    from neon.tasks.merge import run_merge
 
     write_snapshot(tmp_path / "base.pkl", seed=0)
     write_snapshot(tmp_path / "aux.pkl", seed=1)

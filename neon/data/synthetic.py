@@ -12,32 +12,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
 from neon.data.batches import TensorItems, global_batch_loader
+from neon.data.blocks import generate_block
 from neon.distributed import barrier, broadcast, rank_world
 from neon.errors import NeonError
 from neon.io import atomic_path
 from neon.module import NeonModule, Sampler
-
-
-def balanced_labels(indices: Sequence[int], num_classes: int) -> torch.Tensor | None:
-    """Class i mod C for sample i, so every class is equally represented (None if unconditional)."""
-    if num_classes <= 0:
-        return None
-    return torch.tensor([i % num_classes for i in indices], dtype=torch.long)
-
-
-def generate_block(
-    module: NeonModule, sampler: Sampler, seeds: Sequence[int], indices: Sequence[int], class_balanced: bool
-) -> dict[str, torch.Tensor]:
-    """Samples for one block of seeds, as CPU tensors {'x', 'seed'[, 'label']}."""
-    labels = balanced_labels(indices, module.num_classes) if class_balanced else None
-    if labels is not None:
-        labels = labels.to(module.device)
-    with torch.no_grad():
-        x, y = module.generate([seeds[i] for i in indices], sampler, labels)
-    out = {"x": x.detach().cpu(), "seed": torch.tensor([seeds[i] for i in indices], dtype=torch.long)}
-    if y is not None:
-        out["label"] = y.detach().cpu()
-    return out
 
 
 def _blocks(lo: int, hi: int, block_size: int) -> Iterator[range]:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from neon.data.synthetic import generate_block
+from neon.data.blocks import generate_block
 from neon.distributed import gather_strided, rank_world
 from neon.errors import NeonError
 from neon.metrics.extractors import FeatureExtractor

@@ -2,10 +2,15 @@
 (`entry`), which `neon.cli` calls in the processes the trainer asks for.
 
 - `pipeline`: `task=neon`, every stage chained through the artifact cache
-- `standalone`: one stage alone on paths the user gives (pretrain, synthesize, finetune, merge)
+- `standalone`: one stage alone on paths the user gives (pretrain, synthesize, finetune)
+- `merge`: θ_neon streamed from two checkpoint files (`task=merge`)
 - `export`: files for other tools (sample, export)
 - `evaluate`: scores and reference statistics (evaluate, reference)
-- `sweeps`: many points of (B, w, cfg): the reference search protocol, `neon.w=auto`, sweep reports
+- `sweeps`: many points of (B, w, cfg): the reference search protocol, `neon.w=auto`
+- `report`: the tables and plots of a finished sweep (`task=report`)
 - `diagnose`: the anti-alignment diagnostic
 - `front`: what the pipeline and the searches share: θ_r, S and θ_s from the cache
+
+Lightning is imported only where a stage trains (neon/training.py), so sample, evaluate and export start at
+about `import torch`; merge and report do not import a model family either.
 """

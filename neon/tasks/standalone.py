@@ -1,5 +1,5 @@
-"""One stage alone on paths the user gives, writing into the run folder: pretrain, synthesize, finetune,
-merge."""
+"""One stage alone on paths the user gives, writing into the run folder: pretrain, synthesize, finetune
+(merge: neon/tasks/merge.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from neon.callbacks import NeonMerge, merged_name
+from neon.callbacks import NeonMerge
 from neon.checkpoints import save_checkpoint_pair
 from neon.distributed import is_main
-from neon.errors import NeonError
 from neon.io import StateDict, load_state_dict, save_state_dict, write_json
-from neon.merge import merge_files
-from neon.report import w_label
 from neon.runtime import Run, merge_ws, plain, positive_int
 from neon.stages import (
     THETA_R,
@@ -92,23 +89,4 @@ def run_finetune(cfg: DictConfig) -> dict:
                "budget_steps": budgets if several else budgets[0], "seconds": run.seconds}
     if is_main():
         write_json(run.out / "summary.json", summary)
-    return summary
-
-
-def run_merge(cfg: DictConfig) -> dict:
-    """Stream θ_neon for each w from `task.base` (default model.checkpoint) and `task.aux`, key by key: the
-    merge rule of NeonMerge for checkpoints too large to hold two of in memory."""
-    ws = merge_ws(cfg)
-    base, aux = cfg.task.get("base") or cfg.model.get("checkpoint"), cfg.task.get("aux")
-    if not base or not aux:
-        raise NeonError("task=merge needs task.base=θ_r (or model.checkpoint) and task.aux=θ_s checkpoint paths")
-    run = Run.from_config(cfg)
-    paths = {}
-    with run.stage("merge"):
-        for w in ws:
-            name = Path(merged_name(w)).with_suffix(f".{cfg.task.format}").name
-            paths[w_label(w)] = str(merge_files(base, aux, w, run.out / name,
-                                                weights=cfg.model.get("weights") or "ema"))
-    summary = {"task": "merge", "base": str(base), "aux": str(aux), "theta_neon": paths, "seconds": run.seconds}
-    write_json(run.out / "summary.json", summary)
     return summary

@@ -1,5 +1,5 @@
 """Many points of (budget, w, sampler setting): the reference search protocol (`task=search`), the pipeline's
-`neon.w=auto` line search on a proxy FID, and the tables and plots of a finished sweep (`task=report`)."""
+`neon.w=auto` line search on a proxy FID (`task=report`: neon/tasks/report.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from neon.release import ReleaseSampling
 from neon.report import w_label
 from neon.runtime import Run, log, merge_ws, plain
 from neon.stages import Evaluator, budgets_of
-from neon.sweep import write_report
 from neon.tasks.front import Front, build_front, validate
 
 
@@ -111,15 +110,3 @@ def run_search(cfg: DictConfig) -> dict:
     log.info("search: best B=%d cfg=%s w=%g: FID %.6g (search) / %.6g (final), θ_r %.6g", b, c, w, fid_small,
              fid_final, fid_base)
     return summary
-
-
-def run_report(cfg: DictConfig) -> dict:
-    """Tables and plots of a finished sweep folder (`dir=`)."""
-    folder = cfg.get("dir") or cfg.task.get("dir")
-    if not folder:
-        raise NeonError("task=report needs dir=<sweep folder>, e.g. dir=multirun/2026-11-26_10-00-00_000000")
-
-    paths = write_report(folder, heat_key=cfg.task.heat_key)
-    for p in paths:
-        log.info("wrote %s", p)
-    return {"task": "report", "files": [str(p) for p in paths]}

@@ -126,6 +126,18 @@ def test_a_module_built_from_settings_exports_a_ddpm_pipeline(tmp_path: Path):
     assert type(pipe.scheduler).__name__ == "DDPMScheduler" and pipe.scheduler.config.num_train_timesteps == 50
 
 
+def test_the_tiny_config_builds_through_hydra_and_exports(tmp_path: Path):
+    from hydra.utils import instantiate
+
+    from neon.runtime import model_spec
+    from tests.helpers import compose_config
+
+    module = instantiate(model_spec(compose_config(["model=diffusers_tiny"])))  # nested settings as configs
+    out = module.write_native(module.neon_weights(), tmp_path / "out")
+    pipe = diffusers.DiffusionPipeline.from_pretrained(out)
+    assert pipe.unet.config.num_class_embeds == 10 and list(pipe.unet.config.block_out_channels) == [16, 32]
+
+
 def _edit_index(folder: Path, **entries) -> None:
     index = json.loads((folder / "model_index.json").read_text())
     index.update(entries)

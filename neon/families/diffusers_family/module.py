@@ -28,6 +28,13 @@ log = logging.getLogger("neon")
 NETWORKS = ("UNet2DModel", "DiTTransformer2DModel")
 
 
+def _plain(value: Any) -> Any:
+    # Hydra passes nested settings as DictConfig/ListConfig; diffusers writes its configs as JSON
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def _scheduler(name: str, config: Mapping[str, Any]):
     import diffusers
 
@@ -58,8 +65,9 @@ class DiffusersModule(NeonModule):
             if not network or not scheduler:
                 raise NeonError("model=diffusers needs model.pretrained=<a local pipeline folder> (or, to build one "
                                 "here, model.network and model.scheduler settings)")
-            scheduler_config = {k: v for k, v in dict(scheduler).items() if k != "class_name"}
-            self.scheduler_class = str(dict(scheduler).get("class_name", "DDPMScheduler"))
+            network, scheduler = _plain(network), _plain(scheduler)
+            scheduler_config = {k: v for k, v in scheduler.items() if k != "class_name"}
+            self.scheduler_class = str(scheduler.get("class_name", "DDPMScheduler"))
             check_scheduler(self.scheduler_class, scheduler_config, "model.scheduler")
         self.network_kwargs = plain_kwargs(network)
         self.scheduler_config = dict(scheduler_config)

@@ -5,7 +5,9 @@ evaluations counted, and the settings refused in one line."""
 from __future__ import annotations
 
 import copy
+import csv
 from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -15,8 +17,9 @@ from neon.families.toy2d import ToyDiffusion, ddim
 from neon.io import StateDict
 from neon.merge import extrapolate
 from neon.output_twin import CountedNet, OutputTwin, build_twin, timed_generate
+from neon.report import w_table
 from neon.seeding import PerSampleRNG
-from tests.helpers import cli_error
+from tests.helpers import TINY_TOY, cli_error, run_task, summary_of
 
 W = 0.7
 EDM_DIGITS = dict(precond="EDMPrecond", img_resolution=8, img_channels=1, label_dim=10, model_type="ResMLP", hidden=16,
@@ -176,3 +179,22 @@ def test_compare_settings_are_refused_in_one_line():
     assert "no output-space twin" in cli_error(["model=var_tiny", "neon.compare=output"])
     assert "not a block-wise mapping" in cli_error(["experiment=toy2d", "neon.compare=output", "neon.w=null",
                                                     r"neon.w={model\.blocks: 1.0, default: 0.5}"])  # as the command replaces a list
+
+
+def test_neon_compare_output_scores_the_twin_beside_weight_space(tmp_path: Path, shared_cache: Path):
+    summary = run_task([*TINY_TOY, "neon.compare=output", "preview_samples=0"], tmp_path, cache=shared_cache)
+    out = summary["output_space"]
+    weight = {p["w"]: p["fid"] for p in summary["w_curve"]}
+    assert [p["w"] for p in out["w_curve"]] == list(weight) == ["0", "0.5", "1"]
+    # the same θ_r, sampler and seeds: at w = 0 both are θ_r's samples, the same number
+    assert out["w_curve"][0]["fid"] == weight["0"] == summary["fid_base"]
+    assert all(p["fid_weight_space"] == weight[p["w"]] for p in out["w_curve"])
+    assert out["w_curve"][1]["fid"] != weight["0.5"]
+    assert out["fid_best"] == min(p["fid"] for p in out["w_curve"])
+    # DDIM with the toy's 20 steps: 20 evaluations per image, twice that for the twin
+    assert (out["weight_space"]["nfe_per_image"], out["nfe_per_image"]) == (20, 40)
+    assert out["seconds_per_image"] > 0 and out["weight_space"]["seconds_per_image"] > 0
+    assert out["budget_steps"] == summary["budget_steps"]
+    assert summary_of(tmp_path)["output_space"] == out
+    assert "FID output-space" in w_table(summary)
+    assert next(csv.DictReader((tmp_path / "run" / "w_curve.csv").open()))["fid_output"] == repr(weight["0"])

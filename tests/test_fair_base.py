@@ -48,3 +48,21 @@ def test_search_without_guidance_reports_no_tuned_base(tmp_path: Path, shared_ca
     summary = run_task(args, tmp_path, cache=shared_cache)
     assert "fid_base_tuned" not in summary and not (tmp_path / "run" / "guidance_curve.png").exists()
     assert "tuned guidance" not in search_table(summary)
+
+
+def test_sweep_table_lists_search_jobs_with_the_tuned_base(tmp_path: Path):
+    from neon.io import write_json
+    from neon.sweep import write_sweep_table
+
+    jobs = {"0": {"task": "search", "fid_base": 5.0, "fid_base_tuned": 4.5, "fid_neon": 3.0, "w": 1.0,
+                  "budget_steps": 4, "seconds": {"evaluate": 1.0}},
+            "1": {"task": "neon", "fid_base": 6.0, "fid_neon": 2.0, "w": 1.5, "budget_steps": 40, "n_synthetic": 10,
+                  "seconds": {}}}
+    for name, summary in jobs.items():
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- task={summary['task']}\n")
+        write_json(tmp_path / name / "summary.json", summary)
+    write_sweep_table(tmp_path)
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert [(r["task"], r["fid_base"], r["fid_base_tuned"], r["fid_neon"]) for r in rows] == [
+        ("search", "5.0", "4.5", "3.0"), ("neon", "6.0", "", "2.0")]

@@ -179,6 +179,8 @@ def test_compare_settings_are_refused_in_one_line():
     assert "no output-space twin" in cli_error(["model=var_tiny", "neon.compare=output"])
     assert "not a block-wise mapping" in cli_error(["experiment=toy2d", "neon.compare=output", "neon.w=null",
                                                     r"neon.w={model\.blocks: 1.0, default: 0.5}"])  # as the command replaces a list
+    assert "not a block-wise mapping" in cli_error(["experiment=toy2d", "neon.compare=output", "neon.w=auto",
+                                                    "neon.auto.groups={mid: blocks}"])
 
 
 def test_neon_compare_output_scores_the_twin_beside_weight_space(tmp_path: Path, shared_cache: Path):

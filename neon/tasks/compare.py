@@ -37,9 +37,10 @@ def compare_mode(cfg: DictConfig) -> str | None:
         raise NeonError(f"neon.compare=output: the {family.family} family has no output-space twin "
                         f"({family.__name__}.twin_outputs is empty); drop neon.compare")
     w = plain(cfg.neon.w)
-    if isinstance(w, dict) or (isinstance(w, list) and any(isinstance(v, dict) for v in w)):
-        raise NeonError("neon.compare=output combines outputs with one scalar w: give neon.w as numbers, not a "
-                        "block-wise mapping")
+    blockwise_auto = w == "auto" and (plain(cfg.neon.get("auto")) or {}).get("groups")
+    if blockwise_auto or isinstance(w, dict) or (isinstance(w, list) and any(isinstance(v, dict) for v in w)):
+        raise NeonError("neon.compare=output combines outputs with one scalar w: give neon.w as numbers (or auto "
+                        "without neon.auto.groups), not a block-wise mapping")
     return mode
 
 

@@ -9,6 +9,7 @@ import csv
 from functools import partial
 from pathlib import Path
 
+import pytest
 import torch
 
 from neon.families.ar2d import ARToy, temperature_sampler
@@ -174,9 +175,45 @@ def test_ar_toy_twin_combines_each_gaussian_parameter():
         module.generate(list(range(5)), temperature_sampler)
 
 
-def test_compare_settings_are_refused_in_one_line():
+def test_var_twin_combines_each_scales_logits_with_separate_caches():
+    from neon.families.var import VARModule
+    from neon.families.var.transformer import VARTransformer
+    from tests.test_var import NET
+
+    torch.manual_seed(0)
+    net = VARTransformer(**NET).eval()
+    theta_s = perturbed(net.state_dict(), 6, 0.02)
+    twin = build_twin(net, net.state_dict(), theta_s, W, VARModule.twin_outputs, VARModule.twin_state)
+    ref, aux = copy.deepcopy(net), copy.deepcopy(net)
+    aux.load_state_dict(theta_s)
+    labels, inputs = torch.tensor([1, 7]), torch.randn(2, 4, NET["vae_channels"])
+    for model in (twin, ref, aux):
+        model.set_caching(True)
+    with torch.no_grad():
+        for scale, given in ((0, None), (1, inputs)):  # the second scale attends to each network's own cache
+            hand = (1 + W) * ref.scale_logits(labels, scale, given) - W * aux.scale_logits(labels, scale, given)
+            assert torch.allclose(twin.scale_logits(labels, scale, given), hand, atol=1e-6)
+    twin.set_caching(False)
+    assert all(b.attn.cache is None and not b.attn.caching for b in (*twin._net.blocks, *twin._self_trained.blocks))
+    assert twin.calls == 4
+
+
+class NoTwin(ToyDiffusion):
+    """A family that declares no output-space twin."""
+
+    twin_outputs = ()
+
+
+def test_compare_settings_are_refused_in_one_line(tmp_path: Path):
+    from neon.errors import NeonError
+    from neon.tasks.compare import compare_mode
+    from tests.helpers import task_config
+
     assert "neon.compare must be null or one of ['output'], got 'outputs'" in cli_error(["neon.compare=outputs"])
-    assert "no output-space twin" in cli_error(["model=var_tiny", "neon.compare=output"])
+    cfg, _ = task_config(["experiment=toy2d", "neon.compare=output", f"model._target_={__name__}.NoTwin"], tmp_path)
+    with pytest.raises(NeonError, match="the diffusion toy family has no output-space twin") as info:
+        compare_mode(cfg)
+    assert "\n" not in str(info.value)
     assert "not a block-wise mapping" in cli_error(["experiment=toy2d", "neon.compare=output", "neon.w=null",
                                                     r"neon.w={model\.blocks: 1.0, default: 0.5}"])  # as the command replaces a list
     assert "not a block-wise mapping" in cli_error(["experiment=toy2d", "neon.compare=output", "neon.w=auto",

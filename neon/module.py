@@ -6,6 +6,7 @@ through `neon.training.LightningNeon`; tasks that only sample or score never imp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -64,7 +65,11 @@ class NeonModule(nn.Module):
       settings a checkpoint may change), `num_classes` (0: unconditional) and `image_shape`;
     - `loss(batch, noise)` and `generate(seeds, sampler, labels)`;
     - optionally `read_checkpoint(path)` (official release formats), `optimizer_params()` (parameter
-      groups) and a frozen latent space (`neon.families.latent_family.LatentImageModule`)."""
+      groups) and a frozen latent space (`neon.families.latent_family.LatentImageModule`);
+    - for the output-space twin (`neon.compare=output`, neon/output_twin.py): `twin_outputs`, the methods of
+      the sampling network whose outputs are combined as (1 + w)·f(θ_r) − w·f(θ_s) (empty: no twin), and
+      `twin_state`, those that only manage per-network state (caches) and run on both networks. Every
+      other attribute a sampler reads must not depend on the weights (it is read from θ_r's copy)."""
 
     family: ClassVar[str] = "model"
     samplers: ClassVar[Mapping[str, Sampler]] = {}
@@ -78,6 +83,8 @@ class NeonModule(nn.Module):
     # the model card says about the release's own format.
     release_pth: ClassVar[str | None] = None
     release_note: ClassVar[str] = ""
+    twin_outputs: ClassVar[tuple[str, ...]] = ("forward",)
+    twin_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -150,13 +157,29 @@ class NeonModule(nn.Module):
 
     # --- shared behaviour
     @property
-    def sampling_net(self) -> nn.Module:
-        """The network used to sample: the EMA copy where the family keeps one."""
+    def own_sampling_net(self) -> nn.Module:
+        """The module's own network that samples: the EMA copy where the family keeps one."""
         return self.ema if self.ema is not None else self.net
+
+    @property
+    def sampling_net(self) -> nn.Module:
+        """What `generate` hands its sampler: the own sampling network, or a stand-in set by `sampling_through`."""
+        stand_in = self.__dict__.get("_sampling_stand_in")
+        return stand_in if stand_in is not None else self.own_sampling_net
+
+    @contextlib.contextmanager
+    def sampling_through(self, net: Any) -> Iterator[None]:
+        """Within the block, `generate` samples through `net` (e.g. the output-space twin, a call counter)."""
+        # kept out of nn.Module's registries: the stand-in is no submodule and never part of a state dict
+        self.__dict__["_sampling_stand_in"] = net
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_sampling_stand_in", None)
 
     def neon_weights(self) -> StateDict:
         """θ as Neon sees it: the sampling network's state dict."""
-        return self.sampling_net.state_dict()
+        return self.own_sampling_net.state_dict()
 
     def load_neon_weights(self, state: StateDict, source: str = "checkpoint") -> None:
         """Load θ into the network (and its EMA), naming any missing, unexpected or misshapen key."""

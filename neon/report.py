@@ -20,14 +20,16 @@ def w_label(w: WSpec) -> str:
 
 
 def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float], control: Sequence[float] | None = None,
-                  grid: dict[int, Sequence[float]] | None = None) -> None:
-    """`w_curve.csv` (columns w,fid[,fid_control] at the best budget; with several budgets also
-    `w_grid.csv`, columns budget_steps,w,fid) and `w_curve.png` (one line per budget)."""
+                  grid: dict[int, Sequence[float]] | None = None, output: Sequence[float] | None = None) -> None:
+    """`w_curve.csv` (columns w,fid[,fid_control][,fid_output] at the best budget, `fid_output` the output-space
+    twin's; with several budgets also `w_grid.csv`, columns budget_steps,w,fid) and `w_curve.png` (one line
+    per budget)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["w", "fid", *(["fid_control"] if control else [])])
+    writer.writerow(["w", "fid", *(["fid_control"] if control else []), *(["fid_output"] if output else [])])
     for i, (w, fid) in enumerate(zip(ws, fids, strict=True)):
-        writer.writerow([w_label(w), repr(float(fid)), *([repr(float(control[i]))] if control else [])])
+        writer.writerow([w_label(w), repr(float(fid)), *([repr(float(control[i]))] if control else []),
+                         *([repr(float(output[i]))] if output else [])])
     write_text(out / "w_curve.csv", buf.getvalue())
     if grid and len(grid) > 1:
         buf = io.StringIO()
@@ -59,6 +61,9 @@ def write_w_curve(out: Path, ws: Sequence[WSpec], fids: Sequence[float], control
         if control:
             cx, cy = zip(*sorted((w, c) for w, c in zip(ws, control, strict=True) if isinstance(w, float)), strict=True)
             ax.plot(cx, cy, marker="x", markersize=3, color="gray", label="control: fine-tuned on real data")
+        if output:
+            ox, oy = zip(*sorted((w, o) for w, o in zip(ws, output, strict=True) if isinstance(w, float)), strict=True)
+            ax.plot(ox, oy, marker="s", markersize=3, color="C1", label="output-space twin")
         ax.legend()
     ax.set_xlabel("merge weight w")
     ax.set_ylabel("FID")
@@ -103,19 +108,30 @@ def write_sample_grid(path: Path, x: Any, title: str) -> Path:
     return path
 
 
+def markdown_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of cells (the first the header) as a right-aligned markdown table."""
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines = ["| " + " | ".join(cell.rjust(wd) for cell, wd in zip(r, widths, strict=True)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
+    return "\n".join(lines)
+
+
 def w_table(summary: dict) -> str:
-    """The w-curve (and the real-data control) of a task=neon summary as a table, with its headline line."""
+    """The w-curve (and the real-data control, the output-space twin) of a task=neon summary as a table, with
+    its headline lines."""
     control = summary.get("control")
-    rows = [("w", "FID θ_neon", "gain vs θ_r", *(("FID control",) if control else ()))]
+    output = summary.get("output_space")
+    rows = [("w", "FID θ_neon", "gain vs θ_r", *(("FID control",) if control else ()),
+             *(("FID output-space",) if output else ()))]
     for i, point in enumerate(summary["w_curve"]):
         gain = 1 - point["fid"] / summary["fid_base"] if summary["fid_base"] else 0.0
         row = (point["w"], f"{point['fid']:.4g}", f"{100 * gain:+.1f}%" if math.isfinite(gain) else "n/a")
         if control:
             row += (f"{control['w_curve'][i]['fid']:.4g}",)
+        if output:
+            row += (f"{output['w_curve'][i]['fid']:.4g}",)
         rows.append(row)
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = ["| " + " | ".join(cell.rjust(wd) for cell, wd in zip(r, widths, strict=True)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (wd + 2) for wd in widths) + "|")
+    lines = [markdown_table(rows)]
     noise = summary.get("fid_noise")
     tail = [f"FID θ_r = {summary['fid_base']:.4g}"]
     if noise:
@@ -123,7 +139,14 @@ def w_table(summary: dict) -> str:
     tail.append(f"→ best θ_neon {summary['fid_neon']:.4g} at w = {summary['w']}")
     if control:
         tail.append(f"| control (fine-tuned on real data) best {control['fid_best']:.4g} at w = {control['w']}")
-    return "\n".join(lines) + "\n" + " ".join(tail)
+    lines.append(" ".join(tail))
+    if output:
+        ws = output["weight_space"]
+        lines.append(f"output-space twin best {output['fid_best']:.4g} at w = {output['w']}, "
+                     f"{output['nfe_per_image']} NFE and {1e3 * output['seconds_per_image']:.3g} ms per image; "
+                     f"weight-space {ws['fid_best']:.4g} at w = {ws['w']}, {ws['nfe_per_image']} NFE and "
+                     f"{1e3 * ws['seconds_per_image']:.3g} ms per image")
+    return "\n".join(lines)
 
 
 def write_previews(out: Path, module: Any, sampler: Any, theta_r: StateDict, theta_neon: StateDict, n: int,
@@ -140,3 +163,61 @@ def write_previews(out: Path, module: Any, sampler: Any, theta_r: StateDict, the
     return {"samples/theta_r": write_sample_grid(out / "samples_theta_r.png", base_x, "θ_r"),
             "samples/theta_neon": write_sample_grid(out / "samples_theta_neon.png", neon_x,
                                                     f"θ_neon ({neon_label})")}
+
+
+def search_table(summary: dict) -> str:
+    """A task=search summary as a table: θ_r at θ_neon's guidance, θ_r at its own tuned guidance (the fair
+    base, when guidance was searched) and θ_neon, each with its gain against the first."""
+    key = summary.get("cfg_key") or "guidance"
+    rows = [("model", key, "w", "FID", "vs θ_r")]
+
+    def row(name: str, cfg: Any, w: float, fid: float) -> tuple[str, ...]:
+        gain = fid / summary["fid_base"] - 1 if summary["fid_base"] else math.nan
+        return (name, "-" if cfg is None else f"{cfg:g}" if isinstance(cfg, float) else str(cfg), f"{w:g}",
+                f"{fid:.4g}", f"{100 * gain:+.1f}%" if math.isfinite(gain) else "n/a")
+
+    rows.append(row("θ_r at θ_neon's guidance", summary.get("cfg"), 0.0, summary["fid_base"]))
+    if "fid_base_tuned" in summary:
+        rows.append(row("θ_r at its tuned guidance", summary["cfg_base_tuned"], 0.0, summary["fid_base_tuned"]))
+    rows.append(row(f"θ_neon (B = {summary['budget_steps']})", summary.get("cfg"), summary["w"], summary["fid_neon"]))
+    return markdown_table(rows)
+
+
+def write_guidance_curve(out: Path, summary: dict) -> list[Path]:
+    """`guidance_curve.csv` (columns cfg,fid_base,fid_neon: θ_r and the best θ_neon of the coarse grid at every
+    guidance value, small-sample FID) and `guidance_curve.png`, with the final fid_base, fid_base_tuned and
+    fid_neon as marked points."""
+    base = {p["cfg"]: p["fid"] for p in summary["base_cfg_curve"]}
+    neon = {p["cfg"]: p["fid"] for p in summary["neon_cfg_curve"]}
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["cfg", "fid_base", "fid_neon"])
+    for value in base:
+        writer.writerow([value, repr(float(base[value])), repr(float(neon[value]))])
+    write_text(out / "guidance_curve.csv", buf.getvalue())
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = sorted(base)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, [base[x] for x in xs], marker="o", markersize=3, color="gray", label="θ_r (search size)")
+    ax.plot(xs, [neon[x] for x in xs], marker="o", markersize=3, color="C0", label="best θ_neon over w (search size)")
+    ax.scatter([summary["cfg"]], [summary["fid_base"]], marker="x", color="k", zorder=3,
+               label=f"fid_base {summary['fid_base']:.4g}")
+    ax.scatter([summary["cfg_base_tuned"]], [summary["fid_base_tuned"]], marker="D", color="gray", zorder=3,
+               label=f"fid_base_tuned {summary['fid_base_tuned']:.4g}")
+    ax.scatter([summary["cfg"]], [summary["fid_neon"]], marker="*", s=80, color="red", zorder=3,
+               label=f"fid_neon {summary['fid_neon']:.4g} (w = {summary['w']:g})")
+    ax.set_xlabel(summary.get("cfg_key") or "guidance")
+    ax.set_ylabel("FID")
+    ax.set_title("θ_r and θ_neon, each at its own best guidance")
+    ax.grid(True, linestyle="--", alpha=0.5)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(out / "guidance_curve.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return [out / "guidance_curve.csv", out / "guidance_curve.png"]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from neon.metrics.evaluate import release_features, sample_features
 from neon.metrics.reference import Reference, load_reference
 from neon.metrics.scores import compute_scores
 from neon.module import NeonModule
+from neon.output_twin import OutputTwin, build_twin
 from neon.release import ReleaseSampling
 from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
 
@@ -308,20 +310,44 @@ class Evaluator:
         """{'fid': ..., other metrics, 'digest': ...} for these weights; features kept beside the result."""
         digest = digest_state_dict(state)
 
-        def build(work: Path) -> None:
+        def prepare() -> contextlib.AbstractContextManager:
             self.module.load_neon_weights(state, source="weights to evaluate")
+            return contextlib.nullcontext()
+
+        return self._score(self.key(digest), digest, prepare)
+
+    def twin(self, theta_r: StateDict, theta_s: StateDict, w: float) -> OutputTwin:
+        """The output-space twin of the module's sampling network at θ_r and θ_s, combining outputs at w."""
+        self.module.to(self.run.device).eval()
+        return build_twin(self.module.own_sampling_net, theta_r, theta_s, w, self.module.twin_outputs,
+                          self.module.twin_state)
+
+    def score_twin(self, theta_r: StateDict, theta_s: StateDict, w: float) -> dict[str, Any]:
+        """Scores of the output-space twin, (1 + w)·f(θ_r) − w·f(θ_s) at every network call (neon.compare=output),
+        with the same sampler and seeds as `score`; cached by both digests and w."""
+        digest = digest_state_dict(theta_r)
+        key = {**self.key(digest), "output_twin": {"theta_s": digest_state_dict(theta_s), "w": float(w)}}
+        return self._score(key, digest, lambda: self.module.sampling_through(self.twin(theta_r, theta_s, w)))
+
+    def _score(self, key: dict[str, Any], digest: str, prepare) -> dict[str, Any]:
+        # `prepare` loads the weights and returns the context to sample in (the twin's stand-in, or none)
+        def build(work: Path) -> None:
+            context = prepare()
             self.module.to(self.run.device).eval()
             block = int(self.run.cfg.metrics.block_size)
             progress = self.num_samples > 10 * block
             sampler = instantiate(self.sampler_cfg)
-            feats = release_features(self.module, sampler, self.seeds, self.release, self.extractor, progress) \
-                if self.release else sample_features(self.module, sampler, self.seeds, self.extractor, block, progress)
+            with context:
+                feats = release_features(self.module, sampler, self.seeds, self.release, self.extractor, progress) \
+                    if self.release else sample_features(self.module, sampler, self.seeds, self.extractor, block,
+                                                         progress)
             if not is_main():
                 return
             if self.run.cfg.metrics.get("keep_features", True):
                 np.savez(work / "features.npz", **{k: v.astype(np.float32) for k, v in feats.items()})
-            write_json(work / "result.json", {**self.score_features(feats), "digest": digest, **self.trace()})
+            extra = {"output_twin": key["output_twin"]} if "output_twin" in key else {}
+            write_json(work / "result.json", {**self.score_features(feats), "digest": digest, **extra, **self.trace()})
 
         # collective: under DDP every rank samples its share of the seeds
-        folder, _ = self.run.cache.get_or_build("eval", self.key(digest), build, collective=True)
+        folder, _ = self.run.cache.get_or_build("eval", key, build, collective=True)
         return read_json(folder / "result.json")

@@ -18,7 +18,7 @@ from neon.io import atomic_path, read_json, write_text
 
 log = logging.getLogger("neon")
 
-COLUMNS = ("fid_base", "fid_neon", "w", "budget_steps", "n_synthetic")
+COLUMNS = ("fid_base", "fid_base_tuned", "fid_neon", "w", "budget_steps", "n_synthetic")
 
 
 def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -36,9 +36,10 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def write_sweep_table(sweep_dir: str | Path) -> list[Path]:
-    """`sweep.csv` and `sweep.md`: one row per job, its overrides then its headline numbers."""
+    """`sweep.csv` and `sweep.md`: one row per job (task=neon or task=search), its overrides then its headline
+    numbers (`fid_base_tuned`: θ_r at its own best guidance, where a search tuned it)."""
     sweep_dir = Path(sweep_dir)
-    jobs = [j for j in collect_jobs(sweep_dir) if j["summary"].get("task") == "neon"]
+    jobs = [j for j in collect_jobs(sweep_dir) if j["summary"].get("task") in ("neon", "search")]
     keys = sorted({k for j in jobs for k in j["overrides"]})
     if len(jobs) > 1:  # the swept settings: overrides every job shares say nothing about the rows
         keys = [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]

@@ -1,7 +1,8 @@
 """Every model config under conf/model/ against the family contract (neon.module.NeonModule): it composes;
 its family declares its samplers and refuses another family's in one line; it builds (tiny models fully,
 release-size ones on the meta device); and the tiny ones have a finite loss with gradients, per-seed
-deterministic and batch-independent generation, merge at w = 0 as the identity, export → reload equal."""
+deterministic and batch-independent generation, merge at w = 0 as the identity (and the output-space twin at
+w = 0, where the family has one), export → reload equal."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from neon.errors import NeonError
 from neon.io import save_state_dict
 from neon.merge import extrapolate
 from neon.module import NeonModule, check_sampler, check_samplers, family_of
+from neon.output_twin import build_twin
 from neon.runtime import model_spec
 from neon.seeding import StepNoise
 
@@ -153,6 +155,15 @@ def test_tiny_model_keeps_the_contract(name: str, tmp_path: Path):
     assert merged.keys() == theta_r.keys() and all(torch.equal(merged[k], theta_r[k]) for k in theta_r)
     module.load_neon_weights(merged)
     assert torch.equal(module.generate([5, 6, 7], sampler)[0], x)
+
+    # the output-space twin (where the family has one) at w = 0 samples as θ_r does, bit for bit
+    for name in (*module.twin_outputs, *module.twin_state):
+        assert callable(getattr(module.own_sampling_net, name)), name
+    if module.twin_outputs:
+        twin = build_twin(module.own_sampling_net, theta_r, theta_s, 0.0, module.twin_outputs, module.twin_state)
+        with module.sampling_through(twin):
+            assert torch.equal(module.generate([5, 6, 7], sampler)[0], x)
+        assert twin.calls > 0 and twin.calls % 2 == 0
 
     # export → reload: the weights and the config with the family's overrides rebuild the same sampler
     path = save_state_dict(module.neon_weights(), tmp_path / "model.safetensors")

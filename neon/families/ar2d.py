@@ -63,6 +63,7 @@ class ARToy(NeonModule):
 
     family = "autoregressive toy"
     samplers = {"ar_temperature": temperature_sampler}
+    twin_outputs = ("first", "second")  # the Gaussian parameters (μ, log σ) of each coordinate
 
     def __init__(self, hidden: int = 64, layers: int = 2, min_log_std: float = -6.0, max_log_std: float = 3.0,
                  optimizer=None):

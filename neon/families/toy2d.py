@@ -69,6 +69,7 @@ class ToyDiffusion(NeonModule):
 
     family = "diffusion toy"
     samplers = {"ddim_toy": ddim}
+    twin_outputs = ("forward",)  # ε(x, t)
 
     def __init__(
         self,

@@ -27,6 +27,7 @@ from neon.stages import (
     synthetic_key,
 )
 from neon.synthetic_source import check_fits, folder_key, source_config, source_folder, source_label, source_run
+from neon.tasks.compare import compare_mode
 
 
 def validate(cfg: DictConfig) -> None:
@@ -37,6 +38,7 @@ def validate(cfg: DictConfig) -> None:
     else:
         merge_ws(cfg)
     budgets_of(cfg)
+    compare_mode(cfg)
     check_counts(cfg)
     drawer = source_config(cfg) or cfg  # the sampler that draws S
     warning = diversity_warning(drawer.model, plain(drawer.sampler))

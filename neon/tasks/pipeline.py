@@ -18,6 +18,7 @@ from neon.report import w_label, w_table, write_previews, write_w_curve
 from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
 from neon.stages import Evaluator, budgets_of, copy_weights, finetuned_weights
 from neon.synthetic_source import source_config, source_label
+from neon.tasks.compare import compare_mode, compare_output_space
 from neon.tasks.front import build_front, validate
 from neon.tasks.sweeps import auto_w
 
@@ -38,6 +39,7 @@ def score_ws(run: Run, evaluator: Evaluator, merge: NeonMerge, theta_s: StateDic
 def run_neon(cfg: DictConfig) -> dict:
     """synthesize → fine-tune → merge → evaluate (pretraining first when no model.checkpoint is given)."""
     validate(cfg)
+    compare = compare_mode(cfg)
     run = Run.from_config(cfg)
     budgets = budgets_of(cfg)
     ws = None if is_auto_w(cfg) else merge_ws(cfg)
@@ -73,6 +75,12 @@ def run_neon(cfg: DictConfig) -> dict:
                                        [best_b])[best_b]
         control = [r["fid"] for r in score_ws(run, evaluator, merge, load_state_dict(c_path), ws, "control")]
 
+    output_space = None
+    if compare == "output":  # the twin on the same θ_r, θ_s (best budget), w grid, sampler and seeds
+        theta_s = front.theta_s(best_b)
+        output_space = compare_output_space(run, evaluator, front.theta_r, theta_s, ws, fids, best_b,
+                                            lambda w: merge.merged(theta_s, w))
+
     summary = {
         "task": "neon",
         "family": cfg.model._target_,
@@ -87,6 +95,7 @@ def run_neon(cfg: DictConfig) -> dict:
             "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, control, strict=True)],
             "fid_best": min(control), "w": ws[control.index(min(control))]},
         "auto_w": auto,
+        "output_space": output_space,
         "n_synthetic": cfg.neon.n_synthetic,
         "synthetic_source": source_label(run),
         "sampler": plain((source_config(cfg) or cfg).sampler),
@@ -106,7 +115,8 @@ def run_neon(cfg: DictConfig) -> dict:
         native = module.write_native(module.neon_weights(), run.out / "theta_neon_pipeline")
         if native is not None:  # the family's own layout too (diffusers: a pipeline folder)
             summary["artifacts"]["theta_neon_pipeline"] = str(native)
-    write_w_curve(run.out, ws, fids, control, grid={b: [r["fid"] for r in grid[b]] for b in budgets})
+    write_w_curve(run.out, ws, fids, control, grid={b: [r["fid"] for r in grid[b]] for b in budgets},
+                  output=None if output_space is None else [p["fid"] for p in output_space["w_curve"]])
     theta_neon = copy_weights(module.neon_weights())  # write() left θ_neon in the module
     module.to(run.device).eval()
     grids = write_previews(run.out, module, instantiate(evaluator.sampler_cfg), front.theta_r, theta_neon,

@@ -12,7 +12,7 @@ from neon.distributed import is_main
 from neon.errors import NeonError
 from neon.io import StateDict, write_json
 from neon.release import ReleaseSampling
-from neon.report import w_label
+from neon.report import search_table, w_label, write_guidance_curve
 from neon.runtime import Run, log, merge_ws, plain
 from neon.stages import Evaluator, budgets_of
 from neon.tasks.front import Front, build_front, validate
@@ -104,9 +104,25 @@ def run_search(cfg: DictConfig) -> dict:
                "budget_steps": b, "cfg_key": t.get("cfg_key"), "cfg": c, "points": points,
                "tolerance": float(t.tolerance), "theta_r": str(front.base_path),
                "rng": release.key() if release else "per_seed", "seconds": run.seconds}
+    if t.get("cfg_key"):
+        # the fair base: θ_r tuned over the same guidance values by the same rule (best small-sample FID, then
+        # the final size there), so θ_neon's gain is not partly a better guidance scale (w = 0 is θ_r itself:
+        # every budget's point is the same cached score)
+        base_curve = {value: score(b, value, 0.0) for value in cfg_values}
+        c_base = min(cfg_values, key=lambda value: base_curve[value])
+        summary.update({
+            "fid_base_tuned": score(b, c_base, 0.0, num_samples=final_n) if final_n else base_curve[c_base],
+            "cfg_base_tuned": c_base,
+            "base_cfg_curve": [{"cfg": value, "fid": base_curve[value]} for value in cfg_values],
+            "neon_cfg_curve": [{"cfg": value, "fid": min(f for (_, cv, _), f in coarse.items() if cv == value)}
+                               for value in cfg_values],
+        })
     if is_main():
         write_json(run.out / "search.json", {"points": points, "chosen": {"budget_steps": b, "cfg": c, "w": w}})
         write_json(run.out / "summary.json", summary)
+        if t.get("cfg_key"):
+            write_guidance_curve(run.out, summary)
+        print(search_table(summary), flush=True)
     log.info("search: best B=%d cfg=%s w=%g: FID %.6g (search) / %.6g (final), θ_r %.6g", b, c, w, fid_small,
              fid_final, fid_base)
     return summary

@@ -55,6 +55,7 @@ class EDMModule(NeonModule):
                     "state dict under the release's names, to load by name into the network the official code "
                     "builds")
     samplers = {"heun": heun_sampler}
+    twin_outputs = ("forward",)  # the denoiser D(x; σ)
 
     def __init__(self, network: Mapping[str, Any], optimizer=None, ema_halflife_kimg: float | None = 500.0,
                  ema_decay: float | None = None, loss: Mapping[str, float] | None = None, quantize: bool = True):

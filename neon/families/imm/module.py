@@ -74,6 +74,7 @@ class IMMModule(LatentImageModule):
                     "release's names: generate_images.py copies a network's parameters and buffers by name, "
                     "so they load into the network the official code builds")
     samplers = {"imm": pushforward_sampler}
+    twin_outputs = ("forward", "cfg_forward")  # x_s = x − (t − s)·σ_d·F is affine in F: combining x_s combines F
 
     def __init__(self, network: Mapping[str, Any], latent: nn.Module, vae_checkpoint: str | None = None,
                  optimizer=None, ema_decay: float | None = 0.9999, loss: Mapping[str, Any] | None = None,

@@ -38,6 +38,8 @@ class VARModule(LatentImageModule):
     release_pth = ("the layout of var_d16.pth … var_d36.pth: VAR's demo_sample.ipynb reads the file with torch.load "
                    "and loads it with load_state_dict(strict=True)")
     samplers = {"var": var_sampler}
+    twin_outputs = ("scale_logits",)  # each scale's logits, before guidance and top-k/top-p
+    twin_state = ("set_caching",)  # each network keeps its own keys and values
 
     def __init__(self, network: Mapping[str, Any], vae: Mapping[str, Any], vae_checkpoint: str | None = None,
                  vae_pretrain: Mapping[str, Any] | None = None, optimizer=None, cond_drop_rate: float = 0.1,

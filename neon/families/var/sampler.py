@@ -78,17 +78,13 @@ def var_sampler(net: VARTransformer, vae: VQVAE, labels: torch.Tensor, rng: Rand
     check_filters(top_k, top_p, net.vocab_size)
     b, patch_nums, quant = labels.shape[0], net.patch_nums, vae.quantize
     last = len(patch_nums) - 1
-    cond = net.class_emb(torch.cat((labels, torch.full_like(labels, net.num_classes))))
-    lvl_pos = net.lvl_embed(net.lvl_1L) + net.pos_1LC
-    first = patch_nums[0] ** 2
-    tokens = (cond.unsqueeze(1).expand(2 * b, first, -1) + net.pos_start.expand(2 * b, first, -1)
-              + lvl_pos[:, :first])
-    f_hat = cond.new_zeros(b, quant.channels, patch_nums[-1], patch_nums[-1])
+    f_hat = quant.embedding.weight.new_zeros(b, quant.channels, patch_nums[-1], patch_nums[-1])
+    nxt = None  # the VAE's input to the next scale, [B, pn², Cvae]
     net.set_caching(True)
     try:
         for si, pn in enumerate(patch_nums):
             ratio = si / last if last else 0.0
-            logits = net.step(tokens, cond)
+            logits = net.scale_logits(labels, si, nxt)
             t = cfg * ratio
             logits = (1 + t) * logits[:b] - t * logits[b:]
             filter_top_k_top_p_(logits, top_k, top_p)
@@ -101,9 +97,7 @@ def var_sampler(net: VARTransformer, vae: VQVAE, labels: torch.Tensor, rng: Rand
             h = h.transpose_(1, 2).reshape(b, quant.channels, pn, pn)
             f_hat, nxt = quant.next_input(si, f_hat, h)
             if si != last:
-                begin, end = net.bounds[si + 1]
                 nxt = nxt.view(b, quant.channels, -1).transpose(1, 2)
-                tokens = (net.word_embed(nxt) + lvl_pos[:, begin:end]).repeat(2, 1, 1)
     finally:
         net.set_caching(False)
     return vae.decode(f_hat)

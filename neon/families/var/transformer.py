@@ -199,3 +199,18 @@ class VARTransformer(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, ada, None)
         return self.logits(tokens, cond)
+
+    def scale_logits(self, labels: torch.Tensor, scale: int, inputs: torch.Tensor | None) -> torch.Tensor:
+        """One scale while sampling (caches on): logits [2B, pn², V] for class ids `labels` [B], conditional rows
+        then null-class rows, from the VAE's input to this scale [B, pn², Cvae] (None at the first scale). The
+        network embeds the class and the input itself, so the logits depend on its weights and on inputs no
+        weight of it made (the output-space twin combines them)."""
+        b = labels.shape[0]
+        cond = self.class_emb(torch.cat((labels, torch.full_like(labels, self.num_classes))))
+        lvl_pos = self.lvl_embed(self.lvl_1L) + self.pos_1LC
+        begin, end = self.bounds[scale]
+        if scale == 0:
+            tokens = cond.unsqueeze(1).expand(2 * b, end, -1) + self.pos_start.expand(2 * b, end, -1) + lvl_pos[:, :end]
+        else:
+            tokens = (self.word_embed(inputs) + lvl_pos[:, begin:end]).repeat(2, 1, 1)
+        return self.step(tokens, cond)

@@ -31,6 +31,8 @@ class XARModule(LatentImageModule):
     release_pth = ("the layout of xAR-B.pth, xAR-L.pth, xAR-H.pth: xAR's eval.py (`--resume`) and the Neon "
                    "authors' scripts read the file with torch.load and load it with load_state_dict")
     samplers = {"xar": xar_sampler}
+    twin_outputs = ("sample_step",)  # the velocity of the cluster's tokens
+    twin_state = ("clear_cache",)  # each network keeps its own keys and values
 
     def __init__(self, network: Mapping[str, Any], latent: nn.Module, vae_checkpoint: str | None = None,
                  optimizer=None, ema_decay: float | None = 0.9999, label_drop_prob: float = 0.1, hflip: bool = False,

@@ -1,0 +1,95 @@
+"""`neon.compare=output`: the output-space twin of Neon scored beside weight-space Neon, on the same cached
+θ_r and θ_s, the same w grid, sampler and seeds, with network evaluations and seconds per image of both."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from neon.distributed import is_main
+from neon.errors import NeonError
+from neon.io import StateDict
+from neon.merge import WSpec
+from neon.module import family_of
+from neon.output_twin import CountedNet, timed_generate
+from neon.report import w_label
+from neon.runtime import Run, log, plain
+from neon.stages import Evaluator
+
+COMPARISONS = ("output",)
+TIMING_REPEATS = 3  # interleaved; the fastest of each is kept (the machine's load only ever adds time)
+
+
+def compare_mode(cfg: DictConfig) -> str | None:
+    """`neon.compare` checked before any work: null, or 'output' for a family with an output-space twin and
+    scalar w (a block-wise w has no output-space counterpart)."""
+    mode = plain(cfg.neon.get("compare"))
+    if mode is None:
+        return None
+    if mode not in COMPARISONS:
+        raise NeonError(f"neon.compare must be null or one of {list(COMPARISONS)}, got {mode!r}")
+    family = family_of(cfg.model)
+    if not family.twin_outputs:
+        raise NeonError(f"neon.compare=output: the {family.family} family has no output-space twin "
+                        f"({family.__name__}.twin_outputs is empty); drop neon.compare")
+    w = plain(cfg.neon.w)
+    blockwise_auto = w == "auto" and (plain(cfg.neon.get("auto")) or {}).get("groups")
+    if blockwise_auto or isinstance(w, dict) or (isinstance(w, list) and any(isinstance(v, dict) for v in w)):
+        raise NeonError("neon.compare=output combines outputs with one scalar w: give neon.w as numbers (or auto "
+                        "without neon.auto.groups), not a block-wise mapping")
+    return mode
+
+
+def timing(run: Run, evaluator: Evaluator, theta_neon: StateDict, theta_r: StateDict, theta_s: StateDict,
+           w: float) -> dict[str, Any]:
+    """Seconds and network evaluations per image of weight-space Neon (θ_neon) and of the twin at w, on one
+    evaluation block of the metric's seeds, interleaved, fastest of TIMING_REPEATS each."""
+    module = evaluator.module
+    seeds = evaluator.seeds[:min(evaluator.num_samples, int(run.cfg.metrics.block_size))]
+    sampler = instantiate(evaluator.sampler_cfg)
+    twin = evaluator.twin(theta_r, theta_s, w)
+    module.load_neon_weights(theta_neon, source="θ_neon")
+    module.to(run.device).eval()
+    single = CountedNet(module.own_sampling_net, module.twin_outputs)
+    weight, output = [], []
+    for _ in range(TIMING_REPEATS):
+        weight.append(timed_generate(module, sampler, seeds, single))
+        output.append(timed_generate(module, sampler, seeds, twin))
+    return {"weight_space": {"seconds_per_image": min(s for s, _ in weight), "nfe_per_image": weight[0][1]},
+            "output_space": {"seconds_per_image": min(s for s, _ in output), "nfe_per_image": output[0][1]},
+            "images": len(seeds), "repeats": TIMING_REPEATS, "w": w, "device": str(run.device)}
+
+
+def compare_output_space(run: Run, evaluator: Evaluator, theta_r: StateDict, theta_s: StateDict, ws: list[WSpec],
+                         weight_fids: list[float], budget: int, merged) -> dict[str, Any]:
+    """summary.json's `output_space`: the twin's FID at every w beside weight-space Neon's (`weight_fids`, same
+    w), and both methods' network evaluations and seconds per image; `merged(w)` is θ_neon at w."""
+    fids = []
+    for w in tqdm(ws, desc="output-space twin", unit="w", disable=not is_main()):
+        with run.stage("evaluate_output_space"):
+            fids.append(evaluator.score_twin(theta_r, theta_s, float(w))["fid"])
+        log.info("output-space twin w = %s: FID %.6g (weight space %.6g)", w_label(w), fids[-1],
+                 weight_fids[len(fids) - 1])
+    best = min(range(len(ws)), key=lambda i: fids[i])
+    best_weight = min(range(len(ws)), key=lambda i: weight_fids[i])
+    w_timed = float(ws[best_weight]) if ws[best_weight] != 0.0 else float(ws[best])
+    with run.stage("evaluate_output_space"):
+        times = timing(run, evaluator, merged(w_timed), theta_r, theta_s, w_timed)
+    weight_best, output_best = weight_fids[best_weight], fids[best]
+    return {
+        "budget_steps": budget,
+        "w_curve": [{"w": w_label(w), "fid": f, "fid_weight_space": g}
+                    for w, f, g in zip(ws, fids, weight_fids, strict=True)],
+        "fid_best": output_best,
+        "w": ws[best],
+        **times["output_space"],
+        "weight_space": {"fid_best": weight_best, "w": ws[best_weight], **times["weight_space"]},
+        "winner": "tie" if output_best == weight_best else ("output" if output_best < weight_best else "weight"),
+        "relative_difference": (output_best - weight_best) / weight_best
+        if weight_best and math.isfinite(weight_best) else None,
+        "timing": {k: times[k] for k in ("images", "repeats", "w", "device")},
+    }

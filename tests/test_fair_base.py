@@ -1,0 +1,68 @@
+"""The fair base: where task=search tunes the guidance of θ_neon, θ_r is tuned over the same values by the same
+rule, and the summary, the printed table and the guidance plot show fid_base, fid_base_tuned and fid_neon."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from neon.report import search_table
+from tests.helpers import TINY_TOY, run_task, summary_of
+
+# the toy's evaluation score scale ζ stands in for a guidance scale
+SEARCH = [*(a for a in TINY_TOY if not a.startswith("neon.w")), "task=search", "neon.w=[0.0,0.5,1.0]",
+          "task.cfg_key=score_scale", "task.cfg_values=[0.9,1.0,1.1]", "task.tolerance=100",
+          "task.final_num_samples=2500"]
+
+
+def test_search_reports_the_base_tuned_over_the_same_guidance(tmp_path: Path, shared_cache: Path, capsys):
+    summary = run_task(SEARCH, tmp_path, cache=shared_cache)
+    assert summary_of(tmp_path)["fid_base_tuned"] == summary["fid_base_tuned"]
+    small = [p for p in summary["points"] if p["num_samples"] == 2000]
+    # θ_r at each guidance value: the w = 0 points of the coarse grid (θ_r itself, whatever the budget)
+    theta_r = {p["cfg"]: p["fid"] for p in small if p["w"] == 0.0}
+    assert {p["cfg"]: p["fid"] for p in summary["base_cfg_curve"]} == theta_r and set(theta_r) == {0.9, 1.0, 1.1}
+    assert summary["cfg_base_tuned"] == min(theta_r, key=theta_r.get)
+    # the same rule as θ_neon's: chosen on the search's samples, reported at the final size
+    final = [p for p in summary["points"] if p["num_samples"] == 2500 and p["w"] == 0.0]
+    assert {p["cfg"] for p in final} == {summary["cfg"], summary["cfg_base_tuned"]}
+    assert summary["fid_base_tuned"] == next(p["fid"] for p in final if p["cfg"] == summary["cfg_base_tuned"])
+    assert summary["fid_base"] == next(p["fid"] for p in final if p["cfg"] == summary["cfg"])
+    if summary["cfg_base_tuned"] != summary["cfg"]:
+        assert summary["fid_base_tuned"] != summary["fid_base"]
+    # the table and the plot show all three
+    table = search_table(summary)
+    assert table in capsys.readouterr().out
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == [
+        "θ_r at θ_neon's guidance", "θ_r at its tuned guidance", f"θ_neon (B = {summary['budget_steps']})"]
+    assert f"{summary['fid_base_tuned']:.4g}" in table
+    rows = list(csv.DictReader((tmp_path / "run" / "guidance_curve.csv").open()))
+    assert [float(r["cfg"]) for r in rows] == [0.9, 1.0, 1.1]
+    assert [float(r["fid_base"]) for r in rows] == [theta_r[c] for c in (0.9, 1.0, 1.1)]
+    assert all(float(r["fid_neon"]) <= float(r["fid_base"]) for r in rows)  # w = 0 is on every line
+    assert (tmp_path / "run" / "guidance_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_search_without_guidance_reports_no_tuned_base(tmp_path: Path, shared_cache: Path):
+    args = [a for a in SEARCH if not a.startswith("task.cfg")]
+    summary = run_task(args, tmp_path, cache=shared_cache)
+    assert "fid_base_tuned" not in summary and not (tmp_path / "run" / "guidance_curve.png").exists()
+    assert "tuned guidance" not in search_table(summary)
+
+
+def test_sweep_table_lists_search_jobs_with_the_tuned_base(tmp_path: Path):
+    from neon.io import write_json
+    from neon.sweep import write_sweep_table
+
+    jobs = {"0": {"task": "search", "fid_base": 5.0, "fid_base_tuned": 4.5, "fid_neon": 3.0, "w": 1.0,
+                  "budget_steps": 4, "seconds": {"evaluate": 1.0}},
+            "1": {"task": "neon", "fid_base": 6.0, "fid_neon": 2.0, "w": 1.5, "budget_steps": 40, "n_synthetic": 10,
+                  "seconds": {}}}
+    for name, summary in jobs.items():
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- task={summary['task']}\n")
+        write_json(tmp_path / name / "summary.json", summary)
+    write_sweep_table(tmp_path)
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert [(r["task"], r["fid_base"], r["fid_base_tuned"], r["fid_neon"]) for r in rows] == [
+        ("search", "5.0", "4.5", "3.0"), ("neon", "6.0", "", "2.0")]

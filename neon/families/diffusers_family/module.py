@@ -203,7 +203,7 @@ class DiffusersModule(NeonModule):
         """θ (e.g. θ_neon) as a pipeline folder `DiffusionPipeline.from_pretrained` loads."""
         from neon.families.diffusers_family.export import write_pipeline
 
-        net = copy.deepcopy(self.sampling_net)
+        net = copy.deepcopy(self.own_sampling_net)
         net.load_state_dict(state)
         return write_pipeline(net, _scheduler(self.scheduler_class, self.scheduler_config), out, self.folder)
 

@@ -28,7 +28,7 @@ from neon.io import (
 from neon.merge import check_finite_base, check_merge_pair, log_pattern_counts
 from neon.metrics.evaluate import release_features, sample_features
 from neon.metrics.reference import Reference, load_reference
-from neon.metrics.scores import compute_scores
+from neon.metrics.scores import compute_scores, summarize_seed_sets
 from neon.module import NeonModule
 from neon.output_twin import OutputTwin, build_twin
 from neon.release import ReleaseSampling
@@ -286,7 +286,7 @@ class Evaluator:
         m = self.run.cfg.metrics
         return {
             "weights": digest, "family": self.run.cfg.model._target_, "sampler": plain(self.sampler_cfg),
-            "extractor": plain(m.extractor), "seeds": [self.seeds[0], self.num_samples], "metrics": self.metrics,
+            "extractor": plain(m.extractor), "seeds": [self.seeds[0], len(self.seeds)], "metrics": self.metrics,
             "block_size": m.block_size, "reference": plain(m.get("reference")) or plain(self.run.cfg.data),
             **({"release": self.release.key()} if self.release else {}),
         }
@@ -294,6 +294,7 @@ class Evaluator:
     def trace(self) -> dict[str, Any]:
         """What a reported number was computed from: samples, seeds, extractor, reference."""
         return {"num_samples": self.num_samples, "seeds": f"{self.seeds[0]}-{self.seeds[-1]}",
+                "seed_sets": self.set_count(),
                 "extractor": plain(self.run.cfg.metrics.extractor), "metrics": self.metrics,
                 "reference": plain(self.run.cfg.metrics.get("reference")) or "data",
                 "rng": self.release.key() if self.release else "per_seed"}
@@ -329,7 +330,34 @@ class Evaluator:
         key = {**self.key(digest), "output_twin": {"theta_s": digest_state_dict(theta_s), "w": float(w)}}
         return self._score(key, digest, lambda: self.module.sampling_through(self.twin(theta_r, theta_s, w)))
 
+    def set_count(self) -> int:
+        """metrics.seed_sets (null: 1)."""
+        k = self.run.cfg.metrics.get("seed_sets")
+        return 1 if k is None else positive_int(k, "metrics.seed_sets")
+
+    def seed_sets(self) -> list[list[int]]:
+        """metrics.seed_sets consecutive sets of metrics.num_samples seeds, the first being `seeds`."""
+        k = self.set_count()
+        if k > 1 and self.release is not None:
+            raise NeonError("metrics.seed_sets > 1 needs per-seed sampling: drop it or sample.rng=release")
+        first, n = self.seeds[0], len(self.seeds)
+        return [list(range(first + i * n, first + (i + 1) * n)) for i in range(k)]
+
     def _score(self, key: dict[str, Any], digest: str, prepare) -> dict[str, Any]:
+        # every set is scored and cached on its own (the first is the one-set score), then summarised
+        sets = self.seed_sets()
+        if len(sets) == 1:
+            return self._score_seeds(key, digest, prepare)
+        all_seeds, results = self.seeds, []
+        try:
+            for seeds in sets:
+                self.seeds = seeds
+                results.append(self._score_seeds({**key, "seeds": [seeds[0], len(seeds)]}, digest, prepare))
+        finally:
+            self.seeds = all_seeds
+        return summarize_seed_sets(results)
+
+    def _score_seeds(self, key: dict[str, Any], digest: str, prepare) -> dict[str, Any]:
         # `prepare` loads the weights and returns the context to sample in (the twin's stand-in, or none)
         def build(work: Path) -> None:
             context = prepare()
@@ -346,7 +374,9 @@ class Evaluator:
             if self.run.cfg.metrics.get("keep_features", True):
                 np.savez(work / "features.npz", **{k: v.astype(np.float32) for k, v in feats.items()})
             extra = {"output_twin": key["output_twin"]} if "output_twin" in key else {}
-            write_json(work / "result.json", {**self.score_features(feats), "digest": digest, **extra, **self.trace()})
+            # (the set count is left out: this one set's result is shared by runs with any count)
+            trace = {k: v for k, v in self.trace().items() if k != "seed_sets"}
+            write_json(work / "result.json", {**self.score_features(feats), "digest": digest, **extra, **trace})
 
         # collective: under DDP every rank samples its share of the seeds
         folder, _ = self.run.cache.get_or_build("eval", key, build, collective=True)

@@ -88,3 +88,21 @@ def compute_scores(features: dict[str, np.ndarray], reference: Reference, metric
         else:
             raise NeonError(f"metrics.compute: unknown metric '{name}': use fid, isc, kid or pr")
     return out
+
+
+def summarize_seed_sets(results: list[dict]) -> dict:
+    """One score from several seed sets' (metrics.seed_sets): every numeric metric as the mean over the sets,
+    with its sample standard deviation (`<name>_sd`) and minimum (`<name>_min`, EDM's reporting
+    convention); the sets' own scores and seeds under `seed_sets`."""
+    out = dict(results[0])
+    numeric = [k for k, v in results[0].items() if k != "num_samples" and k != "seed_sets"
+               and isinstance(v, (int, float)) and not isinstance(v, bool)
+               and all(isinstance(r.get(k), (int, float)) for r in results)]
+    for name in numeric:
+        values = np.array([float(r[name]) for r in results])
+        out[name] = float(values.mean())
+        out[f"{name}_sd"] = float(values.std(ddof=1))
+        out[f"{name}_min"] = float(values.min())
+    out["seeds"] = f"{results[0]['seeds'].split('-')[0]}-{results[-1]['seeds'].split('-')[-1]}"
+    out["seed_sets"] = [{"seeds": r["seeds"], **{k: r[k] for k in numeric}} for r in results]
+    return out

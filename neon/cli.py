@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -13,7 +14,7 @@ from pathlib import Path
 import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from neon.errors import NeonError
 
@@ -213,8 +214,10 @@ def user_error(exc: BaseException) -> str | None:
     """The one-line message for an error the user can fix, None for a bug (which keeps its traceback)."""
     if isinstance(exc, NeonError):
         return str(exc)
-    if isinstance(exc, MissingMandatoryValue):
-        key = getattr(exc, "full_key", "") or str(exc)
+    if isinstance(exc, (MissingMandatoryValue, InterpolationToMissingValueError)):
+        # the key that is missing, also when another key refers to it (model.checkpoint: ${model.pretrained})
+        named = re.search(r"Missing mandatory value: ([\w.]+)", str(exc))
+        key = named.group(1) if named else (getattr(exc, "full_key", "") or str(exc))
         return f"{key} must be set on the command line (e.g. {key}=PATH)"
     return None
 
@@ -237,7 +240,7 @@ def _run(cfg: DictConfig) -> float | None:
         check_seeds(cfg)
         apply_threads(cfg)
         summary = launch(get_method(cfg.task.entry), cfg)
-    except (NeonError, MissingMandatoryValue) as exc:
+    except (NeonError, MissingMandatoryValue, InterpolationToMissingValueError) as exc:
         print(f"neon: error: {user_error(exc)}", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, SystemExit) as exc:

@@ -253,3 +253,17 @@ def test_dit_trains_in_the_vae_latents_with_its_own_label_dropout(tmp_path: Path
     assert not any(k.startswith("vae.") for k in module.neon_weights())
     out = module.write_native(module.neon_weights(), tmp_path / "theta_neon_pipeline")
     assert type(diffusers.DiffusionPipeline.from_pretrained(out)).__name__ == "DiTPipeline"
+
+
+def test_a_missing_pipeline_folder_is_named_on_the_command_line():
+    from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
+
+    from neon.cli import user_error
+    from neon.runtime import model_spec
+    from tests.helpers import compose_config
+
+    cfg = compose_config(["model=diffusers"])
+    for ask in (lambda: cfg.model.checkpoint, lambda: model_spec(cfg)):  # directly, and through the interpolation
+        with pytest.raises((MissingMandatoryValue, InterpolationToMissingValueError)) as err:
+            ask()
+        assert user_error(err.value) == "model.pretrained must be set on the command line (e.g. model.pretrained=PATH)"

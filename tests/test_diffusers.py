@@ -30,8 +30,12 @@ def tiny_unet(classes: int | None = None, **overrides):
 def save_pipeline(folder: Path, pipeline_class: str = "DDPMPipeline", classes: int | None = None,
                   prediction: str = "epsilon", shard: int | None = None, **unet) -> Path:
     """A tiny pipeline folder, as save_pretrained writes it."""
-    scheduler_cls = diffusers.DDIMScheduler if pipeline_class == "DDIMPipeline" else diffusers.DDPMScheduler
-    scheduler = scheduler_cls(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type=prediction)
+    if prediction == "flow":
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=100, shift=3.0)
+    else:
+        scheduler_cls = diffusers.DDIMScheduler if pipeline_class == "DDIMPipeline" else diffusers.DDPMScheduler
+        scheduler = scheduler_cls(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2",
+                                  prediction_type=prediction)
     pipe = getattr(diffusers, pipeline_class)(unet=tiny_unet(classes, **unet), scheduler=scheduler)
     pipe.save_pretrained(folder, safe_serialization=True, **({"max_shard_size": shard} if shard else {}))
     return folder
@@ -267,3 +271,26 @@ def test_a_missing_pipeline_folder_is_named_on_the_command_line():
         with pytest.raises((MissingMandatoryValue, InterpolationToMissingValueError)) as err:
             ask()
         assert user_error(err.value) == "model.pretrained must be set on the command line (e.g. model.pretrained=PATH)"
+
+
+def test_flow_matching_scheduler_trains_on_the_velocity_and_samples_as_the_pipeline(tmp_path: Path):
+    folder = save_pipeline(tmp_path / "flow", prediction="flow", classes=3)
+    module = DiffusersModule(pretrained=str(folder), quantize=False)
+    x0, labels = torch.rand(4, 1, 8, 8) * 2 - 1, torch.tensor([0, 2, 1, 0])
+    loss = module.loss({"x": x0, "label": labels}, StepNoise.single(4, seed=2))
+    noise = StepNoise.single(4, seed=2)
+    index, eps = noise.randint(100), noise.randn(1, 8, 8)
+    sigma = module.scheduler.sigmas[index].view(-1, 1, 1, 1)  # the shifted training schedule
+    with torch.no_grad():
+        pred = module.net((1 - sigma) * x0 + sigma * eps, sigma.flatten() * 100, class_labels=labels).sample
+    assert loss.item() == pytest.approx((pred - (eps - x0)).pow(2).mean().item(), rel=1e-5)
+    # sampling: the pipeline's loop (Euler steps of the flow), here with labels the pipeline cannot pass
+    unconditional = save_pipeline(tmp_path / "flow_u", prediction="flow")
+    module = DiffusersModule(pretrained=str(unconditional), quantize=False).eval()
+    with torch.no_grad():
+        ours, _ = module.generate([1, 8], sampler(num_inference_steps=5))
+    pipe = diffusers.DDPMPipeline.from_pretrained(unconditional)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(batch_size=2, generator=[torch.Generator().manual_seed(s) for s in (1, 8)], num_inference_steps=5,
+                  output_type="pt").images
+    assert torch.allclose((ours + 1) / 2, theirs, atol=1e-6)

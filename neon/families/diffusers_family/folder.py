@@ -13,8 +13,11 @@ from neon.errors import NeonError
 # pipeline class → (its denoising network's component, that component's class, its frozen VAE component)
 PIPELINES = {"DDPMPipeline": ("unet", "UNet2DModel", None), "DDIMPipeline": ("unet", "UNet2DModel", None),
              "DiTPipeline": ("transformer", "DiTTransformer2DModel", "vae")}
-# schedulers whose training objective is add_noise + a prediction target (docs/upstream/diffusers.md)
-SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+# schedulers whose training objective is add_noise + a prediction target, and the flow-matching one
+# (x_t = (1 − σ)·x0 + σ·ε, target ε − x0) (docs/upstream/diffusers.md)
+NOISE_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler")
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler",)
+SCHEDULERS = NOISE_SCHEDULERS + FLOW_SCHEDULERS
 PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
 
@@ -56,12 +59,15 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 
 
 def check_scheduler(name: str, config: dict[str, Any], where: str) -> None:
-    """A scheduler the family can train with: a supported class and prediction type."""
+    """A scheduler the family can train with: a supported class and prediction type (flow matching: a fixed
+    shift; a resolution-dependent one needs the text-to-image pipelines' latent sizes)."""
+    if name in FLOW_SCHEDULERS and config.get("use_dynamic_shifting"):
+        raise NeonError(f"{where}: {name} with use_dynamic_shifting is not supported: set a fixed shift")
     if name not in SCHEDULERS:
         raise NeonError(f"{where}: scheduler {name} has no training objective here: supported are "
                         f"{', '.join(SCHEDULERS)}")
     prediction = config.get("prediction_type", "epsilon")
-    if prediction not in PREDICTIONS:
+    if name in NOISE_SCHEDULERS and prediction not in PREDICTIONS:
         raise NeonError(f"{where}: prediction_type '{prediction}' is not one of {', '.join(PREDICTIONS)}")
 
 

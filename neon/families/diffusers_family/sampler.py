@@ -64,7 +64,8 @@ def scheduler_sampler(net: nn.Module, scheduler, latents: torch.Tensor, labels: 
     scheduler.set_timesteps(int(num_inference_steps))
     x = latents
     for t in scheduler.timesteps:
-        out = guided_prediction(net, scheduler.scale_model_input(x, t), t, labels, guidance_scale, null_label)
+        scaled = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+        out = guided_prediction(net, scaled, t, labels, guidance_scale, null_label)
         # DiTPipeline steps its doubled batch (both halves alike) without a generator; stepping one half
         # with the per-image generators is the same for deterministic schedulers and seeds stochastic ones
         x = scheduler.step(out, t, x, generator=generator, **step_kwargs).prev_sample

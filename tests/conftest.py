@@ -25,12 +25,6 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(threads)
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    """Slow tests first (a stable sort): xdist's workers then finish together, with the short tests filling
-    the gaps, instead of one worker running a minute-long test alone at the end."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
     """One artifact cache for the whole session (and every xdist worker): runs with the same θ_r config pretrain

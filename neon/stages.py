@@ -213,10 +213,11 @@ def finetune_key(run: Run, base_digest: str, data_key: dict[str, Any], budget: i
     return key
 
 
-def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data_key: dict[str, Any],
-                      budgets: Sequence[int]) -> dict[int, Path]:
-    """θ_s after every budget: from the cache, or from one fine-tune to the largest missing budget that
-    snapshots each missing one on the way (the reference protocol's budget axis)."""
+def finetuned_weights(run: Run, module: NeonModule, data, theta_r: StateDict, base_digest: str,
+                      data_key: dict[str, Any], budgets: Sequence[int]) -> dict[int, Path]:
+    """θ_s after every budget: from the cache, or from one fine-tune of θ_r (loaded into `module` first,
+    whatever it held: an evaluation leaves θ_neon there) to the largest missing budget that snapshots each
+    missing one on the way (the reference protocol's budget axis)."""
     from neon.callbacks import NeonMerge  # a Lightning callback
 
     keys = {b: finetune_key(run, base_digest, data_key, b) for b in budgets}
@@ -234,6 +235,7 @@ def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data
                 def keep(b: int, theta_s: StateDict) -> None:
                     run.cache.get_or_build("finetune", keys[b], lambda work: save_state_dict(theta_s, work / THETA_S))
 
+                module.load_neon_weights(theta_r, source="θ_r")
                 finetune_module(run, module, data, max(missing), [NeonMerge(budgets=missing, keep_theta_s=keep)])
                 log.info("θ_s: fine-tuned %d steps, snapshots at %s", max(missing), missing)
         barrier()  # rank 0 wrote the snapshots
@@ -241,7 +243,7 @@ def finetuned_weights(run: Run, module: NeonModule, data, base_digest: str, data
         if b not in missing:
             log.info("θ_s: reusing %s (budget %d, checksums verified)", folders[b], b)
         # a diverged fine-tune (NaN θ_s) is an error here, before any evaluation reads it as "no gain"
-        check_merge_pair(module.neon_weights(), load_state_dict(folders[b] / THETA_S, what="θ_s"))
+        check_merge_pair(theta_r, load_state_dict(folders[b] / THETA_S, what="θ_s"))
     return {b: folders[b] / THETA_S for b in budgets}
 
 

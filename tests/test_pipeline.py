@@ -107,3 +107,16 @@ def test_budget_list_is_one_finetune_with_snapshots(tmp_path: Path, shared_cache
     a = load_file(summary_of(tmp_path, "reuse")["artifacts"]["theta_s"]["3"])
     b = load_file(summary_of(fresh)["artifacts"]["theta_s"]["3"])
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_control_is_fine_tuned_from_theta_r_whatever_was_evaluated_last(tmp_path: Path, shared_cache: Path):
+    # two runs whose w grids end differently (the evaluations leave θ_neon at the last w in the module): the
+    # control, fine-tuned on the real data from θ_r, is the same network in both, so its scores agree
+    grid = [a for a in TINY_TOY if not a.startswith("neon.w")]
+    controls = []
+    for name, last in (("a", "1.0"), ("b", "4.0")):
+        folder = tmp_path / name
+        cache = seeded_cache(folder, shared_cache, TINY_TOY)
+        summary = run_task([*grid, f"neon.w=[0.0,0.5,{last}]", "+neon.control=true"], folder, cache=cache)
+        controls.append(summary["control"]["w_curve"][:2])
+    assert controls[0] == controls[1]

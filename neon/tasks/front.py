@@ -105,5 +105,6 @@ def build_front(run: Run, budgets: list[int]) -> Front:
     log_merge_plan(run, merge.base)
     s_key, s_dir = cached_synthetic(run, module, base_digest)
     with run.stage("finetune"):
-        theta_s_paths = finetuned_weights(run, module, synthetic_data(run, module, s_dir), base_digest, s_key, budgets)
+        theta_s_paths = finetuned_weights(run, module, synthetic_data(run, module, s_dir), merge.base, base_digest,
+                                          s_key, budgets)
     return Front(module, base_digest, base_path, merge, s_dir, theta_s_paths)

@@ -71,8 +71,9 @@ def run_neon(cfg: DictConfig) -> dict:
         # the same fine-tune on the real data instead of S: shows the gain comes from self-generated data
         with run.stage("finetune"):
             real = instantiate(cfg.data, batch_size=positive_int(cfg.neon.batch_size, "neon.batch_size"))
-            c_path = finetuned_weights(run, module, real, front.base_digest, {"real_data": plain(cfg.data)},
-                                       [best_b])[best_b]
+            # from θ_r, not from the θ_neon the evaluations above left in the module
+            c_path = finetuned_weights(run, module, real, front.theta_r, front.base_digest,
+                                       {"real_data": plain(cfg.data), "start": "theta_r"}, [best_b])[best_b]
         control = [r["fid"] for r in score_ws(run, evaluator, merge, load_state_dict(c_path), ws, "control")]
 
     output_space = None

@@ -156,3 +156,11 @@ def random_batch(module, n: int) -> dict[str, torch.Tensor]:
     if module.num_classes:
         batch["label"] = torch.randint(module.num_classes, (n,), generator=g)
     return batch
+
+
+def rss_anon_mb() -> float:
+    """This process's anonymous resident memory in MiB (Linux /proc): what a merge holds, not the mapped files."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from neon.errors import NeonError
 from neon.merge import extrapolate, merge_files, w_for
+from tests.helpers import rss_anon_mb
 
 
 def make_pair(seed: int = 0) -> tuple[dict, dict]:
@@ -125,12 +126,6 @@ def test_streaming_shape_mismatch_and_missing_file(tmp_path: Path):
         merge_files(tmp_path / "nope.safetensors", tmp_path / "aux.safetensors", 1.0, tmp_path / "m.safetensors")
 
 
-def _rss_anon_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read memory")
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
@@ -145,10 +140,10 @@ def test_streaming_holds_about_one_tensor(tmp_path: Path, suffix: str):
             save_file(sd, tmp_path / f"{name}{suffix}")
         del sd
     gc.collect()  # what earlier tests in this worker left behind is not the merge's
-    start = _rss_anon_mb()
+    start = rss_anon_mb()
     peak = [start]
     merge_files(tmp_path / f"base{suffix}", tmp_path / f"aux{suffix}", 1.0, tmp_path / "m.safetensors",
-                on_tensor=lambda key: peak.append(_rss_anon_mb()))
+                on_tensor=lambda key: peak.append(rss_anon_mb()))
     tensor_mb = numel * 4 / 2**20
     # two models would be 32 tensors; the merge itself holds 3 to 6, and an xdist worker's allocator adds a few
     assert max(peak) - start < 12 * tensor_mb, f"peak grew by {max(peak) - start:.0f} MiB"

@@ -15,6 +15,7 @@ from torch import nn
 
 from neon.errors import NeonError
 from neon.persistence import read_snapshot
+from tests.helpers import rss_anon_mb
 
 
 def _fake_module(name: str, added: list[str], **attrs) -> None:
@@ -106,12 +107,6 @@ def test_a_global_outside_the_network_layers_is_refused(tmp_path: Path):
         read_snapshot(tmp_path / "cut.pkl")
 
 
-def _rss_anon_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read memory")
 def test_merging_two_snapshots_streams_their_storages(tmp_path: Path):
@@ -131,10 +126,10 @@ def test_merging_two_snapshots_streams_their_storages(tmp_path: Path):
         write_pickle(tmp_path / f"{name}.pkl", child, pickle.HIGHEST_PROTOCOL)
         del child
     gc.collect()
-    start = _rss_anon_mb()
+    start = rss_anon_mb()
     peak = [start]
     merge_files(tmp_path / "base.pkl", tmp_path / "aux.pkl", 1.0, tmp_path / "m.safetensors",
-                on_tensor=lambda key: peak.append(_rss_anon_mb()))
+                on_tensor=lambda key: peak.append(rss_anon_mb()))
     layer_mb = width * width * 4 / 2**20
     assert max(peak) - start < 8 * layer_mb, f"peak grew by {max(peak) - start:.0f} MiB (a layer is {layer_mb} MiB)"
     merged = load_file(tmp_path / "m.safetensors")

@@ -295,8 +295,11 @@ class Evaluator:
 
     def trace(self) -> dict[str, Any]:
         """What a reported number was computed from: samples, seeds, extractor, reference."""
-        return {"num_samples": self.num_samples, "seeds": f"{self.seeds[0]}-{self.seeds[-1]}",
-                "seed_sets": self.set_count(),
+        return {**self._trace_of(self.seeds), "seed_sets": self.set_count()}
+
+    def _trace_of(self, seeds: list[int]) -> dict[str, Any]:
+        # one seed set's trace (no set count: that set's result is shared by runs with any count)
+        return {"num_samples": len(seeds), "seeds": f"{seeds[0]}-{seeds[-1]}",
                 "extractor": plain(self.run.cfg.metrics.extractor), "metrics": self.metrics,
                 "reference": plain(self.run.cfg.metrics.get("reference")) or "data",
                 "rng": self.release.key() if self.release else "per_seed"}
@@ -349,36 +352,28 @@ class Evaluator:
         # every set is scored and cached on its own (the first is the one-set score), then summarised
         sets = self.seed_sets()
         if len(sets) == 1:
-            return self._score_seeds(key, digest, prepare)
-        all_seeds, results = self.seeds, []
-        try:
-            for seeds in sets:
-                self.seeds = seeds
-                results.append(self._score_seeds({**key, "seeds": [seeds[0], len(seeds)]}, digest, prepare))
-        finally:
-            self.seeds = all_seeds
-        return summarize_seed_sets(results)
+            return self._score_seeds(key, digest, prepare, self.seeds)
+        return summarize_seed_sets([self._score_seeds({**key, "seeds": [seeds[0], len(seeds)]}, digest, prepare, seeds)
+                                    for seeds in sets])
 
-    def _score_seeds(self, key: dict[str, Any], digest: str, prepare) -> dict[str, Any]:
+    def _score_seeds(self, key: dict[str, Any], digest: str, prepare, seeds: list[int]) -> dict[str, Any]:
         # `prepare` loads the weights and returns the context to sample in (the twin's stand-in, or none)
         def build(work: Path) -> None:
             context = prepare()
             self.module.to(self.run.device).eval()
             block = int(self.run.cfg.metrics.block_size)
-            progress = self.num_samples > 10 * block
+            progress = len(seeds) > 10 * block
             sampler = instantiate(self.sampler_cfg)
             with context:
-                feats = release_features(self.module, sampler, self.seeds, self.release, self.extractor, progress) \
-                    if self.release else sample_features(self.module, sampler, self.seeds, self.extractor, block,
-                                                         progress)
+                feats = release_features(self.module, sampler, seeds, self.release, self.extractor, progress) \
+                    if self.release else sample_features(self.module, sampler, seeds, self.extractor, block, progress)
             if not is_main():
                 return
             if self.run.cfg.metrics.get("keep_features", True):
                 np.savez(work / "features.npz", **{k: v.astype(np.float32) for k, v in feats.items()})
             extra = {"output_twin": key["output_twin"]} if "output_twin" in key else {}
-            # (the set count is left out: this one set's result is shared by runs with any count)
-            trace = {k: v for k, v in self.trace().items() if k != "seed_sets"}
-            write_json(work / "result.json", {**self.score_features(feats), "digest": digest, **extra, **trace})
+            write_json(work / "result.json",
+                       {**self.score_features(feats), "digest": digest, **extra, **self._trace_of(seeds)})
 
         # collective: under DDP every rank samples its share of the seeds
         folder, _ = self.run.cache.get_or_build("eval", key, build, collective=True)

@@ -55,7 +55,7 @@ def test_samples_equal_the_pipelines_own_call_per_seed(tmp_path: Path, pipeline_
     with torch.no_grad():
         ours, labels = module.generate(seeds, sampler(**kwargs))
         alone, _ = module.generate([11], sampler(**kwargs))
-    pipe = getattr(diffusers, pipeline_class).from_pretrained(folder)
+    pipe = getattr(diffusers, pipeline_class).from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe(batch_size=len(seeds), generator=[torch.Generator().manual_seed(s) for s in seeds],
                   output_type="pt", **kwargs).images
@@ -107,7 +107,7 @@ def test_theta_goes_back_as_a_pipeline_diffusers_loads(tmp_path: Path):
     out = module.write_native(state, tmp_path / "theta_neon_pipeline")
     assert (out / "unet" / "diffusion_pytorch_model.safetensors.index.json").is_file()
     assert not list(tmp_path.glob(".theta_neon_pipeline.*"))  # the temporary folder was renamed
-    pipe = diffusers.DiffusionPipeline.from_pretrained(out)
+    pipe = diffusers.DiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert type(pipe).__name__ == "DDPMPipeline"
     for k, v in pipe.unet.state_dict().items():
         assert torch.equal(v, state[k])
@@ -126,7 +126,7 @@ def test_a_module_built_from_settings_exports_a_ddpm_pipeline(tmp_path: Path):
                                       "up_block_types": ["UpBlock2D", "UpBlock2D"]},
                              scheduler={"class_name": "DDPMScheduler", "num_train_timesteps": 50})
     out = module.write_native(module.neon_weights(), tmp_path / "out")
-    pipe = diffusers.DiffusionPipeline.from_pretrained(out)
+    pipe = diffusers.DiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert type(pipe.scheduler).__name__ == "DDPMScheduler" and pipe.scheduler.config.num_train_timesteps == 50
 
 
@@ -138,7 +138,7 @@ def test_the_tiny_config_builds_through_hydra_and_exports(tmp_path: Path):
 
     module = instantiate(model_spec(compose_config(["model=diffusers_tiny"])))  # nested settings as configs
     out = module.write_native(module.neon_weights(), tmp_path / "out")
-    pipe = diffusers.DiffusionPipeline.from_pretrained(out)
+    pipe = diffusers.DiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert pipe.unet.config.num_class_embeds == 10 and list(pipe.unet.config.block_out_channels) == [16, 32]
 
 
@@ -187,7 +187,7 @@ def test_neon_runs_end_to_end_on_a_pipeline_folder(tmp_path: Path):
     summary = summary_of(tmp_path)
     assert summary["family"] == "neon.families.diffusers_family.DiffusersModule"
     assert summary["artifacts"]["theta_r"] == str(folder)
-    pipe = diffusers.DiffusionPipeline.from_pretrained(summary["artifacts"]["theta_neon_pipeline"])
+    pipe = diffusers.DiffusionPipeline.from_pretrained(summary["artifacts"]["theta_neon_pipeline"], local_files_only=True)
     from safetensors.torch import load_file
 
     theta_neon = load_file(tmp_path / "run" / "theta_neon.safetensors")
@@ -235,7 +235,7 @@ def test_dit_samples_equal_the_pipelines_own_call(tmp_path: Path, guidance: floa
     seeds, labels = [4, 9], torch.tensor([7, 123])
     with torch.no_grad():
         ours, used = module.generate(seeds, sampler(num_inference_steps=4, guidance_scale=guidance), labels=labels)
-    pipe = diffusers.DiTPipeline.from_pretrained(folder)
+    pipe = diffusers.DiTPipeline.from_pretrained(folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe(class_labels=labels.tolist(), guidance_scale=guidance, num_inference_steps=4, output_type="pt",
                   generator=[torch.Generator().manual_seed(s) for s in seeds]).images
@@ -256,7 +256,7 @@ def test_dit_trains_in_the_vae_latents_with_its_own_label_dropout(tmp_path: Path
     assert all(p.grad is None for p in module.vae.parameters())  # the VAE is frozen, and not θ
     assert not any(k.startswith("vae.") for k in module.neon_weights())
     out = module.write_native(module.neon_weights(), tmp_path / "theta_neon_pipeline")
-    assert type(diffusers.DiffusionPipeline.from_pretrained(out)).__name__ == "DiTPipeline"
+    assert type(diffusers.DiffusionPipeline.from_pretrained(out, local_files_only=True)).__name__ == "DiTPipeline"
 
 
 def test_a_missing_pipeline_folder_is_named_on_the_command_line():
@@ -289,7 +289,7 @@ def test_flow_matching_scheduler_trains_on_the_velocity_and_samples_as_the_pipel
     module = DiffusersModule(pretrained=str(unconditional), quantize=False).eval()
     with torch.no_grad():
         ours, _ = module.generate([1, 8], sampler(num_inference_steps=5))
-    pipe = diffusers.DDPMPipeline.from_pretrained(unconditional)
+    pipe = diffusers.DDPMPipeline.from_pretrained(unconditional, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     theirs = pipe(batch_size=2, generator=[torch.Generator().manual_seed(s) for s in (1, 8)], num_inference_steps=5,
                   output_type="pt").images

@@ -107,7 +107,7 @@ class DiffusersModule(NeonModule):
     def _frozen_vae(self) -> nn.Module:
         from diffusers import AutoencoderKL
 
-        vae = AutoencoderKL.from_pretrained(self.folder.path / self.folder.vae_name)
+        vae = AutoencoderKL.from_pretrained(self.folder.path / self.folder.vae_name, local_files_only=True)
         return vae.eval().requires_grad_(False)
 
     @classmethod
@@ -198,6 +198,12 @@ class DiffusersModule(NeonModule):
             folder = read_pipeline_folder(path)
             return read_weights(_weights_file(folder.network_dir), what=f"{folder.network_name} weights")
         return super().read_checkpoint(path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load θ from a file or folder; the pipeline folder itself was read at construction (not again)."""
+        if self.folder is not None and Path(path).resolve() == self.folder.path.resolve():
+            return
+        super().load_checkpoint(path)
 
     def write_native(self, state: StateDict, out: Path) -> Path:
         """θ (e.g. θ_neon) as a pipeline folder `DiffusionPipeline.from_pretrained` loads."""

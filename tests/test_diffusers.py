@@ -80,6 +80,36 @@ def test_class_conditional_sampling_is_per_seed_and_checks_labels(tmp_path: Path
         unconditional.generate([0], sampler(num_inference_steps=2), labels=torch.tensor([1]))
 
 
+def test_a_unets_null_class_guides_sampling_and_takes_the_dropped_labels(tmp_path: Path):
+    folder = str(save_pipeline(tmp_path / "pipe", "DDIMPipeline", classes=4))
+    module = DiffusersModule(pretrained=folder, null_class=3, quantize=False).eval()
+    assert module.num_classes == 3 and module.null_label == 3 and module.label_dropout == 0.1
+    labels = torch.tensor([0, 2])
+    with torch.no_grad():
+        ours, _ = module.generate([5, 6], sampler(num_inference_steps=3, guidance_scale=2.5), labels=labels)
+        # by hand: DDIM (η 0) over ε_null + g·(ε_label − ε_null), from the same initial noise
+        scheduler = diffusers.DDIMScheduler.from_config(module.scheduler.config)
+        scheduler.set_timesteps(3)
+        x = torch.stack([torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(s)) for s in (5, 6)])
+        for t in scheduler.timesteps:
+            cond = module.net(x, t, class_labels=labels).sample
+            null = module.net(x, t, class_labels=torch.full_like(labels, 3)).sample
+            x = scheduler.step(null + 2.5 * (cond - null), t, x).prev_sample
+    assert torch.allclose(ours, (x / 2 + 0.5).clamp(0, 1) * 2 - 1, atol=1e-5)
+    # label dropout 1 trains every image as the null class
+    batch, noise = {"x": torch.rand(3, 1, 8, 8) * 2 - 1, "label": torch.tensor([0, 1, 2])}, (7, 1)
+    module.label_dropout = 1.0
+    dropped = module.loss(batch, StepNoise.single(3, *noise))
+    module.label_dropout = 0.0
+    as_null = module.loss({**batch, "label": torch.full((3,), 3)}, StepNoise.single(3, *noise))
+    assert dropped.item() != 0 and dropped.item() == pytest.approx(as_null.item(), rel=1e-6)
+    with pytest.raises(NeonError, match=r"model.null_class=2: .* last row .*num_class_embeds 4.*i.e. 3"):
+        DiffusersModule(pretrained=folder, null_class=2)
+    without = DiffusersModule(pretrained=folder).eval()
+    with pytest.raises(NeonError, match="no null class to guide with"):
+        without.generate([0], sampler(num_inference_steps=2, guidance_scale=2.0))
+
+
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction", "sample"])
 def test_loss_is_the_schedulers_objective(tmp_path: Path, prediction: str):
     module = DiffusersModule(pretrained=str(save_pipeline(tmp_path / "p", classes=3, prediction=prediction)))

@@ -43,7 +43,8 @@ def _scheduler(name: str, config: Mapping[str, Any]):
 
 class DiffusersModule(NeonModule):
     """A diffusers pipeline's network: a `UNet2DModel` (DDPMPipeline / DDIMPipeline, `num_class_embeds` for
-    classes) or a `DiTTransformer2DModel` in a frozen `AutoencoderKL` latent space (DiTPipeline), from
+    classes; `null_class` names the last row as the null class guidance and label dropout use) or a
+    `DiTTransformer2DModel` in a frozen `AutoencoderKL` latent space (DiTPipeline), from
     `pretrained` (a local folder), or a UNet built from `network` + `scheduler` settings and pretrained here.
     Samples are images in [-1, 1]; `quantize` rounds them to the 8-bit grid the pipeline's PIL output has."""
 
@@ -55,7 +56,7 @@ class DiffusersModule(NeonModule):
 
     def __init__(self, pretrained: str | None = None, network: Mapping[str, Any] | None = None,
                  scheduler: Mapping[str, Any] | None = None, optimizer=None, ema_decay: float | None = None,
-                 label_dropout: float | None = None, quantize: bool = True):
+                 label_dropout: float | None = None, null_class: int | None = None, quantize: bool = True):
         self.folder: PipelineFolder | None = None
         if pretrained:
             self.folder = read_pipeline_folder(pretrained)
@@ -79,11 +80,13 @@ class DiffusersModule(NeonModule):
             raise NeonError(f"the network predicts {config.out_channels} channels for {config.in_channels} input "
                             "channels (a learned variance?): UNet2DModel networks need out_channels = in_channels")
         classes = int((config.num_embeds_ada_norm if is_dit else config.num_class_embeds) or 0)
+        if null_class is not None:  # a UNet's class table with a last row meaning "no class"
+            classes = self._check_null_class(null_class, classes, is_dit)
         super().__init__(net, optimizer=optimizer, ema=EMA(decay=ema_decay) if ema_decay else None,
                          num_classes=classes)
         # DiT's label embeddings drop labels themselves with the global generator; here the loss drops them
         # (label_dropout, from the step's noise), so they never do
-        self.null_label = self._own_label_dropout(net) if is_dit else None
+        self.null_label = self._own_label_dropout(net) if is_dit else null_class
         self.label_dropout = float(label_dropout if label_dropout is not None else (0.1 if self.null_label else 0.0))
         if self.label_dropout and self.null_label is None:
             raise NeonError(f"model.label_dropout={self.label_dropout}: the network has no null class to drop to")
@@ -92,6 +95,18 @@ class DiffusersModule(NeonModule):
             self.load_neon_weights(self.read_checkpoint(self.folder.path), source=f"pipeline '{self.folder.path}'")
         self.scheduler = _scheduler(self.scheduler_class, self.scheduler_config)
         self.quantize = quantize
+
+    @staticmethod
+    def _check_null_class(null_class: int, rows: int, is_dit: bool) -> int:
+        # UNet2DModel's config has no null class: the user names it, and it must be the table's last row so
+        # the classes stay 0 … rows − 2
+        if is_dit:
+            raise NeonError("model.null_class is for UNet2DModel networks: a DiT's null class is its own "
+                            "(the label table's last row); leave model.null_class=null")
+        if rows < 2 or int(null_class) != rows - 1:
+            raise NeonError(f"model.null_class={null_class}: the null class must be the last row of the network's "
+                            f"class table (num_class_embeds {rows}), i.e. {rows - 1}")
+        return rows - 1
 
     @staticmethod
     def _own_label_dropout(net: nn.Module) -> int | None:
@@ -166,7 +181,8 @@ class DiffusersModule(NeonModule):
             with torch.no_grad():
                 dist = self.vae.encode(x).latent_dist
                 x = (dist.mean + dist.std * noise.randn(*dist.mean.shape[1:])) * self.vae.config.scaling_factor
-        if self.label_dropout and labels is not None:
+        if self.null_label is not None and labels is not None:
+            # drawn whatever the rate, so the t and ε after it do not depend on model.label_dropout
             labels = torch.where(noise.rand() < self.label_dropout, self.null_label, labels)
         return scheduler_loss(self.net, self.scheduler, x, labels, noise)
 

@@ -83,6 +83,7 @@ class NeonModule(nn.Module):
     # the model card says about the release's own format.
     release_pth: ClassVar[str | None] = None
     release_note: ClassVar[str] = ""
+    native_card_header: ClassVar[str] = ""  # opens the model card in `write_native`'s folder (e.g. YAML metadata)
     twin_outputs: ClassVar[tuple[str, ...]] = ("forward",)
     twin_state: ClassVar[tuple[str, ...]] = ()
 

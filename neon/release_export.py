@@ -5,6 +5,7 @@ arithmetic (the form model-merging tools read)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from neon.errors import NeonError
-from neon.io import StateDict, file_sha256, read_json, save_state_dict, save_torch_state_dict
+from neon.io import StateDict, file_sha256, read_json, save_state_dict, save_torch_state_dict, write_text
 from neon.merge import WSpec
 from neon.report import w_label, w_table
 
@@ -80,10 +81,20 @@ def release_files(state: StateDict, stem: str, out: Path, module_cls: type) -> d
     return files
 
 
+def folder_sha256(folder: Path) -> str:
+    """One SHA-256 for a folder (a pipeline folder θ_r): over each file's path relative to it and SHA-256."""
+    lines = [f"{p.relative_to(folder).as_posix()} {file_sha256(p)}\n"
+             for p in sorted(folder.rglob("*")) if p.is_file()]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
 def sha256_if_present(path: str | Path, what: str) -> str | None:
-    """A file's SHA-256, or None (with a warning) when the file is gone (e.g. a cleaned artifact cache)."""
-    if Path(path).is_file():
+    """A file's (or folder's) SHA-256, or None (with a warning) when it is gone (e.g. a cleaned artifact cache)."""
+    path = Path(path)
+    if path.is_file():
         return file_sha256(path)
+    if path.is_dir():
+        return folder_sha256(path)
     log.warning("%s '%s' no longer exists: the model card and merge recipe name it without a digest", what, path)
     return None
 
@@ -154,10 +165,13 @@ def _code(value: Any) -> str:
 
 def model_card(*, family: str, model_name: str | None, files: dict[str, tuple[Path, str]], module_cls: type,
                source: Path, source_sha: str | None, weights_digest: str, record: RunRecord | None,
-               parts: NeonParts | None) -> str:
-    """The `README.md` written next to the exported files: where θ came from and how it scored."""
+               parts: NeonParts | None, root: Path | None = None, recipe: bool = True,
+               written_by: str = "`neon task=export task.format=release`") -> str:
+    """The `README.md` written next to the exported files: where θ came from and how it scored (`files` named
+    relative to `root` when given; the merge recipe's row only where `recipe` was written beside them)."""
     title = f"{family}" + (f" (`model={model_name}`)" if model_name else "")
-    lines = [f"# {'θ_neon' if parts else 'θ'}: {title}", ""]
+    lines = [module_cls.native_card_header] if root is not None and module_cls.native_card_header else []
+    lines += [f"# {'θ_neon' if parts else 'θ'}: {title}", ""]
     if parts and record:
         s = record.summary
         m = s.get("metric") or {}
@@ -183,16 +197,49 @@ def model_card(*, family: str, model_name: str | None, files: dict[str, tuple[Pa
     lines += ["## Files", "", "| file | sha256 | what |", "|---|---|---|"]
     what = {"pth": f"flat torch state dict, {module_cls.release_pth}",
             "safetensors": "the weights as safetensors (`safetensors.torch.load_file`)",
-            "model.yaml": "the neon model config of these weights (its `checkpoint` names the safetensors)"}
+            "model.yaml": "the neon model config of these weights (its `checkpoint` names the safetensors)",
+            "network": "the network's weights, as the pipeline's own format stores them"}
     for kind, (path, sha) in files.items():
-        lines.append(f"| `{path.name}` | `{sha}` | {what.get(kind, '')} |")
-    if parts:
+        name = path.relative_to(root).as_posix() if root is not None else path.name
+        lines.append(f"| `{name}` | `{sha}` | {what.get(kind.split(':')[0], '')} |")
+    if parts and recipe:
         lines.append(f"| `{RECIPE}` | | θ_neon from θ_r and θ_s as task arithmetic (mergekit's YAML; "
                      "`neon-merge` gives the same) |")
     lines += ["", f"Weights digest (neon's, over names, dtypes, shapes and bytes): `{weights_digest}`.", ""]
     if module_cls.release_note:
         lines += [module_cls.release_note + ".", ""]
     origin = f"run `{record.folder}`" if record else f"`{source}`"
-    lines.append(f"Written by `neon task=export task.format=release` from {origin}.")
+    lines.append(f"Written by {written_by} from {origin}.")
     return "\n".join(lines) + "\n"
 
+
+def native_card(native: Path, *, module_cls: type, model_name: str | None, source: Path, source_sha: str | None,
+                weights_digest: str, record: RunRecord | None, parts: NeonParts | None, written_by: str) -> Path:
+    """The model card `README.md` inside a family's own layout (`write_native`'s folder), its weight files
+    listed with their digests."""
+    weights = sorted(p for p in native.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+    files = {f"network:{p.name}": (p, file_sha256(p)) for p in weights}
+    text = model_card(family=module_cls.family, model_name=model_name, files=files, module_cls=module_cls,
+                      source=source, source_sha=source_sha,
+                      weights_digest=weights_digest, record=record, parts=parts, root=native, recipe=False,
+                      written_by=written_by)
+    write_text(native / CARD, text)
+    return native / CARD
+
+
+
+def model_choice() -> str | None:
+    """The `model=` config name of this Hydra run (None outside one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None
+
+
+def neon_run_card(native: Path, folder: Path, config: DictConfig, summary: dict[str, Any], module_cls: type,
+                  weights_digest: str) -> Path:
+    """The model card of a Neon run's θ_neon inside `write_native`'s folder, from the run's summary."""
+    record = RunRecord(folder, folder / "theta_neon.safetensors", config, summary, model_choice())
+    parts = neon_parts(record)
+    return native_card(native, module_cls=module_cls, model_name=record.model_name, source=parts.theta_r,
+                       source_sha=parts.sha_r, weights_digest=weights_digest, record=record, parts=parts,
+                       written_by="`neon` (task=neon)")

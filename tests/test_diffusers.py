@@ -14,6 +14,7 @@ import torch
 
 from neon.errors import NeonError
 from neon.families.diffusers_family import DiffusersModule, scheduler_sampler
+from neon.release_export import folder_sha256
 from neon.seeding import StepNoise
 
 diffusers = pytest.importorskip("diffusers")
@@ -160,6 +161,25 @@ def test_a_module_built_from_settings_exports_a_ddpm_pipeline(tmp_path: Path):
     assert type(pipe.scheduler).__name__ == "DDPMScheduler" and pipe.scheduler.config.num_train_timesteps == 50
 
 
+def test_export_writes_the_pipeline_with_its_model_card(tmp_path: Path):
+    from neon.io import digest_state_dict, file_sha256
+    from tests.helpers import run_task
+
+    folder = save_pipeline(tmp_path / "pipe", shard=60_000)
+    summary = run_task(["task=export", "model=diffusers", f"model.pretrained={folder}"], tmp_path)
+    out = Path(summary["pipeline"])
+    card = (out / "README.md").read_text()
+    assert Path(summary["pipeline_card"]) == out / "README.md" and card.startswith("---\nlibrary_name: diffusers")
+    shards = sorted((out / "unet").glob("diffusion_pytorch_model-*.safetensors"))
+    assert len(shards) > 1
+    for shard in shards:  # every weight file, by its path in the folder and its digest
+        assert f"| `unet/{shard.name}` | `{file_sha256(shard)}` |" in card
+    assert f"Exported from `{folder}` (sha256 `{folder_sha256(folder)}`)" in card
+    module = DiffusersModule(pretrained=str(out))
+    assert f"`{digest_state_dict(module.neon_weights())}`" in card
+    assert diffusers.DiffusionPipeline.from_pretrained(out, local_files_only=True) is not None
+
+
 def test_the_tiny_config_builds_through_hydra_and_exports(tmp_path: Path):
     from hydra.utils import instantiate
 
@@ -222,6 +242,11 @@ def test_neon_runs_end_to_end_on_a_pipeline_folder(tmp_path: Path):
 
     theta_neon = load_file(tmp_path / "run" / "theta_neon.safetensors")
     assert all(torch.equal(v, theta_neon[k]) for k, v in pipe.unet.state_dict().items())
+    # its model card: the diffusers metadata, where θ_neon came from (θ_r the folder, by digest), how it scored
+    card = Path(summary["artifacts"]["theta_neon_card"]).read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\n") and "# θ_neon: diffusers" in card
+    assert f"`{folder}` (sha256 `{folder_sha256(folder)}`)" in card and f"| θ_s | `{summary['artifacts']['theta_s']['2']}`" in card
+    assert "merge_recipe.yaml" not in card and "Written by `neon` (task=neon)" in card
 
 
 def test_two_sharded_pipeline_networks_merge_by_streaming(tmp_path: Path):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
@@ -32,9 +31,12 @@ from neon.release_export import (
     float_dtype,
     merge_recipe,
     model_card,
+    model_choice,
+    native_card,
     neon_parts,
     read_run,
     release_files,
+    sha256_if_present,
 )
 from neon.runtime import Run, log, plain, positive_int
 from neon.seeding import parse_seeds
@@ -155,20 +157,24 @@ def run_export(cfg: DictConfig) -> dict:
                "config": str(run.out / "model.yaml"), "digest": digest,
                "run": str(record.folder) if record is not None else None,
                **({"pipeline": str(native)} if native is not None else {})}
+    parts = neon_parts(record) if record is not None and record.is_neon else None
+    name = record.model_name if record is not None else model_choice()
+    source_sha = sha256_if_present(base_path, "the source") if native is not None or fmt == "release" else None
+    if native is not None:
+        summary["pipeline_card"] = str(native_card(
+            native, module_cls=type(module), model_name=name, source=base_path, source_sha=source_sha,
+            weights_digest=digest, record=record, parts=parts, written_by="`neon task=export`"))
     if fmt == "release":
         shas = {kind: (path, file_sha256(path)) for kind, path in files.items()}
         shas["model.yaml"] = (run.out / "model.yaml", file_sha256(run.out / "model.yaml"))
-        parts = neon_parts(record) if record is not None and record.is_neon else None
         if parts is not None:
             write_text(run.out / RECIPE, merge_recipe(parts, float_dtype(state)))
             summary["recipe"] = {"file": str(run.out / RECIPE), "theta_r": str(parts.theta_r),
                                  "theta_r_sha256": parts.sha_r, "theta_s": str(parts.theta_s),
                                  "theta_s_sha256": parts.sha_s, "w": parts.w, "budget_steps": parts.budget}
-        name = record.model_name if record is not None else (
-            HydraConfig.get().runtime.choices.get("model") if HydraConfig.initialized() else None)
         write_text(run.out / CARD, model_card(
             family=type(module).family, model_name=name, files=shas, module_cls=type(module), source=base_path,
-            source_sha=file_sha256(base_path) if base_path.is_file() else None, weights_digest=digest,
+            source_sha=source_sha, weights_digest=digest,
             record=record, parts=parts))
         summary["files"] = {path.name: sha for path, sha in shas.values()}
         summary["card"] = str(run.out / CARD)

@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 from neon.callbacks import NeonMerge
 from neon.distributed import is_main
 from neon.errors import NeonError
-from neon.io import StateDict, load_state_dict, write_json
+from neon.io import StateDict, digest_state_dict, load_state_dict, write_json
 from neon.merge import WSpec
+from neon.release_export import neon_run_card
 from neon.report import w_label, w_table, write_previews, write_w_curve
 from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
 from neon.stages import Evaluator, budgets_of, copy_weights, finetuned_weights
@@ -114,8 +115,10 @@ def run_neon(cfg: DictConfig) -> dict:
         merge.write(front.theta_s(best_b), ws[best], run.out / "theta_neon.safetensors", module=module,
                     model_cfg=cfg.model)
         native = module.write_native(module.neon_weights(), run.out / "theta_neon_pipeline")
-        if native is not None:  # the family's own layout too (diffusers: a pipeline folder)
+        if native is not None:  # the family's own layout too (diffusers: a pipeline folder), with its card
             summary["artifacts"]["theta_neon_pipeline"] = str(native)
+            summary["artifacts"]["theta_neon_card"] = str(neon_run_card(
+                native, run.out, cfg, summary, type(module), digest_state_dict(module.neon_weights())))
     write_w_curve(run.out, ws, fids, control, grid={b: [r["fid"] for r in grid[b]] for b in budgets},
                   output=None if output_space is None else [p["fid"] for p in output_space["w_curve"]])
     theta_neon = copy_weights(module.neon_weights())  # write() left θ_neon in the module

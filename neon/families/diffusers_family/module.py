@@ -53,6 +53,8 @@ class DiffusersModule(NeonModule):
     release_note = ("diffusers pipelines are folders (model_index.json, one subfolder per component); "
                     "theta_neon_pipeline/ is that folder with the merged network, for "
                     "DiffusionPipeline.from_pretrained")
+    # the Hub's model-card metadata, so the folder's README.md reads as a diffusers model card
+    native_card_header = "---\nlibrary_name: diffusers\ntags:\n- neon\n- image-generation\n---\n"
 
     def __init__(self, pretrained: str | None = None, network: Mapping[str, Any] | None = None,
                  scheduler: Mapping[str, Any] | None = None, optimizer=None, ema_decay: float | None = None,

@@ -268,13 +268,13 @@ def test_two_sharded_pipeline_networks_merge_by_streaming(tmp_path: Path):
     assert len(seen) == len(expected) and all(torch.equal(merged[k], v) for k, v in expected.items())
 
 
-def save_dit_pipeline(folder: Path) -> Path:
+def save_dit_pipeline(folder: Path, latent_channels: int = 4) -> Path:
     """A tiny DiTPipeline folder: a 1-block DiT with a learned variance over 4×4×4 latents of an 8×8 RGB VAE."""
     torch.manual_seed(0)
     transformer = diffusers.DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4,
                                                   out_channels=8, num_layers=1, sample_size=4, patch_size=2,
                                                   num_embeds_ada_norm=1000)
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels, block_out_channels=(8, 16),
                                   down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
                                   norm_num_groups=4, sample_size=8)
     scheduler = diffusers.DDIMScheduler(num_train_timesteps=100)
@@ -296,6 +296,12 @@ def test_dit_samples_equal_the_pipelines_own_call(tmp_path: Path, guidance: floa
                   generator=[torch.Generator().manual_seed(s) for s in seeds]).images
     assert used.tolist() == labels.tolist()
     assert torch.allclose((ours + 1) / 2, theirs, atol=1e-6)
+
+
+def test_a_vae_whose_latents_do_not_fit_the_network_is_one_line(tmp_path: Path):
+    folder = save_dit_pipeline(tmp_path / "dit", latent_channels=3)
+    with pytest.raises(NeonError, match=r"the VAE \(vae/\) makes latents of 3 channels but the network takes 4"):
+        DiffusersModule(pretrained=str(folder))
 
 
 def test_dit_trains_in_the_vae_latents_with_its_own_label_dropout(tmp_path: Path):
@@ -326,6 +332,32 @@ def test_a_missing_pipeline_folder_is_named_on_the_command_line():
         with pytest.raises((MissingMandatoryValue, InterpolationToMissingValueError)) as err:
             ask()
         assert user_error(err.value) == "model.pretrained must be set on the command line (e.g. model.pretrained=PATH)"
+
+
+@pytest.mark.parametrize("scheme", ["logit_normal", "mode", "sigma_sqrt", "cosmap"])
+def test_flow_weighting_schemes_are_the_diffusers_scripts(tmp_path: Path, scheme: str):
+    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+
+    folder = save_pipeline(tmp_path / "flow", prediction="flow")
+    module = DiffusersModule(pretrained=str(folder), quantize=False, flow_weighting={"weighting_scheme": scheme})
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    loss = module.loss({"x": x0}, StepNoise.single(4, seed=3))
+    # diffusers' own density and weight functions, fed the step noise's generator stream
+    generator = StepNoise.single(4, seed=3).generator
+    u = compute_density_for_timestep_sampling(scheme, 4, logit_mean=0.0, logit_std=1.0, mode_scale=1.29,
+                                              generator=generator)
+    index = (u * 100).long()
+    eps = torch.randn(4, 1, 8, 8, generator=generator)
+    sigma = module.scheduler.sigmas[index].view(-1, 1, 1, 1)
+    weight = compute_loss_weighting_for_sd3(scheme, sigma)
+    with torch.no_grad():
+        pred = module.net((1 - sigma) * x0 + sigma * eps, module.scheduler.timesteps[index]).sample
+    expected = torch.mean((weight * (pred - (eps - x0)) ** 2).reshape(4, -1), 1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    with pytest.raises(NeonError, match="weighting_scheme=cosmap is for flow-matching schedulers"):
+        DiffusersModule(pretrained=str(save_pipeline(tmp_path / "ddpm")), flow_weighting={"weighting_scheme": "cosmap"})
+    with pytest.raises(NeonError, match="'sqrt' is not one of none, logit_normal"):
+        DiffusersModule(pretrained=str(folder), flow_weighting={"weighting_scheme": "sqrt"})
 
 
 def test_flow_matching_scheduler_trains_on_the_velocity_and_samples_as_the_pipeline(tmp_path: Path):

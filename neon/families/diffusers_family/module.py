@@ -14,8 +14,13 @@ import torch
 from torch import nn
 
 from neon.errors import NeonError
-from neon.families.diffusers_family.folder import PipelineFolder, check_scheduler, read_pipeline_folder
-from neon.families.diffusers_family.objective import scheduler_loss
+from neon.families.diffusers_family.folder import (
+    FLOW_SCHEDULERS,
+    PipelineFolder,
+    check_scheduler,
+    read_pipeline_folder,
+)
+from neon.families.diffusers_family.objective import FlowWeighting, scheduler_loss
 from neon.families.diffusers_family.sampler import scheduler_sampler
 from neon.io import StateDict
 from neon.metrics.images import to_uint8
@@ -58,7 +63,8 @@ class DiffusersModule(NeonModule):
 
     def __init__(self, pretrained: str | None = None, network: Mapping[str, Any] | None = None,
                  scheduler: Mapping[str, Any] | None = None, optimizer=None, ema_decay: float | None = None,
-                 label_dropout: float | None = None, null_class: int | None = None, quantize: bool = True):
+                 label_dropout: float | None = None, null_class: int | None = None,
+                 flow_weighting: Mapping[str, Any] | None = None, quantize: bool = True):
         self.folder: PipelineFolder | None = None
         if pretrained:
             self.folder = read_pipeline_folder(pretrained)
@@ -93,10 +99,26 @@ class DiffusersModule(NeonModule):
         if self.label_dropout and self.null_label is None:
             raise NeonError(f"model.label_dropout={self.label_dropout}: the network has no null class to drop to")
         self.vae = self._frozen_vae() if self.folder is not None and self.folder.vae_name else None
+        if self.vae is not None and int(self.vae.config.latent_channels) != int(config.in_channels):
+            raise NeonError(f"pipeline '{self.folder.path}': the VAE ({self.folder.vae_name}/) makes latents of "
+                            f"{self.vae.config.latent_channels} channels but the network takes {config.in_channels}: "
+                            "the folder's components do not belong together")
         if self.folder is not None:
             self.load_neon_weights(self.read_checkpoint(self.folder.path), source=f"pipeline '{self.folder.path}'")
         self.scheduler = _scheduler(self.scheduler_class, self.scheduler_config)
+        self.flow_weighting = self._flow_weighting(_plain(flow_weighting) or {})
         self.quantize = quantize
+
+    def _flow_weighting(self, settings: Mapping[str, Any]) -> FlowWeighting:
+        try:
+            rule = FlowWeighting(**settings)
+        except TypeError:
+            raise NeonError(f"model.flow_weighting takes {', '.join(FlowWeighting.__dataclass_fields__)}; got "
+                            f"{', '.join(settings)}") from None
+        if rule.weighting_scheme != "none" and self.scheduler_class not in FLOW_SCHEDULERS:
+            raise NeonError(f"model.flow_weighting.weighting_scheme={rule.weighting_scheme} is for flow-matching "
+                            f"schedulers; {self.scheduler_class} trains with uniform timesteps")
+        return rule
 
     @staticmethod
     def _check_null_class(null_class: int, rows: int, is_dit: bool) -> int:
@@ -186,7 +208,7 @@ class DiffusersModule(NeonModule):
         if self.null_label is not None and labels is not None:
             # drawn whatever the rate, so the t and ε after it do not depend on model.label_dropout
             labels = torch.where(noise.rand() < self.label_dropout, self.null_label, labels)
-        return scheduler_loss(self.net, self.scheduler, x, labels, noise)
+        return scheduler_loss(self.net, self.scheduler, x, labels, noise, self.flow_weighting)
 
     def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None):
         # one generator per image: its initial noise first, as the pipelines draw it, then (class-conditional

@@ -26,6 +26,7 @@ from neon.io import (
     write_json,
 )
 from neon.merge import check_finite_base, check_merge_pair, log_pattern_counts
+from neon.metrics.build import build_extractor, extractor_key
 from neon.metrics.evaluate import release_features, sample_features
 from neon.metrics.reference import Reference, load_reference
 from neon.metrics.scores import compute_scores, summarize_seed_sets
@@ -271,8 +272,8 @@ class Evaluator:
         self.num_samples = positive_int(num_samples or m.num_samples, "metrics.num_samples")
         first = int(m.seed_offset if seed_offset is None else seed_offset)
         self.seeds = list(range(first, first + self.num_samples))
-        self.extractor = instantiate(m.extractor)
         self.metrics = list(m.get("compute") or ["fid"])
+        self.extractor = build_extractor(m, self.metrics)
         self.sampler_cfg = OmegaConf.merge(run.cfg.sampler, m.get("sampler") or {}, sampler_overrides or {})
         self._reference: Reference | None = None
 
@@ -288,7 +289,7 @@ class Evaluator:
         m = self.run.cfg.metrics
         return {
             "weights": digest, "family": self.run.cfg.model._target_, "sampler": plain(self.sampler_cfg),
-            "extractor": plain(m.extractor), "seeds": [self.seeds[0], len(self.seeds)], "metrics": self.metrics,
+            **extractor_key(m, self.metrics), "seeds": [self.seeds[0], len(self.seeds)], "metrics": self.metrics,
             "block_size": m.block_size, "reference": plain(m.get("reference")) or plain(self.run.cfg.data),
             **({"release": self.release.key()} if self.release else {}),
         }
@@ -300,7 +301,7 @@ class Evaluator:
     def _trace_of(self, seeds: list[int]) -> dict[str, Any]:
         # one seed set's trace (no set count: that set's result is shared by runs with any count)
         return {"num_samples": len(seeds), "seeds": f"{seeds[0]}-{seeds[-1]}",
-                "extractor": plain(self.run.cfg.metrics.extractor), "metrics": self.metrics,
+                **extractor_key(self.run.cfg.metrics, self.metrics), "metrics": self.metrics,
                 "reference": plain(self.run.cfg.metrics.get("reference")) or "data",
                 "rng": self.release.key() if self.release else "per_seed"}
 

@@ -83,7 +83,7 @@ def test_metric_settings_a_user_can_get_wrong_are_one_line_errors(tmp_path: Path
     reference = Reference(mu=np.zeros(4), sigma=np.eye(4), source="test")
     features = {"pool": np.random.default_rng(0).normal(size=(16, 4))}
     assert np.isfinite(compute_scores(features, reference, ["fid"])["fid"])
-    with pytest.raises(NeonError, match="metrics.compute: unknown metric 'fdd': use fid, isc, kid or pr"):
+    with pytest.raises(NeonError, match="metrics.compute: unknown metric 'fdd': use fid, sfid, fd_dinov2, isc, kid or pr"):
         compute_scores(features, reference, ["fdd"])
     with pytest.raises(NeonError, match="metrics.compute asks for isc, but .* class logits"):
         compute_scores(features, reference, ["isc"])

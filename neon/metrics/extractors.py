@@ -19,6 +19,37 @@ class FeatureExtractor:
         """All outputs of one pass, by name."""
         return {"pool": self(x)}
 
+    def want_outputs(self, names: set[str]) -> None:
+        """Switch on optional outputs by name (Inception's 'spatial'); extractors without any ignore it."""
+
+    def extra_outputs(self) -> tuple[str, ...]:
+        """The named outputs besides 'pool' (and IS's 'logits') that `extract` gives now."""
+        return ()
+
+
+class StackedFeatures(FeatureExtractor):
+    """A primary extractor plus named extra networks on the same images: `extract` gives the primary's
+    outputs and each extra's features under its name (FID's Inception beside DINOv2 as 'dinov2')."""
+
+    def __init__(self, primary: FeatureExtractor, extras: dict[str, FeatureExtractor]):
+        self.primary, self.extras = primary, extras
+        self.name, self.feature_dim = primary.name, primary.feature_dim
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.primary(x)
+
+    def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The primary's outputs, then every extra's features under its name."""
+        return {**self.primary.extract(x), **{name: extra(x) for name, extra in self.extras.items()}}
+
+    def want_outputs(self, names: set[str]) -> None:
+        """Passed on to the primary (the extras have one output each)."""
+        self.primary.want_outputs(names)
+
+    def extra_outputs(self) -> tuple[str, ...]:
+        """The primary's extra outputs and the extras' names."""
+        return (*self.primary.extra_outputs(), *self.extras)
+
 
 class IdentityFeatures(FeatureExtractor):
     """The samples themselves, flattened (2D toys: the Fréchet distance of the points)."""

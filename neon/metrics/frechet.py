@@ -6,6 +6,16 @@ import numpy as np
 
 from neon.errors import NeonError
 
+# Fréchet-distance metrics → the named feature they compare (an extractor output, a reference statistic)
+FRECHET_METRICS = {"fid": "pool", "sfid": "spatial", "fd_dinov2": "dinov2"}
+
+
+def statistic_keys(feature: str) -> tuple[str, str]:
+    """The .npz keys of a feature's mean and covariance: `mu`/`sigma` (pool), ADM's `mu_s`/`sigma_s`
+    (spatial), else `mu_<feature>`/`sigma_<feature>`."""
+    suffix = {"pool": "", "spatial": "_s"}.get(feature, f"_{feature}")
+    return f"mu{suffix}", f"sigma{suffix}"
+
 
 def feature_statistics(features: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased covariance (N − 1) of features [N, D], in float64.

@@ -1,5 +1,5 @@
-"""Inception-v3 pool features (2048-d) for FID, through torch-fidelity's TF-compatible network,
-with its weights read from a local file: nothing is downloaded."""
+"""Inception-v3 pool features (2048-d) for FID, and on request ADM's spatial features for sFID, through
+torch-fidelity's TF-compatible network, with its weights read from a local file: nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ from neon.errors import NeonError
 from neon.metrics.extractors import FeatureExtractor
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+SPATIAL_LAYER = "Mixed_6d.branch1x1"  # the TF graph's mixed_6/conv (torch-fidelity's weight converter's map)
+SPATIAL_CHANNELS = 7  # ADM keeps the first 7 of its 192 channels: 17 × 17 × 7 = 2023 values at 299 × 299
+
+
+def adm_spatial_features(activation: torch.Tensor) -> torch.Tensor:
+    """[N, C, H, W] activations → ADM's sFID rows: the first 7 channels, flattened in TF's NHWC order."""
+    kept = activation[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1)
+    return kept.reshape(len(activation), -1).double().cpu()
 
 
 class InceptionFeatures(FeatureExtractor):
@@ -21,9 +29,11 @@ class InceptionFeatures(FeatureExtractor):
     name = "inception-v3-compat"
     feature_dim = 2048
 
-    def __init__(self, weights: str | None = None, batch_size: int = 64, device: str | None = None):
+    def __init__(self, weights: str | None = None, batch_size: int = 64, device: str | None = None,
+                 spatial: bool = False):
         self.weights = weights or os.environ.get("NEON_INCEPTION_WEIGHTS")
         self.batch_size = batch_size
+        self.spatial = spatial  # sFID's features too (off unless asked: 50K × 2023 floats is 400 MB)
         # on a GPU whenever there is one, as torch-fidelity runs it, wherever the samples were made
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._net = None
@@ -44,12 +54,21 @@ class InceptionFeatures(FeatureExtractor):
                                                     feature_extractor_weights_path=str(self.weights)).eval().to(self.device)
         return self._net
 
+    def want_outputs(self, names: set[str]) -> None:
+        """'spatial' switches on sFID's features."""
+        self.spatial = self.spatial or "spatial" in names
+
+    def extra_outputs(self) -> tuple[str, ...]:
+        """('spatial',) when sFID's features are switched on."""
+        return ("spatial",) if self.spatial else ()
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.extract(x)["pool"]
 
     @torch.no_grad()
     def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """2048-d pool features and the 1008 unbiased logits (for IS) of images in [-1, 1]."""
+        """2048-d pool features and the 1008 unbiased logits (for IS) of images in [-1, 1], plus the 2023-d
+        spatial features (sFID) when switched on, all from one forward pass."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise NeonError(f"Inception features need images [N, 1 or 3, H, W]; found shape {tuple(x.shape)}")
         if x.is_floating_point() and (x.min() < -1.01 or x.max() > 1.01):
@@ -62,9 +81,19 @@ class InceptionFeatures(FeatureExtractor):
                               stacklevel=2)
                 self._warned_gray = True
             images = images.repeat(1, 3, 1, 1)
-        pools, logits = [], []
-        for i in range(0, len(images), self.batch_size):
-            pool, logit = net(images[i:i + self.batch_size].to(self.device))
-            pools.append(pool.double().cpu())
-            logits.append(logit.double().cpu())
-        return {"pool": torch.cat(pools), "logits": torch.cat(logits)}
+        pools, logits, spatial = [], [], []
+        # the spatial layer's output is taken by a hook during the same pass that gives the pool features
+        hook = net.get_submodule(SPATIAL_LAYER).register_forward_hook(
+            lambda module, inputs, output: spatial.append(adm_spatial_features(output))) if self.spatial else None
+        try:
+            for i in range(0, len(images), self.batch_size):
+                pool, logit = net(images[i:i + self.batch_size].to(self.device))
+                pools.append(pool.double().cpu())
+                logits.append(logit.double().cpu())
+        finally:
+            if hook is not None:
+                hook.remove()
+        out = {"pool": torch.cat(pools), "logits": torch.cat(logits)}
+        if self.spatial:
+            out["spatial"] = torch.cat(spatial)
+        return out

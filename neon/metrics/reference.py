@@ -1,9 +1,9 @@
 """Reference statistics: read EDM-style (`mu`, `sigma`) and ADM-style (`arr_0` images and/or `mu`,
-`sigma`, or pool activations) .npz files, or compute them from images."""
+`sigma`, `mu_s`, `sigma_s`, or pool activations) .npz files, or compute them from images."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ import torch
 from neon.errors import NeonError
 from neon.metrics.evaluate import features_of_images
 from neon.metrics.extractors import FeatureExtractor
-from neon.metrics.frechet import feature_statistics
+from neon.metrics.frechet import FRECHET_METRICS, feature_statistics, statistic_keys
 
 ACTIVATION_KEYS = ("pool", "activations", "features")
 
@@ -25,6 +25,24 @@ class Reference:
     sigma: np.ndarray
     features: np.ndarray | None = None
     source: str = ""
+    extra: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # 'spatial', 'dinov2': (μ, Σ)
+
+    def statistics(self, feature: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """(μ, Σ) of a named feature ('pool' or an extra one); a missing one is an error naming `metric`."""
+        if feature == "pool":
+            return self.mu, self.sigma
+        if feature not in self.extra:
+            mu_key, sigma_key = statistic_keys(feature)
+            raise NeonError(f"metrics.compute asks for {metric}, but reference '{self.source}' has no '{feature}' "
+                            f"statistics ({mu_key}/{sigma_key}): give a reference with them or with uint8 images "
+                            "in arr_0 (an ADM batch), or make one with task=reference and this metrics.compute")
+        return self.extra[feature]
+
+
+def extra_statistics(outputs: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(μ, Σ) of every output that a Fréchet metric other than FID compares (spatial, dinov2)."""
+    return {name: feature_statistics(values) for name, values in outputs.items()
+            if name != "pool" and name in FRECHET_METRICS.values()}
 
 
 def uint8_images_to_unit(images: np.ndarray, what: str) -> torch.Tensor:
@@ -52,17 +70,46 @@ def load_reference(path: str | Path, extractor: FeatureExtractor | None = None) 
         if features is None and "arr_0" in keys and f["arr_0"].ndim == 2:
             features = f["arr_0"].astype(np.float64)
         mu, sigma = (f["mu"], f["sigma"]) if {"mu", "sigma"} <= keys else (None, None)
-    if features is None and images is not None and extractor is not None:
-        features = features_of_images(uint8_images_to_unit(images, f"reference '{path}'"), extractor)["pool"]
+        extra = {name: (f[mu_key].astype(np.float64), f[sigma_key].astype(np.float64))
+                 for name in set(FRECHET_METRICS.values()) - {"pool"}
+                 for mu_key, sigma_key in [statistic_keys(name)] if {mu_key, sigma_key} <= keys}
+    if images is not None and extractor is not None and (features is None or _wants_more(extractor, extra)):
+        outputs = features_of_images(uint8_images_to_unit(images, f"reference '{path}'"), extractor)
+        features = outputs["pool"] if features is None else features
+        extra = {**extra_statistics(outputs), **extra}  # statistics stored in the file win, as in ADM's evaluator
     if mu is None and features is not None:
         mu, sigma = feature_statistics(features)
     if mu is None:
         raise NeonError(f"reference '{path}' holds {sorted(keys)}: expected mu and sigma, pool activations "
                         f"({', '.join(ACTIVATION_KEYS)}), or uint8 images in arr_0")
-    return Reference(np.asarray(mu, np.float64), np.asarray(sigma, np.float64), features, str(path))
+    return Reference(np.asarray(mu, np.float64), np.asarray(sigma, np.float64), features, str(path), extra)
+
+
+def _wants_more(extractor: FeatureExtractor, have: dict) -> bool:
+    # the images are passed through the extractor again only for extra features the file lacks
+    return any(name not in have for name in extractor.extra_outputs())
 
 
 def reference_from_features(features: np.ndarray, source: str) -> Reference:
     """A Reference from real features."""
     mu, sigma = feature_statistics(features)
     return Reference(mu, sigma, features, source)
+
+
+def reference_from_outputs(outputs: dict[str, np.ndarray], source: str) -> Reference:
+    """A Reference from every named output of real images: pool features and statistics, plus the
+    statistics of the extra Fréchet features (spatial, dinov2)."""
+    ref = reference_from_features(outputs["pool"], source)
+    ref.extra = extra_statistics(outputs)
+    return ref
+
+
+def reference_arrays(ref: Reference) -> dict[str, np.ndarray]:
+    """A Reference as .npz arrays: mu, sigma, pool, and each extra feature's pair (ADM's mu_s/sigma_s, ...)."""
+    arrays = {"mu": ref.mu, "sigma": ref.sigma}
+    if ref.features is not None:
+        arrays["pool"] = ref.features.astype(np.float32)
+    for name, (mu, sigma) in ref.extra.items():
+        mu_key, sigma_key = statistic_keys(name)
+        arrays[mu_key], arrays[sigma_key] = mu, sigma
+    return arrays

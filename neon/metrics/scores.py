@@ -1,4 +1,5 @@
-"""FID, Inception Score, KID and precision/recall from one pass of features. The IS, KID and
+"""FID (and the other Fréchet distances: sFID, FD-DINOv2), Inception Score, KID and precision/recall from
+one pass of features. The IS, KID and
 precision/recall arithmetic is torch-fidelity's own (called, not re-implemented), so the numbers are the
 library's."""
 
@@ -12,7 +13,7 @@ import torch
 
 from neon.checks import check_sample_count
 from neon.errors import NeonError
-from neon.metrics.frechet import feature_statistics, frechet_distance
+from neon.metrics.frechet import FRECHET_METRICS, feature_statistics, frechet_distance
 from neon.metrics.reference import Reference
 
 
@@ -58,17 +59,24 @@ def kernel_distance(generated: np.ndarray, real: np.ndarray, subsets: int = 100,
 def compute_scores(features: dict[str, np.ndarray], reference: Reference, metrics: Iterable[str] = ("fid",),
                    isc_splits: int = 10, pr_k: int = 3, allow_small: bool = False, kid_subsets: int = 100,
                    kid_subset_size: int = 1000) -> dict[str, float | None]:
-    """The requested metrics ('fid', 'isc', 'kid', 'pr') of generated features against a reference; an FID
-    from fewer samples than feature dimensions is an error unless `allow_small` (then a warning)."""
+    """The requested metrics ('fid', 'sfid', 'fd_dinov2', 'isc', 'kid', 'pr') of generated features against a
+    reference; a Fréchet distance from fewer samples than feature dimensions is an error unless `allow_small`
+    (then a warning)."""
     pool = features["pool"]
     out: dict[str, float | None] = {"num_samples": int(len(pool))}
     for name in metrics:
-        if name == "fid":
-            check_sample_count(len(pool), pool.shape[1], "the number of samples scored", allow_small)
-            if len(pool) < pool.shape[1]:
-                warnings.warn(f"FID from {len(pool)} samples of {pool.shape[1]}-d features: the covariance is "
-                              "singular and the FID unreliable; use more samples than feature dimensions", stacklevel=2)
-            out["fid"] = frechet_distance(*feature_statistics(pool), reference.mu, reference.sigma)
+        if name in FRECHET_METRICS:
+            feature = FRECHET_METRICS[name]
+            if feature not in features:
+                raise NeonError(f"metrics.compute asks for {name}, but the extractor gave no '{feature}' features: "
+                                "set metrics.extractor (and metrics.extra_extractors) as metrics=fid50k does")
+            values = features[feature]
+            check_sample_count(len(values), values.shape[1], "the number of samples scored", allow_small)
+            if len(values) < values.shape[1]:
+                warnings.warn(f"{name} from {len(values)} samples of {values.shape[1]}-d features: the covariance is "
+                              "singular and the score unreliable; use more samples than feature dimensions",
+                              stacklevel=2)
+            out[name] = frechet_distance(*feature_statistics(values), *reference.statistics(feature, name))
         elif name == "isc":
             if "logits" not in features:
                 raise NeonError("metrics.compute asks for isc, but the Inception Score needs an extractor with class "
@@ -86,7 +94,7 @@ def compute_scores(features: dict[str, np.ndarray], reference: Reference, metric
                 out["kid_mean"], out["kid_std"] = kernel_distance(pool, reference.features, kid_subsets,
                                                                   kid_subset_size, allow_small)
         else:
-            raise NeonError(f"metrics.compute: unknown metric '{name}': use fid, isc, kid or pr")
+            raise NeonError(f"metrics.compute: unknown metric '{name}': use fid, sfid, fd_dinov2, isc, kid or pr")
     return out
 
 

@@ -13,9 +13,10 @@ from omegaconf import DictConfig
 from neon.distributed import is_main
 from neon.errors import NeonError
 from neon.io import atomic_path, write_json
+from neon.metrics.build import build_extractor, extractor_key
 from neon.metrics.evaluate import features_of_images
 from neon.metrics.images import digest_source, read_image_source
-from neon.metrics.reference import reference_from_features, uint8_images_to_unit
+from neon.metrics.reference import reference_arrays, reference_from_outputs, uint8_images_to_unit
 from neon.release import ReleaseSampling
 from neon.runtime import Run, log, plain
 from neon.stages import Evaluator, copy_weights
@@ -60,24 +61,21 @@ def run_evaluate(cfg: DictConfig) -> dict:
 
 def run_reference(cfg: DictConfig) -> dict:
     """Compute (and cache) reference statistics and features for an image folder, an .npz of uint8
-    images (`task.source`), or the `data` group's real data; write them as an .npz (mu, sigma, pool)."""
+    images (`task.source`), or the `data` group's real data; write them as an .npz (mu, sigma, pool, and
+    mu_s/sigma_s or mu_dinov2/sigma_dinov2 when metrics.compute has sfid or fd_dinov2)."""
     run = Run.from_config(cfg)
-    extractor = instantiate(cfg.metrics.extractor)
+    compute = list(cfg.metrics.get("compute") or ["fid"])
+    extractor = build_extractor(cfg.metrics, compute)  # also sFID's and FD-DINOv2's statistics when compute has them
     source = cfg.task.get("source")
-    key = {"extractor": plain(cfg.metrics.extractor),
-           "source": digest_source(source) if source else plain(cfg.data)}
+    key = {**extractor_key(cfg.metrics, compute), "source": digest_source(source) if source else plain(cfg.data)}
 
     def build(work: Path) -> None:
         if source:
             images = uint8_images_to_unit(read_image_source(source), f"image source '{source}'")
-            ref = reference_from_features(features_of_images(images, extractor, int(cfg.metrics.block_size))["pool"],
-                                          str(source))
+            ref = reference_from_outputs(features_of_images(images, extractor, int(cfg.metrics.block_size)), str(source))
         else:
             ref = instantiate(cfg.data).reference(extractor)
-        arrays = {"mu": ref.mu, "sigma": ref.sigma}
-        if ref.features is not None:
-            arrays["pool"] = ref.features.astype(np.float32)
-        np.savez(work / "reference.npz", **arrays)
+        np.savez(work / "reference.npz", **reference_arrays(ref))
 
     with run.stage("reference"):
         folder, built = run.cache.get_or_build("reference", key, build)

@@ -18,7 +18,10 @@ from neon.io import atomic_path, read_json, write_text
 
 log = logging.getLogger("neon")
 
-COLUMNS = ("fid_base", "fid_base_tuned", "fid_neon", "w", "budget_steps", "n_synthetic")
+# (column, where the summary holds it): the headline numbers of a job, the control's best and the seed noise
+COLUMNS = (("fid_base", "fid_base"), ("fid_base_tuned", "fid_base_tuned"), ("fid_neon", "fid_neon"), ("w", "w"),
+           ("budget_steps", "budget_steps"), ("n_synthetic", "n_synthetic"), ("fid_control", "control.fid_best"),
+           ("seed_noise", "fid_noise.relative"))
 
 
 def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -43,12 +46,12 @@ def write_sweep_table(sweep_dir: str | Path) -> list[Path]:
     keys = sorted({k for j in jobs for k in j["overrides"]})
     if len(jobs) > 1:  # the swept settings: overrides every job shares say nothing about the rows
         keys = [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
-    header = ["job", *keys, *COLUMNS, "seconds"]
+    header = ["job", *keys, *(name for name, _ in COLUMNS), "seconds"]
     rows = []  # full precision for the CSV; the markdown table rounds
     for j in jobs:
         s = j["summary"]
         rows.append([j["dir"].name, *(j["overrides"].get(k, "") for k in keys),
-                     *(s.get(c) for c in COLUMNS), round(sum(s.get("seconds", {}).values()), 3)])
+                     *(_lookup(s, where) for _, where in COLUMNS), round(sum(s.get("seconds", {}).values()), 3)])
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows([header, *[["" if c is None else c for c in r] for r in rows]])
     write_text(sweep_dir / "sweep.csv", buf.getvalue())
@@ -63,11 +66,19 @@ def _fmt(value: Any) -> str:
 
 
 class SweepTable(Callback):
-    """Hydra callback: when a multirun ends, gather every job's results into sweep.csv and sweep.md."""
+    """Hydra callback: when a multirun ends, gather every job's results into sweep.csv and sweep.md; with a
+    `heat_key` (a study's swept setting), also the report's plots (`write_report`)."""
+
+    def __init__(self, heat_key: str | None = None):
+        self.heat_key = heat_key
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            write_sweep_table(config.hydra.sweep.dir)
+            if self.heat_key:
+                for path in write_report(config.hydra.sweep.dir, heat_key=self.heat_key):
+                    log.info("wrote %s", path)
+            else:
+                write_sweep_table(config.hydra.sweep.dir)
         except NeonError as exc:  # e.g. a sweep of other tasks has no Neon results to tabulate
             log.warning("no sweep table: %s", exc)
 
@@ -81,6 +92,14 @@ def _lookup(summary: dict, dotted: str) -> Any:
     return node
 
 
+def _as_number(value: Any) -> tuple:
+    # swept overrides arrive as text ("1e-5"): order them as numbers where they are
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
 def _save(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -90,7 +109,8 @@ def _save(fig, path: Path) -> None:
 
 
 def write_report(sweep_dir: str | Path, heat_key: str = "sampler.cfg") -> list[Path]:
-    """The sweep table plus PNGs: w-curves per budget, the U-curve over budget, and a w × `heat_key` heatmap."""
+    """The sweep table plus PNGs: w-curves per budget, the U-curve over budget, and a w × `heat_key` heatmap
+    (`heat_key`: a summary key such as `sampler.cfg`, or a swept override such as `neon.optimizer.lr`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,7 +132,9 @@ def write_report(sweep_dir: str | Path, heat_key: str = "sampler.cfg") -> list[P
                 w = float(g["w"])
             except ValueError:
                 continue  # block-wise w have no place on a w axis
-            points.append((label, int(g["budget_steps"]), w, float(g["fid"]), _lookup(s, heat_key)))
+            heat = _lookup(s, heat_key)
+            heat = j["overrides"].get(heat_key) if heat is None else heat
+            points.append((label, int(g["budget_steps"]), w, float(g["fid"]), heat))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     curves = defaultdict(list)
@@ -139,7 +161,7 @@ def write_report(sweep_dir: str | Path, heat_key: str = "sampler.cfg") -> list[P
 
     heat = [(h, w, fid) for _, _, w, fid, h in points if h is not None]
     if heat:
-        hs, ws = sorted({h for h, _, _ in heat}), sorted({w for _, w, _ in heat})
+        hs, ws = sorted({h for h, _, _ in heat}, key=_as_number), sorted({w for _, w, _ in heat})
         grid = np.full((len(hs), len(ws)), np.nan)
         for h, w, fid in heat:
             i, k = hs.index(h), ws.index(w)

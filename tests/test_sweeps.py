@@ -29,6 +29,33 @@ def test_multirun_writes_a_sweep_table_and_report(tmp_path: Path, shared_cache: 
         assert (tmp_path / "sweep" / name).read_bytes()[:4] == b"\x89PNG", name
 
 
+def _fake_job(folder: Path, lr: str, fids: list[float], control: float) -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- experiment=study/imm\n- neon.optimizer.lr={lr}\n")
+    grid = [{"budget_steps": b, "w": w, "fid": f} for b, w, f in zip((40, 40, 200), (0.0, 1.0, 1.0), fids, strict=True)]
+    (folder / "summary.json").write_text(json.dumps({
+        "task": "neon", "fid_base": fids[0], "fid_neon": min(fids), "w": 1.0, "budget_steps": 40,
+        "n_synthetic": 100, "grid": grid, "control": {"fid_best": control}, "fid_noise": {"relative": 0.05},
+        "seconds": {"evaluate": 1.0}}))
+
+
+def test_a_study_sweep_reports_its_swept_setting_and_the_control(tmp_path: Path):
+    from omegaconf import OmegaConf
+
+    from neon.sweep import SweepTable
+
+    _fake_job(tmp_path / "sw" / "0", "1e-5", [3.0, 2.5, 2.8], 3.1)
+    _fake_job(tmp_path / "sw" / "1", "1e-4", [3.0, 3.4, 4.0], 3.3)
+    SweepTable(heat_key="neon.optimizer.lr").on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(
+        tmp_path / "sw")}}}))
+    rows = list(csv.DictReader((tmp_path / "sw" / "sweep.csv").open()))
+    assert [(r["neon.optimizer.lr"], r["fid_control"], r["seed_noise"]) for r in rows] == [
+        ("1e-5", "3.1", "0.05"), ("1e-4", "3.3", "0.05")]
+    # the heatmap's axis comes from the jobs' overrides (the summary does not hold the lr)
+    assert (tmp_path / "sw" / "report_heatmap_w_neon_optimizer_lr.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "sw" / "report_u_curve.png").is_file()
+
+
 def test_report_of_a_missing_folder_is_one_line(tmp_path: Path):
     with pytest.raises(NeonError, match="does not exist") as info:
         run_task(["task=report", f"dir={tmp_path / 'nope'}"], tmp_path)

@@ -1,4 +1,4 @@
-"""Lightning callbacks: NeonMerge, the one place θ_neon = (1 + w)·θ_r − w·θ_s is made."""
+"""Lightning callbacks: NeonMerge, the merge (neon/theta_neon.py) at fit end and at fine-tune snapshots."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import lightning as L
 
-from neon.checkpoints import save_checkpoint_pair
-from neon.io import StateDict, save_state_dict
-from neon.merge import WSpec, check_w, extrapolate, merged_name
+from neon.io import StateDict
+from neon.merge import WSpec, check_w, merged_name
+from neon.theta_neon import NeonMerger
 
 
 def neon_weights_of(module: L.LightningModule) -> StateDict:
@@ -19,38 +19,21 @@ def neon_weights_of(module: L.LightningModule) -> StateDict:
     return getter() if getter is not None else module.state_dict()
 
 
-class NeonMerge(L.Callback):
-    """θ_neon = (1 + w)·θ_r − w·θ_s for every w. As a callback: θ_r is remembered when fitting starts (unless
+class NeonMerge(NeonMerger, L.Callback):
+    """θ_neon = (1 + w)·θ_r − w·θ_s for every w, as a callback: θ_r is remembered when fitting starts (unless
     given); θ_s is taken after each of `budgets` optimizer steps (snapshots of one fine-tune), else at fit end,
     handed to `keep_theta_s(step, θ_s)` (e.g. into the artifact cache) and, with `out_dir`, merged for every
-    w into `theta_neon_w{w}[_B{step}].safetensors`. For a θ_s that was not fine-tuned now (a cached one),
-    `merged` and `write` are the same merge called directly."""
+    w into `theta_neon_w{w}[_B{step}].safetensors` (`NeonMerger.write`)."""
 
     def __init__(self, ws: Sequence[WSpec] = (), out_dir: str | Path | None = None, base: StateDict | None = None,
                  budgets: Iterable[int] = (), keep_theta_s: Callable[[int, StateDict], Any] | None = None):
+        super().__init__(base)
         self.ws = [check_w(w) for w in ws]
         self.out_dir = None if out_dir is None else Path(out_dir)
-        self.base = base
         self.budgets = sorted(set(budgets))
         self.keep_theta_s = keep_theta_s
         self.paths: dict[str, Path] = {}  # file name → θ_neon written by the callback
         self.taken: list[int] = []  # the steps at which θ_s was taken
-
-    def merged(self, theta_s: StateDict, w: WSpec) -> StateDict:
-        """θ_neon for one w, in memory (e.g. to evaluate it)."""
-        if self.base is None:
-            raise RuntimeError("NeonMerge has no θ_r yet: pass base=, or merge after fitting has started")
-        return extrapolate(self.base, theta_s, w)
-
-    def write(self, theta_s: StateDict, w: WSpec, path: Path, module: Any = None, model_cfg: Any = None) -> Path:
-        """Write θ_neon for one w as safetensors at `path`; given the family module (and its model config), also
-        as a Lightning checkpoint beside it (`.ckpt` for `.safetensors`), the module then holding θ_neon."""
-        theta_neon = self.merged(theta_s, w)
-        if module is None:
-            return save_state_dict(theta_neon, path)
-        module.load_neon_weights(theta_neon, source="θ_neon")
-        save_checkpoint_pair(module, path.with_name(path.name.removesuffix(".safetensors")), model_cfg)
-        return path
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.base is None and self.ws and trainer.is_global_zero:

@@ -5,12 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
 from neon.io import atomic_path, save_state_dict
 from neon.module import NeonModule
 from neon.runtime import plain
+
+
+def _lightning_version() -> str:
+    # from the installed package's metadata: importing Lightning costs seconds a merge does not need
+    from importlib.metadata import version
+
+    return version("lightning")
 
 
 def save_checkpoint_pair(module: NeonModule, stem: Path, model_cfg: Any) -> None:
@@ -20,7 +26,7 @@ def save_checkpoint_pair(module: NeonModule, stem: Path, model_cfg: Any) -> None
         torch.save(
             {
                 "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                "pytorch-lightning_version": L.__version__,
+                "pytorch-lightning_version": _lightning_version(),
                 "hyper_parameters": {"model": {**plain(model_cfg), **module.config_overrides()}},
                 "epoch": 0,
                 "global_step": 0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -214,13 +214,12 @@ def finetune_key(run: Run, base_digest: str, data_key: dict[str, Any], budget: i
     return key
 
 
-def finetuned_weights(run: Run, module: NeonModule, data, theta_r: StateDict, base_digest: str,
-                      data_key: dict[str, Any], budgets: Sequence[int]) -> dict[int, Path]:
+def finetuned_weights(run: Run, module: NeonModule, make_data: Callable[[], Any], theta_r: StateDict,
+                      base_digest: str, data_key: dict[str, Any], budgets: Sequence[int]) -> dict[int, Path]:
     """θ_s after every budget: from the cache, or from one fine-tune of θ_r (loaded into `module` first,
-    whatever it held: an evaluation leaves θ_neon there) to the largest missing budget that snapshots each
-    missing one on the way (the reference protocol's budget axis)."""
-    from neon.callbacks import NeonMerge  # a Lightning callback
-
+    whatever it held: an evaluation leaves θ_neon there) on `make_data()` (a data module, built only when a
+    fine-tune runs: with every θ_s cached, Lightning is never imported) to the largest missing budget that
+    snapshots each missing one on the way (the reference protocol's budget axis)."""
     keys = {b: finetune_key(run, base_digest, data_key, b) for b in budgets}
     folders = {b: run.cache.path("finetune", keys[b]) for b in budgets}
 
@@ -233,11 +232,14 @@ def finetuned_weights(run: Run, module: NeonModule, data, theta_r: StateDict, ba
         with main_lock(str(folders[max(missing)]) + ".run.lock"):  # a concurrent job may be training it
             missing = missing_budgets()
             if missing:
+                from neon.callbacks import NeonMerge  # a Lightning callback: imported only to train
+
                 def keep(b: int, theta_s: StateDict) -> None:
                     run.cache.get_or_build("finetune", keys[b], lambda work: save_state_dict(theta_s, work / THETA_S))
 
                 module.load_neon_weights(theta_r, source="θ_r")
-                finetune_module(run, module, data, max(missing), [NeonMerge(budgets=missing, keep_theta_s=keep)])
+                finetune_module(run, module, make_data(), max(missing),
+                                [NeonMerge(budgets=missing, keep_theta_s=keep)])
                 log.info("θ_s: fine-tuned %d steps, snapshots at %s", max(missing), missing)
         barrier()  # rank 0 wrote the snapshots
     for b in budgets:

@@ -10,7 +10,6 @@ from typing import Any
 from omegaconf import DictConfig
 
 from neon.auto_w import check_auto
-from neon.callbacks import NeonMerge
 from neon.checks import check_counts
 from neon.errors import NeonError
 from neon.io import StateDict, load_state_dict
@@ -28,6 +27,7 @@ from neon.stages import (
 )
 from neon.synthetic_source import check_fits, folder_key, source_config, source_folder, source_label, source_run
 from neon.tasks.compare import compare_mode
+from neon.theta_neon import NeonMerger
 
 
 def validate(cfg: DictConfig) -> None:
@@ -83,7 +83,7 @@ class Front:
     module: NeonModule  # the family module; it holds whatever weights were evaluated last
     base_digest: str  # θ_r's content digest (the cache keys of S and θ_s depend on it)
     base_path: Path  # θ_r's file: model.checkpoint, or the cached pretrain
-    merge: NeonMerge  # θ_neon = (1 + w)·θ_r − w·θ_s; holds θ_r
+    merge: NeonMerger  # θ_neon = (1 + w)·θ_r − w·θ_s; holds θ_r
     s_dir: Path | None  # S's folder, None when S is streamed
     theta_s_paths: dict[int, Path]  # budget → θ_s's file in the cache
 
@@ -101,10 +101,10 @@ def build_front(run: Run, budgets: list[int]) -> Front:
     """θ_r (loaded or pretrained), S and θ_s at every budget, each from the cache or built into it."""
     with run.stage("pretrain"):
         module, base_digest, base_path = load_base(run)
-    merge = NeonMerge(base=copy_weights(module.neon_weights()))
+    merge = NeonMerger(base=copy_weights(module.neon_weights()))
     log_merge_plan(run, merge.base)
     s_key, s_dir = cached_synthetic(run, module, base_digest)
     with run.stage("finetune"):
-        theta_s_paths = finetuned_weights(run, module, synthetic_data(run, module, s_dir), merge.base, base_digest,
+        theta_s_paths = finetuned_weights(run, module, lambda: synthetic_data(run, module, s_dir), merge.base, base_digest,
                                           s_key, budgets)
     return Front(module, base_digest, base_path, merge, s_dir, theta_s_paths)

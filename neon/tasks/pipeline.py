@@ -9,7 +9,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from neon.callbacks import NeonMerge
 from neon.distributed import is_main
 from neon.errors import NeonError
 from neon.io import StateDict, digest_state_dict, load_state_dict, write_json
@@ -22,9 +21,10 @@ from neon.synthetic_source import source_config, source_label
 from neon.tasks.compare import compare_mode, compare_output_space
 from neon.tasks.front import build_front, validate
 from neon.tasks.sweeps import auto_w
+from neon.theta_neon import NeonMerger
 
 
-def score_ws(run: Run, evaluator: Evaluator, merge: NeonMerge, theta_s: StateDict, ws: list[WSpec],
+def score_ws(run: Run, evaluator: Evaluator, merge: NeonMerger, theta_s: StateDict, ws: list[WSpec],
              label: str) -> list[dict]:
     """Scores of θ_neon = (1 + w)·θ_r − w·θ_s for every w."""
     results = []
@@ -71,9 +71,10 @@ def run_neon(cfg: DictConfig) -> dict:
     if cfg.neon.get("control"):
         # the same fine-tune on the real data instead of S: shows the gain comes from self-generated data
         with run.stage("finetune"):
-            real = instantiate(cfg.data, batch_size=positive_int(cfg.neon.batch_size, "neon.batch_size"))
+            batch = positive_int(cfg.neon.batch_size, "neon.batch_size")
             # from θ_r, not from the θ_neon the evaluations above left in the module
-            c_path = finetuned_weights(run, module, real, front.theta_r, front.base_digest,
+            c_path = finetuned_weights(run, module, lambda: instantiate(cfg.data, batch_size=batch), front.theta_r,
+                                       front.base_digest,
                                        {"real_data": plain(cfg.data), "start": "theta_r"}, [best_b])[best_b]
         control = [r["fid"] for r in score_ws(run, evaluator, merge, load_state_dict(c_path), ws, "control")]
 

@@ -220,12 +220,10 @@ def native_card(native: Path, *, module_cls: type, model_name: str | None, sourc
     weights = sorted(p for p in native.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
     files = {f"network:{p.name}": (p, file_sha256(p)) for p in weights}
     text = model_card(family=module_cls.family, model_name=model_name, files=files, module_cls=module_cls,
-                      source=source, source_sha=source_sha,
-                      weights_digest=weights_digest, record=record, parts=parts, root=native, recipe=False,
-                      written_by=written_by)
+                      source=source, source_sha=source_sha, weights_digest=weights_digest, record=record,
+                      parts=parts, root=native, recipe=False, written_by=written_by)
     write_text(native / CARD, text)
     return native / CARD
-
 
 
 def model_choice() -> str | None:

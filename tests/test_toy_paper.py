@@ -15,8 +15,11 @@ from tests.helpers import run_cli, seeded_cache
 def test_toy_reproduces_the_papers_findings(tmp_path: Path, shared_cache: Path):
     # a Hydra multirun (the process is the point); θ_r, the toy's full pretrain, comes from the session's cache
     seeded_cache(tmp_path, shared_cache, ["experiment=toy2d"])
+    # w over [-2, 2] in steps of 0.2 (the experiment's 0.1 halved: the best w of the four jobs, +0.8, +0.2,
+    # −0.9 and −0.3 in docs/toys.md, stay apart by far more than a step)
+    ws = ",".join(f"{0.2 * i - 2:.1f}" for i in range(21))
     proc = run_cli(
-        ["-m", "experiment=toy2d", "sampler.score_scale=1.1,0.9", "neon.budget_steps=50,250",
+        ["-m", "experiment=toy2d", "sampler.score_scale=1.1,0.9", "neon.budget_steps=50,250", f"neon.w=[{ws}]",
          f"hydra.sweep.dir={tmp_path / 'sweep'}", "trainer.enable_progress_bar=false"],
         tmp_path,
     )

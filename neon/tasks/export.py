@@ -157,9 +157,10 @@ def run_export(cfg: DictConfig) -> dict:
                "config": str(run.out / "model.yaml"), "digest": digest,
                "run": str(record.folder) if record is not None else None,
                **({"pipeline": str(native)} if native is not None else {})}
-    parts = neon_parts(record) if record is not None and record.is_neon else None
+    carded = native is not None or fmt == "release"  # a model card names the files by their digests
+    parts = neon_parts(record) if carded and record is not None and record.is_neon else None
     name = record.model_name if record is not None else model_choice()
-    source_sha = sha256_if_present(base_path, "the source") if native is not None or fmt == "release" else None
+    source_sha = sha256_if_present(base_path, "the source") if carded else None
     if native is not None:
         summary["pipeline_card"] = str(native_card(
             native, module_cls=type(module), model_name=name, source=base_path, source_sha=source_sha,

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--reference", type=int, default=500, help="reference images (statistics computed untimed)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every process")
-    p.add_argument("--quick", action="store_true", help="48 images, 32 reference images, one round (a smoke test)")
+    p.add_argument("--quick", action="store_true", help="8 images, 8 reference images, one round (a smoke test of the bench)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--child", nargs=4, metavar=("SAMPLES", "REFERENCE", "WEIGHTS", "CACHE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     images = [int(n) for n in args.images.split(",") if n]
     reference, repeats = args.reference, args.repeats
     if args.quick:
-        images, reference, repeats = [48], 32, 1
+        images, reference, repeats = [8], 8, 1
     result = measure(images, reference, repeats, args.threads)
     print(report(result))
     if args.json:

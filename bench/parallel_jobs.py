@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-JOB_ARGS = "experiment=toy2d model.pretrain.steps=100 neon.n_synthetic=200 metrics.num_samples=1000 neon.w=[0,1]"
+JOB_ARGS = ("experiment=toy2d model.pretrain.steps=60 neon.n_synthetic=200 neon.budget_steps=20 metrics.num_samples=1000 "
+            "neon.w=[0,1]")
 QUICK_JOB_ARGS = ("experiment=toy2d model.pretrain.steps=5 neon.n_synthetic=32 neon.budget_steps=2 neon.batch_size=32 "
                   "metrics.num_samples=64 neon.w=[0,1]")
 MODES = {"serial": [], "parallel": ["hydra/launcher=submitit_local"]}

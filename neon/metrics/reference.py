@@ -27,15 +27,26 @@ class Reference:
     source: str = ""
 
 
-def uint8_images_to_unit(images: np.ndarray, what: str) -> torch.Tensor:
-    """uint8 NHWC images (the ADM layout) → float NCHW in [-1, 1], checking dtype and shape."""
+def uint8_images_nchw(images: np.ndarray, what: str) -> torch.Tensor:
+    """uint8 NHWC images (the ADM layout) → a uint8 NCHW view of them (no copy), checking dtype and shape."""
     if images.dtype != np.uint8:
         lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
         raise NeonError(f"{what}: images must be uint8 in [0, 255] (NHWC); found {images.dtype} with range "
                         f"[{lo:.3g}, {hi:.3g}]: convert with (x * 127.5 + 128).clip(0, 255).astype(uint8)")
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise NeonError(f"{what}: images must be NHWC with 1 or 3 channels; found shape {images.shape}")
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.from_numpy(images).permute(0, 3, 1, 2)
+
+
+def uint8_images_to_unit(images: np.ndarray, what: str) -> torch.Tensor:
+    """uint8 NHWC images (the ADM layout) → float NCHW in [-1, 1], checking dtype and shape."""
+    return uint8_images_nchw(images, what).float() / 127.5 - 1
+
+
+def images_for(extractor: FeatureExtractor, images: np.ndarray, what: str) -> torch.Tensor:
+    """uint8 NHWC images as `extractor` reads them: the uint8 pixels themselves where it takes them (Inception,
+    which would round floats back to these very values), else floats in [-1, 1]."""
+    return uint8_images_nchw(images, what) if extractor.takes_uint8 else uint8_images_to_unit(images, what)
 
 
 def load_reference(path: str | Path, extractor: FeatureExtractor | None = None) -> Reference:
@@ -53,7 +64,7 @@ def load_reference(path: str | Path, extractor: FeatureExtractor | None = None) 
             features = f["arr_0"].astype(np.float64)
         mu, sigma = (f["mu"], f["sigma"]) if {"mu", "sigma"} <= keys else (None, None)
     if features is None and images is not None and extractor is not None:
-        features = features_of_images(uint8_images_to_unit(images, f"reference '{path}'"), extractor)["pool"]
+        features = features_of_images(images_for(extractor, images, f"reference '{path}'"), extractor)["pool"]
     if mu is None and features is not None:
         mu, sigma = feature_statistics(features)
     if mu is None:

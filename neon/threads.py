@@ -5,10 +5,12 @@ sampling many times over; the default here shares the cores among them instead."
 from __future__ import annotations
 
 import logging
+import math
 import os
+from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from neon.distributed import external_launch, processes_wanted
 from neon.errors import NeonError
@@ -35,11 +37,43 @@ def local_ranks(cfg: DictConfig) -> int:
     return max(1, processes_wanted(cfg.trainer) // int(cfg.trainer.get("num_nodes", 1) or 1))
 
 
+def sweep_width(hydra_cfg: DictConfig) -> int | None:
+    """Jobs Hydra's basic sweeper hands its launcher at once, from a sweep's `hydra` node (multirun.yaml): the
+    product of the choices of every sweep override (command line and hydra.sweeper.params), capped by
+    hydra.sweeper.max_batch_size; None for another sweeper or a sweep it cannot count here (glob)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    sweeper = hydra_cfg.get("sweeper") or {}
+    if "BasicSweeper" not in str(sweeper.get("_target_", "")):
+        return None  # e.g. Optuna: its own n_jobs decides how many run at once
+    args = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    args += list(hydra_cfg.get("overrides", {}).get("task", []) or [])
+    choices: dict[str, int] = {}  # by key: a later override of a key replaces an earlier one, as the sweeper does
+    try:
+        for override in OverridesParser.create().parse_overrides(args):
+            key = override.get_key_element()
+            choices[key] = len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
+    except HydraException:
+        return None
+    jobs = math.prod(choices.values())
+    cap = sweeper.get("max_batch_size")
+    return max(1, min(jobs, int(cap)) if cap else jobs)
+
+
+def _submitit_local_jobs(sweep_dir: str) -> int | None:
+    # the job's own config holds only its own overrides; the sweep's are in the multirun.yaml Hydra wrote first
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return None
+    return sweep_width(OmegaConf.load(path).hydra)
+
+
 def launcher_jobs() -> tuple[int, str | None]:
     """Sweep jobs the Hydra launcher runs side by side on this machine, and which launcher: joblib's
-    `hydra.launcher.n_jobs` (negative as joblib counts: -1 all cores); 1 for the basic launcher (one job at a
-    time) and for others. submitit_local starts every job of a sweep at once, but a job cannot see how many:
-    it counts as 1 (set threads= for such sweeps)."""
+    `hydra.launcher.n_jobs` (negative as joblib counts: -1 all cores); submitit_local starts every job of a
+    batch at once: the sweep's width (its multirun.yaml); 1 for the basic launcher (one job at a time) and for
+    others."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -51,7 +85,12 @@ def launcher_jobs() -> tuple[int, str | None]:
         n = int(hc.launcher.get("n_jobs", -1) or -1)
         return (n if n > 0 else max(1, machine_cores() + 1 + n)), "joblib n_jobs"
     if "submitit" in target and "LocalLauncher" in target:
-        log.info("threads: submitit_local runs the sweep's jobs side by side; set threads= to share the cores")
+        n = _submitit_local_jobs(hc.sweep.dir)
+        if n is None:
+            log.info("threads: submitit_local runs the sweep's jobs side by side and their number is unknown "
+                     "here; set threads= to share the cores")
+            return 1, None
+        return n, "submitit_local jobs"
     return 1, None
 
 

@@ -1,5 +1,5 @@
-"""bench/startup.py and bench/merge_speed.py cannot rot unseen: each runs at its tiny size (`--quick`) and its
-JSON holds every section with positive times."""
+"""The benches cannot rot unseen: each runs at its tiny size (`--quick`) and its JSON holds every section with
+positive times."""
 
 from __future__ import annotations
 
@@ -51,3 +51,34 @@ def test_startup_and_merge_benches_measure_every_section(tmp_path: Path, capsys)
     assert result["methods"]["naive"]["peak_private_gib"] > result["methods"]["neon-merge"]["peak_private_gib"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merge.json", "startup.json"]  # the inputs are deleted
     assert "neon-merge" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_eval_speed_bench_times_both_paths_and_their_fids_agree(tmp_path: Path, capsys):
+    bench = load_script("eval_speed")
+    bench.main(["--quick", "--threads", "1", "--json", str(tmp_path / "eval.json")])
+    result = json.loads((tmp_path / "eval.json").read_text())
+    (row,) = result["sizes"].values()
+    for method in bench.METHODS:
+        assert positive(row[method]["wall_s"]) and positive(row[method]["work_s"]), method
+        assert row[method]["wall_s"] > row[method]["work_s"], method  # the process's start-up is on top
+        assert math.isfinite(row[method]["fid"]) and row[method]["fid"] > 0, method
+    assert positive(row["ratio_wall"]) and positive(row["ratio_work"])
+    assert row["fid_rel_diff"] <= bench.RTOL
+    assert "torch-fidelity" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_parallel_jobs_bench_runs_both_launchers_and_parallel_jobs_share_the_cores(tmp_path: Path):
+    bench = load_script("parallel_jobs")
+    bench.main(["--quick", "--json", str(tmp_path / "jobs.json")])
+    result = json.loads((tmp_path / "jobs.json").read_text())
+    modes = result["modes"]
+    assert set(modes) == {"serial", "parallel"}
+    assert modes["serial"]["ratio_to_serial"] == 1.0 and positive(modes["parallel"]["ratio_to_serial"])
+    cores, jobs = result["settings"]["cores"], result["settings"]["jobs"]
+    # one job at a time takes every core; jobs side by side share them (read from each job's log)
+    assert modes["serial"]["threads_per_job"] == [cores]
+    assert modes["parallel"]["threads_per_job"] == [max(1, cores // jobs)]
+    assert "submitit_local jobs" in modes["parallel"]["threads_why"]
+    assert result["fid_max_abs_diff_across_modes"] < 1e-3  # the same jobs, whichever launcher ran them

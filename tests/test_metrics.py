@@ -17,7 +17,7 @@ from neon.families.toy2d import ToyDiffusion, ddim
 from neon.metrics.evaluate import features_of_images, sample_features
 from neon.metrics.extractors import IdentityFeatures
 from neon.metrics.frechet import feature_statistics, frechet_distance
-from neon.metrics.reference import Reference, load_reference, uint8_images_to_unit
+from neon.metrics.reference import Reference, images_for, load_reference, uint8_images_to_unit
 from neon.metrics.scores import compute_scores, precision_recall
 from tests.helpers import run_task, summary_of
 from tests.inception_weights import write_random_inception
@@ -87,6 +87,21 @@ def test_evaluate_task_scores_an_adm_sample_file(inception: Path, tmp_path: Path
     assert scores["num_samples"] == 24 and scores["fid"] > 0 and scores["isc_mean"] > 0
     assert 0 <= scores["precision"] <= 1 and 0 <= scores["recall"] <= 1
     assert summary["metric"]["extractor"]["weights"] == str(inception)  # traceable: which network scored it
+
+
+def test_inception_reads_a_sample_files_uint8_pixels_as_it_reads_their_floats(inception: Path):
+    from neon.metrics.inception import InceptionFeatures
+
+    images = smooth_images(3, 5, size=16)
+    extractor = InceptionFeatures(str(inception), batch_size=2)
+    pixels = images_for(extractor, images, "samples")
+    assert pixels.dtype == torch.uint8 and pixels.data_ptr() == torch.from_numpy(images).data_ptr()  # a view
+    unit = uint8_images_to_unit(images, "samples")
+    assert torch.equal(((unit * 127.5 + 128).clip(0, 255).to(torch.uint8)), pixels)  # the floats round back
+    ours, via_floats = extractor.extract(pixels), extractor.extract(unit)
+    assert torch.equal(ours["pool"], via_floats["pool"]) and torch.equal(ours["logits"], via_floats["logits"])
+    # extractors that compare raw values keep reading floats in [-1, 1]
+    assert torch.equal(images_for(IdentityFeatures(), images, "samples"), unit)
 
 
 def test_missing_inception_weights_name_the_file(tmp_path: Path):

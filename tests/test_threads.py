@@ -67,3 +67,56 @@ def test_the_choice_is_applied_and_logged(eight_cores, caplog):
         assert "threads: 2 (8 cores / 4 processes)" in caplog.text
     finally:
         torch.set_num_threads(before)
+
+
+BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep(task: list[str], max_batch_size=None, params=None, target=BASIC):
+    return OmegaConf.create({"sweeper": {"_target_": target, "max_batch_size": max_batch_size, "params": params},
+                             "overrides": {"task": task}})
+
+
+def test_sweep_width_counts_what_the_basic_sweeper_launches_at_once():
+    assert threads.sweep_width(sweep(["seed=0,1,2", "neon.budget_steps=range(1,5)", "hydra/launcher=submitit_local"])) == 12
+    assert threads.sweep_width(sweep(["seed=0,1,2"], params={"sampler.num_steps": "12,18"})) == 6
+    assert threads.sweep_width(sweep(["seed=0,1", "seed=3,4,5"])) == 3  # the last override of a key wins
+    assert threads.sweep_width(sweep(["seed=0,1,2,3,4,5,6,7,8,9"], max_batch_size=4)) == 4
+    assert threads.sweep_width(sweep(["neon.w=[0,1]"])) == 1  # a list value, not a sweep
+    assert threads.sweep_width(sweep(["seed=0,1"], target="hydra_plugins.optuna.OptunaSweeper")) is None
+    assert threads.sweep_width(sweep(["x=interval(0,1)"])) is None
+
+
+def multirun_config(args: list[str], sweep_dir):
+    """The config of one job of a multirun with these overrides, set as Hydra's current one."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    from tests.helpers import compose_config
+
+    cfg = compose_config(args)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.sweep.dir = str(sweep_dir)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_submitit_local_jobs_share_the_cores_by_their_sweeps_width(eight_cores, tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        cfg = multirun_config(["seed=0", "hydra/launcher=submitit_local"], tmp_path)
+        # no multirun.yaml (the sweep's overrides are unknown): one job, as before
+        assert choose_threads(cfg) == (8, "8 cores / 1 process")
+        parent = OmegaConf.create({"hydra": OmegaConf.to_container(cfg.hydra)})
+        parent.hydra.overrides.task = ["seed=0,1,2,3", "hydra/launcher=submitit_local"]  # written before launching
+        OmegaConf.save(parent, tmp_path / "multirun.yaml")
+        assert choose_threads(cfg) == (2, "8 cores / 4 processes (submitit_local jobs)")
+        assert choose_threads(cfg, ranks=2)[0] == 1  # two ranks in each of four jobs
+        # the basic launcher runs the same sweep one job at a time
+        cfg = multirun_config(["seed=0"], tmp_path)
+        assert choose_threads(cfg) == (8, "8 cores / 1 process")
+    finally:
+        HydraConfig.instance().cfg = None

@@ -11,6 +11,7 @@ class FeatureExtractor:
 
     name = "base"
     feature_dim: int | None = None  # the size of 'pool' when fixed by the network (None: the data's size)
+    takes_uint8 = False  # True: `extract` also reads uint8 images [N, C, H, W] (sample files skip a float copy)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

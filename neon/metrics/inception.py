@@ -28,6 +28,7 @@ class InceptionFeatures(FeatureExtractor):
 
     name = "inception-v3-compat"
     feature_dim = 2048
+    takes_uint8 = True  # the network reads uint8 pixels: a sample file's own need no round trip through floats
 
     def __init__(self, weights: str | None = None, batch_size: int = 64, device: str | None = None,
                  spatial: bool = False):
@@ -67,14 +68,17 @@ class InceptionFeatures(FeatureExtractor):
 
     @torch.no_grad()
     def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """2048-d pool features and the 1008 unbiased logits (for IS) of images in [-1, 1], plus the 2023-d
-        spatial features (sFID) when switched on, all from one forward pass."""
+        """2048-d pool features and the 1008 unbiased logits (for IS) of images in [-1, 1] or uint8 images, plus
+        the 2023-d spatial features (sFID) when switched on, all from one forward pass."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise NeonError(f"Inception features need images [N, 1 or 3, H, W]; found shape {tuple(x.shape)}")
-        if x.is_floating_point() and (x.min() < -1.01 or x.max() > 1.01):
-            raise NeonError(f"images must be in [-1, 1]; found range [{x.min().item():.3g}, {x.max().item():.3g}]")
+        if x.dtype == torch.uint8:
+            images = x
+        else:
+            if x.is_floating_point() and (x.min() < -1.01 or x.max() > 1.01):
+                raise NeonError(f"images must be in [-1, 1]; found range [{x.min().item():.3g}, {x.max().item():.3g}]")
+            images = (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
         net = self.network()
-        images = (x * 127.5 + 128).clip(0, 255).to(torch.uint8)
         if images.shape[1] == 1:
             if not self._warned_gray:
                 warnings.warn("grayscale images: repeating the channel three times for Inception (as torch-fidelity)",
@@ -87,7 +91,9 @@ class InceptionFeatures(FeatureExtractor):
             lambda module, inputs, output: spatial.append(adm_spatial_features(output))) if self.spatial else None
         try:
             for i in range(0, len(images), self.batch_size):
-                pool, logit = net(images[i:i + self.batch_size].to(self.device))
+                # contiguous: a sample file's NHWC pixels arrive as an NCHW view; the network sees what
+                # torch-fidelity's does
+                pool, logit = net(images[i:i + self.batch_size].contiguous().to(self.device))
                 pools.append(pool.double().cpu())
                 logits.append(logit.double().cpu())
         finally:

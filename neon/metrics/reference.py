@@ -45,15 +45,26 @@ def extra_statistics(outputs: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarr
             if name != "pool" and name in FRECHET_METRICS.values()}
 
 
-def uint8_images_to_unit(images: np.ndarray, what: str) -> torch.Tensor:
-    """uint8 NHWC images (the ADM layout) → float NCHW in [-1, 1], checking dtype and shape."""
+def uint8_images_nchw(images: np.ndarray, what: str) -> torch.Tensor:
+    """uint8 NHWC images (the ADM layout) → a uint8 NCHW view of them (no copy), checking dtype and shape."""
     if images.dtype != np.uint8:
         lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
         raise NeonError(f"{what}: images must be uint8 in [0, 255] (NHWC); found {images.dtype} with range "
                         f"[{lo:.3g}, {hi:.3g}]: convert with (x * 127.5 + 128).clip(0, 255).astype(uint8)")
     if images.ndim != 4 or images.shape[-1] not in (1, 3):
         raise NeonError(f"{what}: images must be NHWC with 1 or 3 channels; found shape {images.shape}")
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.from_numpy(images).permute(0, 3, 1, 2)
+
+
+def uint8_images_to_unit(images: np.ndarray, what: str) -> torch.Tensor:
+    """uint8 NHWC images (the ADM layout) → float NCHW in [-1, 1], checking dtype and shape."""
+    return uint8_images_nchw(images, what).float() / 127.5 - 1
+
+
+def images_for(extractor: FeatureExtractor, images: np.ndarray, what: str) -> torch.Tensor:
+    """uint8 NHWC images as `extractor` reads them: the uint8 pixels themselves where it takes them (Inception,
+    which would round floats back to these very values), else floats in [-1, 1]."""
+    return uint8_images_nchw(images, what) if extractor.takes_uint8 else uint8_images_to_unit(images, what)
 
 
 def load_reference(path: str | Path, extractor: FeatureExtractor | None = None) -> Reference:
@@ -74,7 +85,7 @@ def load_reference(path: str | Path, extractor: FeatureExtractor | None = None) 
                  for name in set(FRECHET_METRICS.values()) - {"pool"}
                  for mu_key, sigma_key in [statistic_keys(name)] if {mu_key, sigma_key} <= keys}
     if images is not None and extractor is not None and (features is None or _wants_more(extractor, extra)):
-        outputs = features_of_images(uint8_images_to_unit(images, f"reference '{path}'"), extractor)
+        outputs = features_of_images(images_for(extractor, images, f"reference '{path}'"), extractor)
         features = outputs["pool"] if features is None else features
         extra = {**extra_statistics(outputs), **extra}  # statistics stored in the file win, as in ADM's evaluator
     if mu is None and features is not None:

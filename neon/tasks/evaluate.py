@@ -16,7 +16,7 @@ from neon.io import atomic_path, write_json
 from neon.metrics.build import build_extractor, extractor_key
 from neon.metrics.evaluate import features_of_images
 from neon.metrics.images import digest_source, read_image_source
-from neon.metrics.reference import reference_arrays, reference_from_outputs, uint8_images_to_unit
+from neon.metrics.reference import images_for, reference_arrays, reference_from_outputs
 from neon.release import ReleaseSampling
 from neon.runtime import Run, log, plain
 from neon.stages import Evaluator, copy_weights
@@ -42,7 +42,7 @@ def run_evaluate(cfg: DictConfig) -> dict:
             with np.load(samples) as f:
                 if "arr_0" not in f.files:
                     raise NeonError(f"samples '{samples}' hold {sorted(f.files)}: expected uint8 NHWC images in arr_0")
-                images = uint8_images_to_unit(f["arr_0"], f"samples '{samples}'")
+                images = images_for(evaluator.extractor, f["arr_0"], f"samples '{samples}'")
             feats = features_of_images(images, evaluator.extractor, int(cfg.metrics.block_size))
             results[str(samples)] = evaluator.score_features(feats)
         for path in paths:
@@ -71,7 +71,7 @@ def run_reference(cfg: DictConfig) -> dict:
 
     def build(work: Path) -> None:
         if source:
-            images = uint8_images_to_unit(read_image_source(source), f"image source '{source}'")
+            images = images_for(extractor, read_image_source(source), f"image source '{source}'")
             ref = reference_from_outputs(features_of_images(images, extractor, int(cfg.metrics.block_size)), str(source))
         else:
             ref = instantiate(cfg.data).reference(extractor)

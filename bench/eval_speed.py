@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import emit  # noqa: E402  (bench/ holds the scripts' shared helpers)
+
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("ours", "fidelity")
 RTOL = 1e-4
@@ -206,10 +209,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if args.quick:
         images, reference, repeats = [8], 8, 1
     result = measure(images, reference, repeats, args.threads)
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return result
+    return emit(result, report(result), args.json)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import emit  # noqa: E402  (bench/ holds the scripts' shared helpers)
+
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("floor", "neon-merge", "naive")
 CHUNK = 16 * 2**20
@@ -192,10 +195,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
     gib, repeats = (8 / 1024, 1) if args.quick else (args.gib, args.repeats)
     result = measure(gib, repeats, args.dir, args.threads)
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return result
+    return emit(result, report(result), args.json)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import emit  # noqa: E402  (bench/ holds the scripts' shared helpers)
+
 ROOT = Path(__file__).resolve().parent.parent
 JOB_ARGS = ("experiment=toy2d model.pretrain.steps=60 neon.n_synthetic=200 neon.budget_steps=20 metrics.num_samples=1000 "
             "neon.w=[0,1]")
@@ -124,10 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     jobs, repeats, job_args = (2, 1, QUICK_JOB_ARGS) if args.quick else (args.jobs, args.repeats, args.job_args)
     result = measure(jobs, repeats, job_args, args.oversubscribed)
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return result
+    return emit(result, report(result), args.json)
 
 
 if __name__ == "__main__":

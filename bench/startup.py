@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import emit  # noqa: E402  (bench/ holds the scripts' shared helpers)
+
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ("help", "sample", "evaluate", "merge", "export", "report")
 MARKERS = {"sample": "stage sample: start", "evaluate": "stage evaluate: start"}  # the rest: the exit
@@ -159,10 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"unknown task(s) {unknown}: choose from {', '.join(TASKS)}")
     repeats, images = (1, 2) if args.quick else (args.repeats, args.images)
     result = measure(tasks, repeats, images, args.threads)
-    print(report(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    return result
+    return emit(result, report(result), args.json)
 
 
 if __name__ == "__main__":

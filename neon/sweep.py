@@ -38,14 +38,20 @@ def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
     return jobs
 
 
+def swept_keys(jobs: list[dict[str, Any]]) -> list[str]:
+    """The overrides that differ between jobs (with one job, all of its overrides): what tells rows apart."""
+    keys = sorted({k for j in jobs for k in j["overrides"]})
+    if len(jobs) > 1:  # overrides every job shares say nothing about the rows
+        keys = [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
+    return keys
+
+
 def write_sweep_table(sweep_dir: str | Path) -> list[Path]:
     """`sweep.csv` and `sweep.md`: one row per job (task=neon or task=search), its overrides then its headline
     numbers (`fid_base_tuned`: θ_r at its own best guidance, where a search tuned it)."""
     sweep_dir = Path(sweep_dir)
     jobs = [j for j in collect_jobs(sweep_dir) if j["summary"].get("task") in ("neon", "search")]
-    keys = sorted({k for j in jobs for k in j["overrides"]})
-    if len(jobs) > 1:  # the swept settings: overrides every job shares say nothing about the rows
-        keys = [k for k in keys if len({j["overrides"].get(k) for j in jobs}) > 1]
+    keys = swept_keys(jobs)
     header = ["job", *keys, *(name for name, _ in COLUMNS), "seconds"]
     rows = []  # full precision for the CSV; the markdown table rounds
     for j in jobs:
@@ -123,10 +129,10 @@ def write_report(sweep_dir: str | Path, heat_key: str = "sampler.cfg") -> list[P
         raise NeonError(f"no finished neon jobs (*/summary.json) under '{sweep_dir}'")
     out = write_sweep_table(sweep_dir)
     points = []  # (setting label without budget, budget, w, fid, heat value)
+    label_keys = [k for k in swept_keys(jobs) if k not in ("neon.budget_steps", "neon.w")]
     for j in jobs:
         s = j["summary"]
-        label = ", ".join(f"{k}={v}" for k, v in sorted(j["overrides"].items())
-                          if k not in ("neon.budget_steps", "neon.w")) or "default"
+        label = ", ".join(f"{k}={j['overrides'].get(k, '')}" for k in label_keys) or "default"
         for g in s.get("grid") or [{"budget_steps": s["budget_steps"], **p} for p in s["w_curve"]]:
             try:
                 w = float(g["w"])
@@ -167,7 +173,9 @@ def write_report(sweep_dir: str | Path, heat_key: str = "sampler.cfg") -> list[P
             i, k = hs.index(h), ws.index(w)
             grid[i, k] = fid if np.isnan(grid[i, k]) else min(grid[i, k], fid)
         fig, ax = plt.subplots(figsize=(7, 4))
-        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis_r")
+        # a log scale: the w-curves of a sweep span from the best FID to many times it
+        im = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis_r",
+                       norm=matplotlib.colors.LogNorm() if np.nanmin(grid) > 0 else None)
         ax.set_xticks(range(len(ws)), [f"{w:g}" for w in ws], fontsize=7)
         ax.set_yticks(range(len(hs)), [str(h) for h in hs])
         ax.set_xlabel("w"), ax.set_ylabel(heat_key), ax.set_title(f"best FID over budgets: w × {heat_key}")

@@ -223,8 +223,8 @@ def test_extractor_is_built_for_the_metrics_asked_and_keys_name_it():
 @pytest.mark.slow
 def test_evaluate_task_scores_sfid_and_fd_dinov2_against_an_adm_batch(inception: Path, tmp_path: Path):
     u8 = lambda x: to_uint8(x).permute(0, 2, 3, 1).numpy()  # noqa: E731
-    np.savez(tmp_path / "samples.npz", arr_0=u8(images(24, 8, 32, 32)))
-    np.savez(tmp_path / "real.npz", arr_0=u8(images(24, 9, 32, 32)))
+    np.savez(tmp_path / "samples.npz", arr_0=u8(images(12, 8, 32, 32)))
+    np.savez(tmp_path / "real.npz", arr_0=u8(images(12, 9, 32, 32)))
     torch.save(official_state(), tmp_path / "dinov2.pth")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -46,8 +46,9 @@ def extractor_key(metrics_cfg: Any, compute: Iterable[str]) -> dict[str, Any]:
     outputs and networks, so that plain-FID keys stay as they were."""
     compute = list(compute)
     key: dict[str, Any] = {"extractor": plain(metrics_cfg.extractor)}
-    if extra_features(compute):
-        key["outputs"] = extra_features(compute)
+    needed = extra_features(compute)
+    if needed:
+        key["outputs"] = needed
         extras = {name: plain(cfg) for name, cfg in used_extra_extractors(metrics_cfg, compute).items()}
         if extras:
             key["extra_extractors"] = extras

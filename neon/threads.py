@@ -102,7 +102,7 @@ def choose_threads(cfg: DictConfig, ranks: int | None = None, jobs: int | None =
         n = cfg.threads
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise NeonError(f"threads must be a positive integer or null (cores / processes), got {n!r}")
-        return n, "threads="
+        return n, f"threads={n}"
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.strip().isdigit() and int(env) > 0:
         return int(env), "OMP_NUM_THREADS"

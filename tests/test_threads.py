@@ -53,7 +53,7 @@ def test_launcher_jobs_and_ranks_multiply_and_never_leave_less_than_one_thread(e
 def test_explicit_settings_win(eight_cores, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert choose_threads(config(devices=2, strategy="ddp")) == (3, "OMP_NUM_THREADS")
-    assert choose_threads(config(threads_value=5)) == (5, "threads=")
+    assert choose_threads(config(threads_value=5)) == (5, "threads=5")
     with pytest.raises(NeonError, match="threads must be a positive integer"):
         choose_threads(config(threads_value=0))
 

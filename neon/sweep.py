@@ -18,10 +18,11 @@ from neon.io import atomic_path, read_json, write_text
 
 log = logging.getLogger("neon")
 
-# (column, where the summary holds it): the headline numbers of a job, the control's best and the seed noise
+# (column, where the summary holds it): the headline numbers of a job, the control's best, the seed noise and
+# the anti-alignment diagnostic's cosine at θ_r on the job's S (neon.diagnose)
 COLUMNS = (("fid_base", "fid_base"), ("fid_base_tuned", "fid_base_tuned"), ("fid_neon", "fid_neon"), ("w", "w"),
            ("budget_steps", "budget_steps"), ("n_synthetic", "n_synthetic"), ("fid_control", "control.fid_best"),
-           ("seed_noise", "fid_noise.relative"))
+           ("seed_noise", "fid_noise.relative"), ("cosine", "diagnosis.cosine"))
 
 
 def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:

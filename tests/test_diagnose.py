@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import math
@@ -12,9 +14,11 @@ import torch
 from torch import nn
 
 from neon.diagnose import gradient_alignment, parameter_groups, prediction
+from neon.errors import NeonError
 from neon.module import NeonModule, diversity_warning
+from neon.sweep import write_sweep_table
 from neon.tasks.front import validate
-from tests.helpers import run_task, task_config
+from tests.helpers import TINY_TOY, run_task, seeded_cache, summary_of, task_config
 
 
 class GaussianMean(NeonModule):
@@ -103,3 +107,34 @@ def test_the_pipeline_warns_before_fine_tuning_on_a_diversity_seeking_s(tmp_path
     with caplog.at_level(logging.WARNING, logger="neon"):
         validate(cfg)
     assert "diversity-seeking" not in caplog.text
+
+
+def test_neon_diagnose_records_the_task_s_cosine_once_per_s(tmp_path: Path, shared_cache: Path, caplog):
+    # inside task=neon the diagnostic measures at θ_r on the run's S what task=diagnose measures, is cached per
+    # (θ_r, S, settings) so a second job with the same S reuses it, and becomes the sweep table's cosine column
+    cache = seeded_cache(tmp_path, shared_cache, TINY_TOY)
+    settings = ["task.num_batches=8", "task.blocks=4"]
+    alone = run_task([*TINY_TOY, "task=diagnose", *settings], tmp_path, "diag", cache)
+    inside = ["neon.diagnose={num_batches: 8, blocks: 4}", "neon.w=[0.0]"]  # θ_r's one score, shared
+    with caplog.at_level(logging.INFO, logger="neon"):
+        run_task([*TINY_TOY, *inside], tmp_path, "0", cache)
+    first = summary_of(tmp_path, "0")["diagnosis"]
+    assert first["cosine"] == alone["cosine"] and first["cosine_ci95"] == alone["cosine_ci95"]
+    assert first["cosine_preconditioned"] == alone["cosine_preconditioned"]
+    assert "gradient cosine real vs S at θ_r" in caplog.text
+    assert len(list((cache / "diagnosis").glob("*/diagnosis.json"))) == 1
+    run_task([*TINY_TOY, *inside, "neon.budget_steps=3"], tmp_path, "1", cache)  # same S: the cached diagnosis
+    assert summary_of(tmp_path, "1")["diagnosis"] == first
+    assert len(list((cache / "diagnosis").glob("*/diagnosis.json"))) == 1
+    run_task([*TINY_TOY, *inside, "neon.n_synthetic=100"], tmp_path, "2", cache)  # another S: measured anew
+    assert len(list((cache / "diagnosis").glob("*/diagnosis.json"))) == 2
+    write_sweep_table(tmp_path)
+    table = list(csv.DictReader(io.StringIO((tmp_path / "sweep.csv").read_text())))
+    assert [float(r["cosine"]) for r in table[:2]] == [first["cosine"]] * 2
+    assert float(table[2]["cosine"]) != first["cosine"]
+
+
+def test_neon_diagnose_names_its_missing_setting(tmp_path: Path, shared_cache: Path):
+    cache = seeded_cache(tmp_path, shared_cache, TINY_TOY)
+    with pytest.raises(NeonError, match=r"neon.diagnose.num_batches must be a positive integer, got None"):
+        run_task([*TINY_TOY, "neon.diagnose={blocks: 4}"], tmp_path, "run", cache)

@@ -84,6 +84,7 @@ class Front:
     base_digest: str  # θ_r's content digest (the cache keys of S and θ_s depend on it)
     base_path: Path  # θ_r's file: model.checkpoint, or the cached pretrain
     merge: NeonMerger  # θ_neon = (1 + w)·θ_r − w·θ_s; holds θ_r
+    s_key: Any  # S's cache key (what drew it)
     s_dir: Path | None  # S's folder, None when S is streamed
     theta_s_paths: dict[int, Path]  # budget → θ_s's file in the cache
 
@@ -107,4 +108,4 @@ def build_front(run: Run, budgets: list[int]) -> Front:
     with run.stage("finetune"):
         theta_s_paths = finetuned_weights(run, module, lambda: synthetic_data(run, module, s_dir), merge.base, base_digest,
                                           s_key, budgets)
-    return Front(module, base_digest, base_path, merge, s_dir, theta_s_paths)
+    return Front(module, base_digest, base_path, merge, s_key, s_dir, theta_s_paths)

@@ -19,6 +19,7 @@ from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
 from neon.stages import Evaluator, budgets_of, copy_weights, finetuned_weights
 from neon.synthetic_source import source_config, source_label
 from neon.tasks.compare import compare_mode, compare_output_space
+from neon.tasks.diagnose import cached_alignment, describe
 from neon.tasks.front import build_front, validate
 from neon.tasks.sweeps import auto_w
 from neon.theta_neon import NeonMerger
@@ -47,6 +48,10 @@ def run_neon(cfg: DictConfig) -> dict:
 
     front = build_front(run, budgets)
     module, merge = front.module, front.merge
+    diagnosis = None
+    if cfg.neon.get("diagnose"):  # at θ_r on this S, before any score: what the theory predicts for w > 0
+        diagnosis = cached_alignment(run, module, front.theta_r, front.base_digest, front.s_key, front.s_dir)
+        log.info(describe(diagnosis))
     evaluator = Evaluator(run, module)
     auto = None
     if ws is None:  # the line search picks w and B on the proxy; the grid below scores θ_r and that point
@@ -99,6 +104,7 @@ def run_neon(cfg: DictConfig) -> dict:
             "fid_best": min(control), "w": ws[control.index(min(control))]},
         "auto_w": auto,
         "output_space": output_space,
+        "diagnosis": diagnosis,
         "n_synthetic": cfg.neon.n_synthetic,
         "synthetic_source": source_label(run),
         "sampler": plain((source_config(cfg) or cfg).sampler),

@@ -64,8 +64,30 @@ def write_sweep_table(sweep_dir: str | Path) -> list[Path]:
     write_text(sweep_dir / "sweep.csv", buf.getvalue())
     md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     md += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    fair = fair_base_line(jobs, keys)
+    if fair:
+        log.info(fair)
+        md += ["", fair]
     write_text(sweep_dir / "sweep.md", "\n".join(md) + "\n")
     return [sweep_dir / "sweep.csv", sweep_dir / "sweep.md"]
+
+
+def fair_base_line(jobs: list[dict[str, Any]], keys: list[str]) -> str | None:
+    """Where a sweep's jobs score θ_r differently (they differ in guidance or other evaluation settings), the best
+    θ_r over the sweep beside the best θ_neon: the base tuned over the same settings as θ_neon (the fair base)."""
+    scored = [j for j in jobs if isinstance(j["summary"].get("fid_base"), (int, float))
+              and isinstance(j["summary"].get("fid_neon"), (int, float))]
+    if len({j["summary"]["fid_base"] for j in scored}) < 2:
+        return None
+    base = min(scored, key=lambda j: j["summary"]["fid_base"])
+    neon = min(scored, key=lambda j: j["summary"]["fid_neon"])
+
+    def where(j: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={j['overrides'][k]}" for k in keys if k in j["overrides"]) or f"job {j['dir'].name}"
+
+    b, n = base["summary"]["fid_base"], neon["summary"]["fid_neon"]
+    return (f"Fair base over this sweep: θ_r at its best {b:.6g} ({where(base)}); best θ_neon {n:.6g} "
+            f"({where(neon)}, w = {neon['summary'].get('w')}): {(n - b) / b:+.1%} against it.")
 
 
 def _fmt(value: Any) -> str:

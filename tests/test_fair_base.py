@@ -4,6 +4,7 @@ rule, and the summary, the printed table and the guidance plot show fid_base, fi
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 from neon.report import search_table
@@ -66,3 +67,25 @@ def test_sweep_table_lists_search_jobs_with_the_tuned_base(tmp_path: Path):
     rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
     assert [(r["task"], r["fid_base"], r["fid_base_tuned"], r["fid_neon"]) for r in rows] == [
         ("search", "5.0", "4.5", "3.0"), ("neon", "6.0", "", "2.0")]
+
+
+def test_a_guidance_sweep_names_its_fair_base(tmp_path: Path):
+    # `neon -m sampler.cfg=...`: each job scores θ_r at its own guidance; sweep.md names the best of those
+    # beside the best θ_neon (a sweep whose θ_r scores are all equal has nothing to add)
+    from neon.io import write_json
+    from neon.sweep import write_sweep_table
+
+    for name, cfg, base, neon, w in (("0", 1.0, 5.0, 4.2, 0.5), ("1", 2.0, 4.4, 4.0, 1.0), ("2", 3.0, 4.9, 3.9, 1.5)):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- experiment=var_digits\n- sampler.cfg={cfg}\n")
+        write_json(tmp_path / name / "summary.json", {"task": "neon", "fid_base": base, "fid_neon": neon, "w": w,
+                                                       "seconds": {}})
+    write_sweep_table(tmp_path)
+    assert (tmp_path / "sweep.md").read_text().splitlines()[-1] == (
+        "Fair base over this sweep: θ_r at its best 4.4 (sampler.cfg=2.0); best θ_neon 3.9 (sampler.cfg=3.0, "
+        "w = 1.5): -11.4% against it.")
+    for name in ("0", "1", "2"):
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        write_json(tmp_path / name / "summary.json", {**summary, "fid_base": 5.0})
+    write_sweep_table(tmp_path)
+    assert "Fair base" not in (tmp_path / "sweep.md").read_text()

@@ -264,8 +264,8 @@ TINY_IMM = ["model=imm_tiny", "model.pretrain.steps=30", "neon.n_synthetic=40", 
 
 
 @pytest.mark.slow
-def test_tiny_imm_runs_the_embedded_default(tmp_path: Path):
-    run_task(TINY_IMM, tmp_path)
+def test_tiny_imm_runs_the_embedded_default(tmp_path: Path, shared_cache: Path):
+    run_task(TINY_IMM, tmp_path, cache=shared_cache)  # the session's digits classifier
     summary = summary_of(tmp_path)
     assert summary["family"] == "neon.families.imm.IMMModule" and summary["sampler"]["num_steps"] == 2
     assert np.isfinite(summary["fid_base"]) and np.isfinite(summary["fid_neon"])

@@ -75,20 +75,6 @@ def test_fid_isc_pr_match_torch_fidelity(inception: Path, tmp_path: Path):
     assert ours["kid_std"] == pytest.approx(lib["kernel_inception_distance_std"], rel=1e-4, abs=1e-9)
 
 
-@pytest.mark.slow
-def test_evaluate_task_scores_an_adm_sample_file(inception: Path, tmp_path: Path):
-    np.savez(tmp_path / "samples.npz", arr_0=smooth_images(24, 3))
-    np.savez(tmp_path / "real.npz", arr_0=smooth_images(24, 4))
-    run_task(["task=evaluate", f"samples={tmp_path / 'samples.npz'}", "metrics=fid50k",
-              f"metrics.inception_weights={inception}", f"metrics.reference={tmp_path / 'real.npz'}",
-              "metrics.block_size=12", "metrics.allow_small=true"], tmp_path)
-    summary = summary_of(tmp_path)
-    scores = summary["scores"][str(tmp_path / "samples.npz")]
-    assert scores["num_samples"] == 24 and scores["fid"] > 0 and scores["isc_mean"] > 0
-    assert 0 <= scores["precision"] <= 1 and 0 <= scores["recall"] <= 1
-    assert summary["metric"]["extractor"]["weights"] == str(inception)  # traceable: which network scored it
-
-
 def test_inception_reads_a_sample_files_uint8_pixels_as_it_reads_their_floats(inception: Path):
     from neon.metrics.inception import InceptionFeatures
 

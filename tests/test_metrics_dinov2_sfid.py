@@ -221,7 +221,9 @@ def test_extractor_is_built_for_the_metrics_asked_and_keys_name_it():
 
 
 @pytest.mark.slow
-def test_evaluate_task_scores_sfid_and_fd_dinov2_against_an_adm_batch(inception: Path, tmp_path: Path):
+def test_evaluate_task_scores_an_adm_sample_file_with_every_metric(inception: Path, tmp_path: Path):
+    # `task=evaluate samples=S.npz` against an ADM batch: FID, ISC, precision/recall, sFID and FD-DINOv2 from one
+    # Inception pass (plus the DINOv2 one), each score traceable to the networks that made it
     u8 = lambda x: to_uint8(x).permute(0, 2, 3, 1).numpy()  # noqa: E731
     np.savez(tmp_path / "samples.npz", arr_0=u8(images(12, 8, 32, 32)))
     np.savez(tmp_path / "real.npz", arr_0=u8(images(12, 9, 32, 32)))
@@ -231,10 +233,12 @@ def test_evaluate_task_scores_sfid_and_fd_dinov2_against_an_adm_batch(inception:
         run_task(["task=evaluate", f"samples={tmp_path / 'samples.npz'}", "metrics=fid50k",
                   f"metrics.inception_weights={inception}", f"metrics.dinov2_weights={tmp_path / 'dinov2.pth'}",
                   "+metrics.extra_extractors.dinov2.model_kwargs={embed_dim: 32, depth: 2, num_heads: 2}",
-                  "+metrics.extra_extractors.dinov2.device=cpu", "metrics.compute=[fid,sfid,fd_dinov2]",
+                  "+metrics.extra_extractors.dinov2.device=cpu", "metrics.compute=[fid,isc,pr,sfid,fd_dinov2]",
                   f"metrics.reference={tmp_path / 'real.npz'}", "metrics.block_size=12", "metrics.allow_small=true"],
                  tmp_path)
     summary = summary_of(tmp_path)
     scores = summary["scores"][str(tmp_path / "samples.npz")]
-    assert scores["fid"] > 0 and scores["sfid"] > 0 and scores["fd_dinov2"] > 0
+    assert scores["num_samples"] == 12 and scores["fid"] > 0 and scores["sfid"] > 0 and scores["fd_dinov2"] > 0
+    assert scores["isc_mean"] > 0 and 0 <= scores["precision"] <= 1 and 0 <= scores["recall"] <= 1
+    assert summary["metric"]["extractor"]["weights"] == str(inception)
     assert summary["metric"]["extra_extractors"]["dinov2"]["weights"] == str(tmp_path / "dinov2.pth")

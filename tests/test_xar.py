@@ -254,8 +254,8 @@ TINY_XAR = ["model=xar_tiny", "model.pretrain.steps=30", "neon.n_synthetic=40", 
 
 
 @pytest.mark.slow
-def test_tiny_xar_runs_the_embedded_default(tmp_path: Path):
-    run_task(TINY_XAR, tmp_path)
+def test_tiny_xar_runs_the_embedded_default(tmp_path: Path, shared_cache: Path):
+    run_task(TINY_XAR, tmp_path, cache=shared_cache)  # the session's digits classifier
     summary = summary_of(tmp_path)
     assert summary["family"] == "neon.families.xar.XARModule" and summary["sampler"]["num_steps"] == 4
     assert np.isfinite(summary["fid_base"]) and np.isfinite(summary["fid_neon"])

@@ -3,7 +3,6 @@ is `neon.diagnose`)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from neon.diagnose import gradient_alignment, parameter_groups, prediction
 from neon.distributed import is_main
 from neon.errors import NeonError
-from neon.io import write_json
+from neon.io import read_json, write_json
 from neon.module import NeonModule
 from neon.runtime import Run, plain, positive_int
 from neon.stages import load_base, synthetic_data
@@ -63,7 +62,7 @@ def cached_alignment(run: Run, module: NeonModule, theta_r: dict, base_digest: s
 
     with run.stage("diagnose"):
         folder, _ = run.cache.get_or_build("diagnosis", key, build)
-    return json.loads((folder / "diagnosis.json").read_text())
+    return read_json(folder / "diagnosis.json")
 
 
 def describe(result: dict) -> str:

@@ -15,9 +15,12 @@ computed once, untimed, by torch-fidelity (its cache of input2); the same mu and
 
 Each runs in a fresh process (its time is the process's wall time from start to exit: what a user waits for;
 the work alone, from the start of scoring to the FID, is reported beside it); rounds interleaved, best of
-`--repeats`; every process gets OMP_NUM_THREADS=`--threads`. The FIDs must agree (rel. 1e-4).
+`--repeats`; every process gets OMP_NUM_THREADS=`--threads`. `--side-by-side` runs the two methods of a round
+at the same time (e.g. one thread each on two cores): both see the same machine, and a long size takes half the
+wall time of running them one after the other. The FIDs must agree (rel. 1e-4).
 
-Usage: .venv/bin/python bench/eval_speed.py [--images 500,10000] [--repeats 2] [--threads 2] [--quick] [--json OUT]
+Usage: .venv/bin/python bench/eval_speed.py [--images 500,10000] [--repeats 2] [--threads 2] [--side-by-side]
+       [--quick] [--json OUT]
 """
 
 from __future__ import annotations
@@ -117,18 +120,27 @@ def fidelity_command(paths: dict[str, Path], n: int) -> list[str]:
             str(paths["weights"]), str(paths["cache"])]
 
 
-def timed(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
-    """Wall seconds of one process from its start to its exit, and its output."""
-    start = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=cwd, check=False)
-    seconds = time.perf_counter() - start
+def start(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> tuple[subprocess.Popen, float, Path]:
+    """One process started, its output going to `log` (a file: two processes side by side never block on a
+    full pipe)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd), time.perf_counter(), log
+
+
+def finish(started: tuple[subprocess.Popen, float, Path]) -> tuple[float, str]:
+    """Wall seconds of a started process from its start to its exit, and its output."""
+    proc, begun, log = started
+    proc.wait()
+    seconds = time.perf_counter() - begun
+    output = log.read_text()
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
-    return seconds, proc.stdout
+        raise RuntimeError(f"{' '.join(map(str, proc.args))} failed ({proc.returncode}):\n{output[-3000:]}")
+    return seconds, output
 
 
-def measure(images: list[int], reference: int, repeats: int, threads: int) -> dict:
-    """Best-of-`repeats` wall and work seconds and the FID of each method at each size, rounds interleaved."""
+def measure(images: list[int], reference: int, repeats: int, threads: int, side_by_side: bool = False) -> dict:
+    """Best-of-`repeats` wall and work seconds and the FID of each method at each size, rounds interleaved
+    (or, `side_by_side`, both methods of a round running at the same time: each sees the same machine)."""
     with tempfile.TemporaryDirectory(prefix="neon-eval-speed-") as tmp:
         tmp = Path(tmp)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -138,18 +150,23 @@ def measure(images: list[int], reference: int, repeats: int, threads: int) -> di
         runs: dict[int, dict[str, list[dict]]] = {n: {m: [] for m in METHODS} for n in images}
         for r in range(repeats):
             for n in images:
-                for method in (METHODS if r % 2 == 0 else METHODS[::-1]):  # alternate who goes first
-                    if method == "ours":
-                        run_dir = tmp / f"run-{n}-{r}"
-                        wall, _ = timed(ours_command(paths, n, run_dir), env, tmp)
-                        summary = json.loads((run_dir / "summary.json").read_text())
-                        run = {"wall_s": wall, "work_s": summary["seconds"]["evaluate"],
-                               "fid": summary["fid"][str(paths[f"samples_{n}"])]}
-                    else:
-                        wall, out = timed(fidelity_command(paths, n), env, tmp)
-                        run = {"wall_s": wall, **json.loads(out.strip().splitlines()[-1])}
-                    runs[n][method].append(run)
+                run_dir = tmp / f"run-{n}-{r}"
+                argv = {"ours": ours_command(paths, n, run_dir), "fidelity": fidelity_command(paths, n)}
+                order = METHODS if r % 2 == 0 else METHODS[::-1]  # alternate who goes first
+                groups = [order] if side_by_side else [[m] for m in order]
+                for group in groups:
+                    started = {m: start(argv[m], env, tmp, tmp / f"{m}-{n}-{r}.log") for m in group}
+                    for method in group:
+                        wall, out = finish(started[method])
+                        if method == "ours":
+                            summary = json.loads((run_dir / "summary.json").read_text())
+                            run = {"wall_s": wall, "work_s": summary["seconds"]["evaluate"],
+                                   "fid": summary["fid"][str(paths[f"samples_{n}"])]}
+                        else:
+                            run = {"wall_s": wall, **json.loads(out.strip().splitlines()[-1])}
+                        runs[n][method].append(run)
     result = {"settings": {"repeats": repeats, "threads": threads, "reference_images": reference,
+                           "side_by_side": side_by_side,
                            "image_size": "32x32 RGB uint8", "python": sys.version.split()[0],
                            "inception": "random weights of torch-fidelity's inception-v3-compat"}, "sizes": {}}
     for n in images:
@@ -170,7 +187,8 @@ def measure(images: list[int], reference: int, repeats: int, threads: int) -> di
 def report(result: dict) -> str:
     """The measurements as a table."""
     s = result["settings"]
-    lines = [f"best of {s['repeats']}, {s['threads']} thread(s), reference {s['reference_images']} images, "
+    mode = "both methods side by side, " if s.get("side_by_side") else ""
+    lines = [f"best of {s['repeats']}, {mode}{s['threads']} thread(s) each, reference {s['reference_images']} images, "
              f"{s['image_size']}; ratio = ours / torch-fidelity",
              f"{'images':>7} {'ours':>8} {'fidelity':>9} {'ratio':>6}   {'work: ours':>10} {'fidelity':>9} "
              f"{'ratio':>6}   {'FID':>12} {'rel. diff':>9}"]
@@ -197,6 +215,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     p.add_argument("--reference", type=int, default=500, help="reference images (statistics computed untimed)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of every process")
+    p.add_argument("--side-by-side", action="store_true",
+                   help="run both methods of a round at once (give each --threads cores / 2): same machine state")
     p.add_argument("--quick", action="store_true", help="8 images, 8 reference images, one round (a smoke test of the bench)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--child", nargs=4, metavar=("SAMPLES", "REFERENCE", "WEIGHTS", "CACHE"), help=argparse.SUPPRESS)
@@ -208,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     reference, repeats = args.reference, args.repeats
     if args.quick:
         images, reference, repeats = [8], 8, 1
-    result = measure(images, reference, repeats, args.threads)
+    result = measure(images, reference, repeats, args.threads, args.side_by_side)
     return emit(result, report(result), args.json)
 
 

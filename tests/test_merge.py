@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import math
 import re
 import subprocess
@@ -128,16 +129,25 @@ def test_streaming_shape_mismatch_and_missing_file(tmp_path: Path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read memory")
-@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".safetensors.index.json"])
 def test_streaming_holds_about_one_tensor(tmp_path: Path, suffix: str):
-    # 16 tensors of 16 MiB each: two models are 512 MiB; streaming must stay near one tensor.
+    # 16 tensors of 16 MiB each: two models are 512 MiB; streaming must stay near one tensor. The index is a
+    # sharded checkpoint as diffusers and transformers write it (four shards of four tensors each).
     n, numel = 16, 4 * 1024 * 1024
     for name, fill in (("base", 1.0), ("aux", 2.0)):
         sd = {f"t{i}": torch.full((numel,), fill + i) for i in range(n)}
         if suffix == ".pt":
             torch.save(sd, tmp_path / f"{name}{suffix}")
-        else:
+        elif suffix == ".safetensors":
             save_file(sd, tmp_path / f"{name}{suffix}")
+        else:
+            weight_map = {}
+            for shard in range(4):
+                file = f"{name}-{shard + 1:05d}-of-00004.safetensors"
+                keys = [f"t{i}" for i in range(4 * shard, 4 * shard + 4)]
+                save_file({k: sd[k] for k in keys}, tmp_path / file)
+                weight_map.update(dict.fromkeys(keys, file))
+            (tmp_path / f"{name}{suffix}").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
         del sd
     gc.collect()  # what earlier tests in this worker left behind is not the merge's
     start = rss_anon_mb()

@@ -127,15 +127,22 @@ def start(argv: list[str], env: dict[str, str], cwd: Path, log: Path) -> tuple[s
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd), time.perf_counter(), log
 
 
-def finish(started: tuple[subprocess.Popen, float, Path]) -> tuple[float, str]:
-    """Wall seconds of a started process from its start to its exit, and its output."""
-    proc, begun, log = started
-    proc.wait()
-    seconds = time.perf_counter() - begun
-    output = log.read_text()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, proc.args))} failed ({proc.returncode}):\n{output[-3000:]}")
-    return seconds, output
+def finish(group: dict[str, tuple[subprocess.Popen, float, Path]]) -> dict[str, tuple[float, str]]:
+    """Wall seconds of each started process from its start to its own exit (polled, so one that ends while
+    another runs is not charged the other's time), and its output."""
+    ended: dict[str, float] = {}
+    while len(ended) < len(group):
+        for name, (proc, _, _) in group.items():
+            if name not in ended and proc.poll() is not None:
+                ended[name] = time.perf_counter()
+        time.sleep(0.05)
+    results = {}
+    for name, (proc, begun, log) in group.items():
+        output = log.read_text()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(map(str, proc.args))} failed ({proc.returncode}):\n{output[-3000:]}")
+        results[name] = (ended[name] - begun, output)
+    return results
 
 
 def measure(images: list[int], reference: int, repeats: int, threads: int, side_by_side: bool = False) -> dict:
@@ -156,14 +163,14 @@ def measure(images: list[int], reference: int, repeats: int, threads: int, side_
                 groups = [order] if side_by_side else [[m] for m in order]
                 for group in groups:
                     started = {m: start(argv[m], env, tmp, tmp / f"{m}-{n}-{r}.log") for m in group}
-                    for method in group:
-                        wall, out = finish(started[method])
+                    for method, (wall, out) in finish(started).items():
                         if method == "ours":
                             summary = json.loads((run_dir / "summary.json").read_text())
                             run = {"wall_s": wall, "work_s": summary["seconds"]["evaluate"],
                                    "fid": summary["fid"][str(paths[f"samples_{n}"])]}
                         else:
-                            run = {"wall_s": wall, **json.loads(out.strip().splitlines()[-1])}
+                            result_line = next(line for line in reversed(out.splitlines()) if line.startswith("{"))  # after any warnings
+                            run = {"wall_s": wall, **json.loads(result_line)}
                         runs[n][method].append(run)
     result = {"settings": {"repeats": repeats, "threads": threads, "reference_images": reference,
                            "side_by_side": side_by_side,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -84,3 +85,15 @@ def test_parallel_jobs_bench_runs_both_launchers_and_parallel_jobs_share_the_cor
     assert modes["parallel"]["threads_per_job"] == [max(1, cores // jobs)]
     assert "submitit_local jobs" in modes["parallel"]["threads_why"]
     assert result["fid_max_abs_diff_across_modes"] < 1e-3  # the same jobs, whichever launcher ran them
+
+
+def test_eval_speed_times_each_side_by_side_process_to_its_own_exit(tmp_path: Path):
+    # waiting on the slow one first must not charge the quick one the slow one's time
+    bench = load_script("eval_speed")
+    started = {"slow": bench.start([sys.executable, "-c", "import time; time.sleep(3)"], dict(os.environ), tmp_path,
+                                   tmp_path / "slow.log"),
+               "quick": bench.start([sys.executable, "-c", "print('{}')"], dict(os.environ), tmp_path,
+                                    tmp_path / "quick.log")}
+    times = bench.finish(started)
+    assert times["slow"][0] >= 3 and times["quick"][0] < times["slow"][0] - 1.5, times
+    assert times["quick"][1].strip() == "{}"

@@ -14,7 +14,7 @@ from neon.metrics.extractors import FeatureExtractor
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 SPATIAL_LAYER = "Mixed_6d.branch1x1"  # the TF graph's mixed_6/conv (torch-fidelity's weight converter's map)
-CPU_BATCH = 8
+CPU_BATCH = 8  # with channels-last memory: see InceptionFeatures.__init__
 TORCH_FIDELITY_BATCH = 64  # torch-fidelity's default batch (kept on GPUs)
 SPATIAL_CHANNELS = 7  # ADM keeps the first 7 of its 192 channels: 17 × 17 × 7 = 2023 values at 299 × 299
 

@@ -190,6 +190,14 @@ class NeonModule(nn.Module):
         if self.ema is not None:
             self.ema.load_state_dict(state)
 
+    def replace_net(self, net: nn.Module) -> None:
+        """Make `net` θ's network (a checkpoint's own architecture) and rebuild its EMA copy; both take the
+        train/eval mode of the networks they replace, so loading weights never turns dropout back on."""
+        net.train(self.net.training)
+        if self.ema is not None:
+            self.ema = copy.deepcopy(net).requires_grad_(False).train(self.ema.training)
+        self.net = net
+
     def load_checkpoint(self, path: str | Path) -> None:
         """Read a checkpoint file and load it as θ."""
         self.load_neon_weights(self.read_checkpoint(path), source=f"checkpoint '{path}'")

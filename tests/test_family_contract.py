@@ -173,3 +173,29 @@ def test_tiny_model_keeps_the_contract(name: str, tmp_path: Path):
     reloaded.eval()
     assert all(torch.equal(reloaded.neon_weights()[k], v) for k, v in module.neon_weights().items())
     assert torch.equal(reloaded.generate([5, 6, 7], sampler)[0], x)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_loading_weights_keeps_an_eval_module_in_eval_mode(name: str, tmp_path: Path):
+    """A module put in eval mode stays there through load_checkpoint, also where the checkpoint brings its own
+    architecture (an EDM snapshot of another shape, with dropout): it samples as a fresh load does."""
+    module, cfg = build_tiny(name, tmp_path)
+    if name == "edm_digits":  # a snapshot of another width and depth, with dropout live in training mode
+        from tests.edm_snapshot import TINY_DDPMPP, write_snapshot
+
+        network = {**TINY_DDPMPP, **{k: cfg.model.network[k] for k in ("img_resolution", "img_channels", "label_dim")}}
+        path = tmp_path / "network-snapshot.pkl"
+        write_snapshot(path, network)
+    else:
+        path = save_state_dict(module.neon_weights(), tmp_path / "model.safetensors")
+    module.eval()
+    module.load_checkpoint(path)
+    assert [n for n, m in module.named_modules() if m.training] == []
+
+    fresh, _ = build_tiny(name, tmp_path)
+    fresh.load_checkpoint(path)
+    fresh.eval()
+    sampler = instantiate(cfg.sampler)
+    if name == "edm_digits":
+        assert fresh.network_kwargs["dropout"] > 0 and fresh.network_kwargs != dict(cfg.model.network)
+    assert torch.equal(module.generate([3, 4], sampler)[0], fresh.generate([3, 4], sampler)[0])

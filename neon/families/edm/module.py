@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -173,7 +172,5 @@ class EDMModule(NeonModule):
 
     def _rebuild(self, network: dict[str, Any]) -> None:
         self.network_kwargs = network
-        self.net = build_network(network)
+        self.replace_net(build_network(network))
         self.num_classes = self.net.label_dim
-        if self.ema is not None:
-            self.ema = copy.deepcopy(self.net).requires_grad_(False)

@@ -11,6 +11,7 @@ import pickle
 import re
 import struct
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,20 @@ def first_line(exc: BaseException) -> str:
     would run the file's code)."""
     first = (str(exc).strip().splitlines() or [""])[0]
     return "(torch's advice to lift the weights-only check left out)" if "weights_only" in first else first
+
+
+def torch_mmap_able(path: str | os.PathLike) -> bool:
+    """Whether `torch.load(path, mmap=True)` reads this file right, decided from the file: a torch zip archive
+    whose entries are all stored uncompressed. A DEFLATE entry's bytes on disk are not the tensor's (torch maps
+    them anyway and returns garbage, or fails to resize the storage) and a legacy non-zip file has no records."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # torch's own zip test: the first local file header
+                return False
+        with zipfile.ZipFile(path) as archive:  # reads only the central directory, not the data
+            return all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False  # not mappable; the plain load says what is wrong with the file
 
 
 def read_torch_file(path: str | os.PathLike, what: str = "checkpoint", safe_globals: Sequence[type] = ()) -> Any:

@@ -232,7 +232,8 @@ def merge_files(
 ) -> Path:
     """Stream θ_neon from two checkpoint files of any format `neon.readers` reads into `out_path`, holding
     about one tensor in memory (a pickle snapshot is first read whole, one at a time, and spilled beside
-    `out_path`); `weights` picks EMA or raw weights in training checkpoints.
+    `out_path`; a DEFLATE-compressed or legacy non-zip torch file cannot be mapped and is read whole);
+    `weights` picks EMA or raw weights in training checkpoints.
 
     `.safetensors` output is written key by key; `.ckpt`/`.pt` output keeps a Lightning checkpoint's
     layout (its `state_dict` merged, optimizer state dropped) and needs the merged model in memory.

@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 
 from neon.errors import NeonError
-from neon.io import UNREADABLE, StateDict, read_error
+from neon.io import UNREADABLE, StateDict, read_error, torch_mmap_able
 
 # Globals a training checkpoint holds besides tensors: harmless data classes only.
 SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
@@ -103,12 +103,13 @@ def unwrap(obj: Any, path: str | os.PathLike, weights: str = "ema") -> StateDict
 
 
 def _torch_load(path: Path, what: str, mmap: bool) -> Any:
+    # mapped only where the file allows it (an uncompressed zip): torch maps a DEFLATE-compressed archive without
+    # complaint and hands back its compressed bytes as tensors, and cannot map a legacy non-zip file at all
+    mmap = mmap and torch_mmap_able(path)
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except UNREADABLE as exc:
-        if mmap and "mmap" in str(exc):  # a legacy (non-zip) torch file cannot be mapped
-            return _torch_load(path, what, mmap=False)
         raise read_error(path, exc, what) from None
 
 
@@ -152,7 +153,8 @@ class LazyWeights:
             self._spill = tempfile.TemporaryDirectory(prefix=".neon-spill-", dir=spill_dir)
             self._tensors = read_snapshot(self.path, what=what, spill_dir=self._spill.name).state_dict
         else:
-            # mmap keeps tensors on disk until touched, so a big checkpoint costs no memory here
+            # mmap keeps tensors on disk until touched, so a big checkpoint costs no memory here (a compressed
+            # or legacy file cannot be mapped and is read whole)
             obj = _torch_load(self.path, what, mmap=True)
             if keep_layout and isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
                 # merging a Lightning checkpoint: keep its layout (net.* and ema.*) and its other entries
@@ -204,8 +206,9 @@ class LazyWeights:
 
 def open_weights(path: str | os.PathLike, what: str = "checkpoint", weights: str = "ema",
                  spill_dir: str | os.PathLike | None = None, keep_layout: bool = False) -> LazyWeights:
-    """The weights of a file, a tensor at a time, as a context manager: safetensors and torch zip files are
-    mapped, not read; a pickle snapshot's storages are spilled as it is read, one at a time, to files in
-    `spill_dir` (the system's temporary folder when None) and mapped back. With `keep_layout` (the merge), a Lightning
-    checkpoint keeps its whole `state_dict` and its other entries (`container`)."""
+    """The weights of a file, a tensor at a time, as a context manager: safetensors and uncompressed torch zip
+    files are mapped, not read (compressed and legacy non-zip torch files are read whole); a pickle snapshot's
+    storages are spilled as it is read, one at a time, to files in `spill_dir` (the system's temporary folder when
+    None) and mapped back. With `keep_layout` (the merge), a Lightning checkpoint keeps its whole `state_dict` and
+    its other entries (`container`)."""
     return LazyWeights(path, what, weights, spill_dir, keep_layout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from neon.errors import NeonError
+from neon.io import torch_mmap_able
 from neon.merge import extrapolate
 from neon.merge_cli import main as neon_merge
 from neon.persistence import read_snapshot
@@ -158,3 +160,74 @@ def test_task_merge_reads_snapshot_pickles(tmp_path: Path):
     want = extrapolate(read_snapshot(tmp_path / "base.pkl").state_dict, read_snapshot(tmp_path / "aux.pkl").state_dict,
                        0.5)
     _same(dict(load_file(path)), want)
+
+
+def _repack_deflated(src: Path, dst: Path) -> Path:
+    # what some tools do to a torch checkpoint: the same zip entries, DEFLATE-compressed
+    with zipfile.ZipFile(src) as old, zipfile.ZipFile(dst, "w", compression=zipfile.ZIP_DEFLATED) as new:
+        for info in old.infolist():
+            new.writestr(info.filename, old.read(info.filename), compress_type=zipfile.ZIP_DEFLATED)
+    return dst
+
+
+def _torch_files(tmp_path: Path, name: str, state: dict[str, torch.Tensor]) -> dict[str, Path]:
+    """The same state dict as a plain torch zip, a DEFLATE-repacked zip and a legacy non-zip file."""
+    plain = tmp_path / f"{name}.pt"
+    torch.save(state, plain)
+    legacy = tmp_path / f"{name}_legacy.pt"
+    torch.save(state, legacy, _use_new_zipfile_serialization=False)
+    return {"zip": plain, "deflated": _repack_deflated(plain, tmp_path / f"{name}_deflated.pt"), "legacy": legacy}
+
+
+@pytest.mark.parametrize("kind", ["deflated", "legacy"])
+def test_every_file_torch_reads_weights_only_is_read(tmp_path: Path, kind: str):
+    # bigger tensors than _state's so that mapping a compressed entry would not pass by luck
+    state = {**_state(0), "big": torch.randn(64, 64, generator=torch.Generator().manual_seed(9))}
+    path = _torch_files(tmp_path, "w", state)[kind]
+    if kind == "deflated":
+        with zipfile.ZipFile(path) as archive:
+            assert {i.compress_type for i in archive.infolist()} == {zipfile.ZIP_DEFLATED}
+    else:
+        assert not zipfile.is_zipfile(path)
+    want = torch.load(path, map_location="cpu", weights_only=True)  # torch itself reads it
+    _same(want, state)
+    assert torch_mmap_able(path) is False and torch_mmap_able(tmp_path / "w.pt") is True
+    _same(read_weights(path), want)
+    with open_weights(path) as lazy:
+        assert lazy.meta("big") == (torch.float32, (64, 64))
+        _same({k: lazy[k] for k in lazy.keys()}, want)
+
+
+@pytest.mark.parametrize("kind", ["deflated", "legacy"])
+@pytest.mark.parametrize("side", ["base", "aux"])
+def test_neon_merge_reads_deflated_and_legacy_torch_files(tmp_path: Path, capsys, kind: str, side: str):
+    base, aux = _state(0), _state(6)
+    files = {"base": _torch_files(tmp_path, "base", base), "aux": _torch_files(tmp_path, "aux", aux)}
+    other = "aux" if side == "base" else "base"
+    paths = {side: files[side][kind], other: files[other]["zip"]}
+    out = tmp_path / "neon.safetensors"
+    code, err = _merged([str(paths["base"]), str(paths["aux"]), "--w", "0.75", "-o", str(out)], capsys)
+    assert code == 0, err
+    merged = dict(load_file(out))
+    _same(merged, extrapolate(base, aux, 0.75))
+    # (1 + w)·a − w·b, written out for one float tensor; the integer buffer and the −inf mask are base's
+    assert torch.allclose(merged["head.weight"], 1.75 * base["head.weight"] - 0.75 * aux["head.weight"])
+    assert torch.equal(merged["steps"], base["steps"]) and torch.equal(merged["mask"], base["mask"])
+
+
+def test_task_merge_reads_a_deflated_checkpoint(tmp_path: Path):
+    from hydra import compose, initialize_config_dir
+
+    from neon.cli import CONF_DIR
+    from neon.tasks.merge import run_merge
+
+    base, aux = _state(0), _state(7)
+    torch.save(base, tmp_path / "base.pt")
+    torch.save(aux, tmp_path / "aux_plain.pt")
+    _repack_deflated(tmp_path / "aux_plain.pt", tmp_path / "aux.pt")
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "task=merge", f"task.base={tmp_path / 'base.pt'}", f"task.aux={tmp_path / 'aux.pt'}", "neon.w=[2.0]",
+            f"paths.output_dir={tmp_path / 'run'}", f"paths.cache_dir={tmp_path / 'cache'}", "logger=none"])
+    (path,) = run_merge(cfg)["theta_neon"].values()
+    _same(dict(load_file(path)), extrapolate(base, aux, 2.0))

@@ -94,14 +94,18 @@ class DinoV2Features(FeatureExtractor):
         self.model_kwargs = dict(model_kwargs or {})  # architecture overrides (tests: a tiny ViT)
         self._net = None
 
+    def check_ready(self) -> None:
+        """A missing weights file, named, before any image is read."""
+        if not self.weights or not Path(self.weights).is_file():
+            raise NeonError(
+                f"DINOv2 weights not found (metrics.dinov2_weights={self.weights!r}): FD-DINOv2 needs "
+                f"'{WEIGHTS_FILE}' (facebookresearch/dinov2's ViT-L/14 release) or timm's "
+                f"{TIMM_MODEL}.lvd142m weights; download it once and pass its path, or set NEON_DINOV2_WEIGHTS")
+
     def network(self) -> torch.nn.Module:
         """timm's DINOv2 ViT for 224 × 224 inputs, built from the local weights file on first use."""
         if self._net is None:
-            if not self.weights or not Path(self.weights).is_file():
-                raise NeonError(
-                    f"DINOv2 weights not found (metrics.dinov2_weights={self.weights!r}): FD-DINOv2 needs "
-                    f"'{WEIGHTS_FILE}' (facebookresearch/dinov2's ViT-L/14 release) or timm's "
-                    f"{TIMM_MODEL}.lvd142m weights; download it once and pass its path, or set NEON_DINOV2_WEIGHTS")
+            self.check_ready()
             import timm
 
             net = timm.create_model(TIMM_MODEL, pretrained=False, img_size=IMAGE_SIZE, num_classes=0,

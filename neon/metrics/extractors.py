@@ -27,6 +27,9 @@ class FeatureExtractor:
         """The named outputs besides 'pool' (and IS's 'logits') that `extract` gives now."""
         return ()
 
+    def check_ready(self) -> None:
+        """Raise a NeonError now where the first `extract` would (a missing weights file), without building anything."""
+
 
 class StackedFeatures(FeatureExtractor):
     """A primary extractor plus named extra networks on the same images: `extract` gives the primary's
@@ -50,6 +53,11 @@ class StackedFeatures(FeatureExtractor):
     def extra_outputs(self) -> tuple[str, ...]:
         """The primary's extra outputs and the extras' names."""
         return (*self.primary.extra_outputs(), *self.extras)
+
+    def check_ready(self) -> None:
+        """The primary's check, then every extra's."""
+        for extractor in (self.primary, *self.extras.values()):
+            extractor.check_ready()
 
 
 class IdentityFeatures(FeatureExtractor):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,23 @@ def read_image_source(source: str | Path) -> np.ndarray:
                 raise NeonError(f"'{source}' holds {sorted(f.files)}: expected uint8 NHWC images in arr_0")
             return f["arr_0"]
     raise NeonError(f"image source '{source}' is neither a folder of images nor an .npz file")
+
+
+def npz_array_shape(path: str | Path, key: str = "arr_0") -> tuple[int, ...] | None:
+    """The shape of one array in an .npz, from its .npy header alone (no pixels read); None where it has no `key`."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if f"{key}.npy" not in archive.namelist():
+                return None
+            with archive.open(f"{key}.npy") as f:  # a compressed member is inflated only as far as it is read
+                version = np.lib.format.read_magic(f)
+                # format 3.0 differs from 2.0 only in the header's text encoding, which the shape does not use
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, _ = read(f)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise NeonError(f"'{path}' is not a readable .npz ({type(exc).__name__}: {exc}): give an .npz written by "
+                        "numpy.savez with uint8 NHWC images in arr_0") from None
+    return tuple(shape)
 
 
 def digest_source(source: str | Path) -> str:

@@ -45,15 +45,19 @@ class InceptionFeatures(FeatureExtractor):
         self._net = None
         self._warned_gray = False
 
+    def check_ready(self) -> None:
+        """A missing weights file, named, before any image is read."""
+        if not self.weights or not Path(self.weights).is_file():
+            raise NeonError(
+                f"Inception weights not found (metrics.inception_weights={self.weights!r}): FID needs torch-fidelity's "
+                f"'{WEIGHTS_FILE}' (the TF-FID Inception ported to PyTorch, from the torch-fidelity releases); "
+                "download it once and pass its path, or set NEON_INCEPTION_WEIGHTS"
+            )
+
     def network(self):
         """torch-fidelity's FID Inception, built from the local weights file on first use."""
         if self._net is None:
-            if not self.weights or not Path(self.weights).is_file():
-                raise NeonError(
-                    f"Inception weights not found (metrics.inception_weights={self.weights!r}): FID needs torch-fidelity's "
-                    f"'{WEIGHTS_FILE}' (the TF-FID Inception ported to PyTorch, from the torch-fidelity releases); "
-                    "download it once and pass its path, or set NEON_INCEPTION_WEIGHTS"
-                )
+            self.check_ready()
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
             self._net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],

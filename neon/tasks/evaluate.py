@@ -10,16 +10,36 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from neon.checks import check_sample_count
 from neon.distributed import is_main
 from neon.errors import NeonError
 from neon.io import atomic_path, write_json
 from neon.metrics.build import build_extractor, extractor_key
 from neon.metrics.evaluate import features_of_images
-from neon.metrics.images import digest_source, read_image_source
+from neon.metrics.extractors import FeatureExtractor
+from neon.metrics.images import digest_source, npz_array_shape, read_image_source
 from neon.metrics.reference import images_for, reference_arrays, reference_from_outputs
 from neon.release import ReleaseSampling
 from neon.runtime import Run, log, plain
 from neon.stages import Evaluator, copy_weights
+
+
+def check_sample_file(samples: str | Path, extractor: FeatureExtractor, metrics_cfg: DictConfig) -> int:
+    """The number of images in a sample file, from its header: enough for the FID (unless metrics.allow_small) and
+    an extractor ready to run, checked before any pixel is read or feature extracted (50K images take minutes)."""
+    shape = npz_array_shape(samples)
+    if shape is None:
+        with np.load(samples) as f:  # only the member names are read
+            found = sorted(f.files)
+        raise NeonError(f"samples '{samples}' hold {found}: expected uint8 NHWC images in arr_0")
+    if len(shape) != 4:
+        raise NeonError(f"samples '{samples}': arr_0 has shape {shape}; expected uint8 NHWC images [N, H, W, C]")
+    extractor.check_ready()
+    n, dim = shape[0], extractor.feature_dim
+    if dim is not None and "fid" in list(metrics_cfg.get("compute") or ["fid"]):
+        check_sample_count(n, dim, f"the number of images in samples '{samples}'",
+                           bool(metrics_cfg.get("allow_small", False)))
+    return n
 
 
 def run_evaluate(cfg: DictConfig) -> dict:
@@ -30,18 +50,18 @@ def run_evaluate(cfg: DictConfig) -> dict:
     paths = list(cfg.task.get("checkpoints") or []) or ([cfg.model.checkpoint] if cfg.model.get("checkpoint") else [])
     if not paths and not samples:
         raise NeonError("task=evaluate needs samples=PATH.npz, model.checkpoint=PATH or task.checkpoints=[PATH,...]")
+    if samples and not Path(samples).is_file():
+        raise NeonError(f"samples '{samples}' do not exist: give an .npz with uint8 NHWC images in arr_0")
     run = Run.from_config(cfg)
     module = run.build_module()
     module.shape_from_checkpoint = True  # scores samples against reference statistics, never the training data
     evaluator = Evaluator(run, module, release=ReleaseSampling.from_config(cfg))
+    if samples:
+        check_sample_file(samples, evaluator.extractor, cfg.metrics)
     results = {}
     with run.stage("evaluate"):
         if samples:
-            if not Path(samples).is_file():
-                raise NeonError(f"samples '{samples}' do not exist: give an .npz with uint8 NHWC images in arr_0")
             with np.load(samples) as f:
-                if "arr_0" not in f.files:
-                    raise NeonError(f"samples '{samples}' hold {sorted(f.files)}: expected uint8 NHWC images in arr_0")
                 images = images_for(evaluator.extractor, f["arr_0"], f"samples '{samples}'")
             feats = features_of_images(images, evaluator.extractor, int(cfg.metrics.block_size))
             results[str(samples)] = evaluator.score_features(feats)

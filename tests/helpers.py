@@ -59,25 +59,20 @@ def compose_config(args: list[str]):
 
 
 def cli_error(args: list[str]) -> str:
-    """The one-line message `neon ARGS` stops with before any work, found in-process: the checks the command
-    makes before Hydra starts, Hydra's composition, the sampler check, the pipeline's validation and θ_r's
-    checkpoint load. Fails the test if none of them refuses ARGS."""
+    """The one-line message `neon ARGS` stops with before any work, found in-process: the command's pre-flight
+    (neon.preflight.preflight, as neon.cli.main calls it), then θ_r's checkpoint load. Fails the test if neither
+    refuses ARGS."""
     import pytest
     from hydra.utils import instantiate
 
-    from neon.cli import check_keys, check_overrides, user_error
+    from neon.cli import user_error
     from neon.errors import NeonError
-    from neon.module import check_samplers
+    from neon.preflight import preflight
     from neon.runtime import model_spec
-    from neon.tasks.front import validate
 
     try:
-        check_overrides(args)
-        check_keys(args)
-        cfg = compose_config(args)
-        check_samplers(cfg, cfg.hydra.runtime.choices)
-        validate(cfg)
-        if cfg.model.get("checkpoint"):
+        cfg = preflight(args).cfg
+        if cfg is not None and cfg.model.get("checkpoint"):
             instantiate(model_spec(cfg)).load_checkpoint(cfg.model.checkpoint)
     except NeonError as exc:
         message = user_error(exc)

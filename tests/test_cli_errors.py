@@ -15,35 +15,13 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from neon.checks import check_seeds
-from neon.cli import CONF_DIR, check_keys, check_override_syntax, check_overrides, check_writable, replace_mappings
+from neon import cli
 from neon.errors import NeonError
-from neon.module import check_samplers
+from neon.preflight import preflight
 from neon.runtime import Run, current_stage
-from neon.tasks.front import validate
 
 ROOT = Path(__file__).resolve().parent.parent
-PIPELINE_TASKS = {"neon", "search", "finetune"}
-
-
-def precheck(args: list[str]) -> None:
-    """What `neon ARGS` checks before a task starts (neon.cli.main, then _run), in the same order."""
-    check_override_syntax(args)
-    check_overrides(args)
-    args = replace_mappings(args)
-    check_keys(args)
-    check_writable(args)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[a for a in args if not a.startswith(("hydra.", "-"))],
-                      return_hydra_config=True)
-    check_samplers(cfg, cfg.hydra.runtime.choices)
-    check_seeds(cfg)
-    if cfg.task.name in PIPELINE_TASKS:
-        validate(cfg)  # the first thing those tasks do, before loading or training anything
-
-
 BAD_LINES = {
     "regex key quoted as the old README had it": (["experiment=toy2d", r"neon.w={'^model\.blocks': 1.9, default: 1.5}"],
                                                   "write a mapping with unquoted keys"),
@@ -68,24 +46,60 @@ BAD_LINES = {
 }
 
 
+def command_stops(args: list[str], monkeypatch, capsys) -> str:
+    """stderr of `neon ARGS` run in-process through the command's own main(), which must exit 2 before any
+    run starts (neither the composed run nor Hydra's entry is reached)."""
+    started = []
+    monkeypatch.setattr(cli, "run_composed", lambda cfg: started.append("run"))
+    monkeypatch.setattr(cli, "_run", lambda: started.append("hydra"))
+    monkeypatch.setattr(sys, "argv", ["neon", *args])
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli.main()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert stop.value.code == 2 and started == []
+    return capsys.readouterr().err
+
+
 @pytest.mark.parametrize("case", sorted(BAD_LINES))
-def test_bad_command_line_is_one_line_before_any_work(case: str, tmp_path: Path, monkeypatch):
+def test_bad_command_line_is_one_line_before_any_work(case: str, tmp_path: Path, monkeypatch, capsys):
     args, expected = BAD_LINES[case]
     monkeypatch.chdir(ROOT)  # relative run folders resolve as they would for a user in the checkout
     monkeypatch.setenv("NEON_CACHE_DIR", str(tmp_path / "cache"))
-    with pytest.raises(NeonError) as err:
-        precheck(args)
-    message = str(err.value)
-    assert expected in message and "\n" not in message
-    assert not (tmp_path / "cache").exists()  # refused before anything was cached
+    err = command_stops(args, monkeypatch, capsys)
+    assert err.startswith("neon: error: ") and err.count("\n") == 1 and expected in err, err
+
+
+def test_a_good_command_line_passes_the_preflight_composed_once(monkeypatch):
+    """The command's run gets the config the pre-flight composed (no second composition for a single run);
+    a sweep is left to Hydra, which composes each job."""
+    from hydra._internal.hydra import Hydra
+
+    composed = []
+    compose = Hydra.compose_config
+    monkeypatch.setattr(Hydra, "compose_config", lambda self, *a, **k: composed.append(a) or compose(self, *a, **k))
+    checked = preflight(["experiment=toy2d", "neon.w=[0,1]", "seed=3"])
+    assert len(composed) == 1 and checked.cfg is not None and checked.cfg.seed == 3
+    assert checked.cfg.hydra.job.name == "cli"  # the run's log is cli.log, as under @hydra.main
+    assert preflight(["-m", "experiment=toy2d", "seed=3,4"]).cfg is None
+
+
+def test_a_sweep_is_checked_as_its_first_job():
+    with pytest.raises(NeonError, match="seed=-1 is not a seed"):
+        preflight(["-m", "experiment=toy2d", "seed=-1,2"])
+    with pytest.raises(NeonError, match="sampler=heun is not a sampler of model var_tiny"):
+        preflight(["-m", "model=var_tiny,edm_digits", "sampler=heun"])
+    preflight(["-m", "experiment=toy2d", "neon.w=interval(0,2)"])  # the sweeper's values: checked per job
 
 
 def test_a_mapping_replaces_a_list_default():
     args = ["experiment=toy2d", r"neon.w={model\.blocks: 1.9, default: 1.5}"]
-    assert replace_mappings(args) == ["experiment=toy2d", "neon.w=null", *args[1:]]
-    precheck(args)  # accepted as typed
+    assert preflight(args).args == ["experiment=toy2d", "neon.w=null", *args[1:]]  # accepted as typed
     # a key whose default is a mapping is merged as Hydra does, not replaced
-    assert replace_mappings(["+task.real_data={seed: 1}"]) == ["+task.real_data={seed: 1}"]
+    merged = preflight(["task=diagnose", "+task.real_data={seed: 1}"])
+    assert merged.args == ["task=diagnose", "+task.real_data={seed: 1}"] and merged.cfg.task.real_data.seed == 1
 
 
 def test_current_stage_names_the_innermost_stage(tmp_path: Path):
@@ -126,9 +140,7 @@ def test_every_documented_command_parses_as_typed():
     for command in commands:
         args = as_typed(command)
         try:
-            check_override_syntax(args)
-            check_overrides(args)
-            check_keys(replace_mappings(args))
+            preflight(args)
         except NeonError as exc:
             failures.append(f"{command}: {exc}")
     assert not failures, "\n".join(failures)

@@ -33,6 +33,16 @@ from neon.theta_neon import NeonMerger
 def validate(cfg: DictConfig) -> None:
     """Fail early, with one clear line, on the settings users type every day; warn before fine-tuning on a
     diversity-seeking S."""
+    check_settings(cfg)
+    drawer = source_config(cfg) or cfg  # the sampler that draws S
+    warning = diversity_warning(drawer.model, plain(drawer.sampler))
+    if warning:
+        log.warning(warning)
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The pipeline's settings (w, budgets, comparison, counts) checked in one line each: the pre-flight of
+    the tasks that fine-tune (`task.checks`)."""
     if is_auto_w(cfg):
         check_auto(plain(cfg.neon.auto))
     else:
@@ -40,10 +50,6 @@ def validate(cfg: DictConfig) -> None:
     budgets_of(cfg)
     compare_mode(cfg)
     check_counts(cfg)
-    drawer = source_config(cfg) or cfg  # the sampler that draws S
-    warning = diversity_warning(drawer.model, plain(drawer.sampler))
-    if warning:
-        log.warning(warning)
 
 
 def cached_synthetic(run: Run, module: NeonModule, base_digest: str) -> tuple[dict[str, Any], Path | None]:

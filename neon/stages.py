@@ -347,7 +347,7 @@ class Evaluator:
         """metrics.seed_sets consecutive sets of metrics.num_samples seeds, the first being `seeds`."""
         k = self.set_count()
         if k > 1 and self.release is not None:
-            raise NeonError("metrics.seed_sets > 1 needs per-seed sampling: drop it or sample.rng=release")
+            raise NeonError("metrics.seed_sets > 1 needs per-seed sampling: drop metrics.seed_sets or use sample.rng=per_seed")
         first, n = self.seeds[0], len(self.seeds)
         return [list(range(first + i * n, first + (i + 1) * n)) for i in range(k)]
 

@@ -49,7 +49,7 @@ def test_summary_keeps_non_numeric_fields_and_skips_missing_metrics():
 def test_seed_sets_need_per_seed_sampling(tmp_path: Path):
     ev = evaluator(tmp_path, "metrics.seed_sets=2")
     ev.release = ReleaseSampling.__new__(ReleaseSampling)
-    with pytest.raises(NeonError, match="metrics.seed_sets > 1 needs per-seed sampling"):
+    with pytest.raises(NeonError, match="metrics.seed_sets > 1 needs per-seed sampling.*sample.rng=per_seed"):
         ev.seed_sets()
     with pytest.raises(NeonError, match="metrics.seed_sets must be a positive integer"):
         evaluator(tmp_path, "metrics.seed_sets=0").seed_sets()

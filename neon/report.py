@@ -133,13 +133,16 @@ def w_table(summary: dict) -> str:
         rows.append(row)
     lines = [markdown_table(rows)]
     noise = summary.get("fid_noise")
-    tail = [f"FID θ_r = {summary['fid_base']:.4g}"]
+    tail = [f"selection seeds {summary['seeds_selection']} (w and B picked here):" if summary.get("seeds_selection")
+            else "", f"FID θ_r = {summary['fid_base']:.4g}"]
     if noise:
         tail.append(f"(with other sample seeds {noise['fid_base_reseeded']:.4g}: seed noise {100 * noise['relative']:.1f}%)")
     tail.append(f"→ best θ_neon {summary['fid_neon']:.4g} at w = {summary['w']}")
     if control:
         tail.append(f"| control (fine-tuned on real data) best {control['fid_best']:.4g} at w = {control['w']}")
-    lines.append(" ".join(tail))
+    lines.append(" ".join(t for t in tail if t))
+    if summary.get("fid_base_heldout") is not None:
+        lines.append(heldout_line(summary))
     if output:
         ws = output["weight_space"]
         lines.append(f"output-space twin best {output['fid_best']:.4g} at w = {output['w']}, "
@@ -147,6 +150,25 @@ def w_table(summary: dict) -> str:
                      f"weight-space {ws['fid_best']:.4g} at w = {ws['w']}, {ws['nfe_per_image']} NFE and "
                      f"{1e3 * ws['seconds_per_image']:.3g} ms per image")
     return "\n".join(lines)
+
+
+def heldout_line(summary: dict) -> str:
+    """The reported figures of a task=neon summary: the picks scored on the held-out seeds."""
+    def fid(key: str) -> str:
+        sd = summary.get(f"{key}_sd")
+        return f"{summary[key]:.4g}" + (f" ± {sd:.2g}" if sd is not None else "")
+
+    gain = summary.get("gain_heldout")
+    interval = summary.get("gain_heldout_interval")
+    text = (f"held-out seeds {summary['seeds_heldout']} (reported): FID θ_r {fid('fid_base_heldout')} → θ_neon "
+            f"{fid('fid_neon_heldout')} at w = {summary['w']}, B = {summary['budget_steps']}")
+    if gain is not None:
+        text += f", gain {100 * gain:+.1f}%"
+        if interval:
+            text += f" (95% interval {100 * interval[0]:+.1f}% … {100 * interval[1]:+.1f}%)"
+    if summary.get("fid_control_heldout") is not None:
+        text += f" | control {fid('fid_control_heldout')} at w = {summary['control']['w']}"
+    return text
 
 
 def write_previews(out: Path, module: Any, sampler: Any, theta_r: StateDict, theta_neon: StateDict, n: int,

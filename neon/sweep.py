@@ -18,11 +18,16 @@ from neon.io import atomic_path, read_json, write_text
 
 log = logging.getLogger("neon")
 
-# (column, where the summary holds it): the headline numbers of a job, the control's best, the seed noise and
-# the anti-alignment diagnostic's cosine at θ_r on the job's S (neon.diagnose)
+# (column, where the summary holds it): the headline numbers of a job on its selection seeds (where w and B were
+# picked), the picks on its held-out seeds (the figures to report), the control's best, the seed noise and the
+# anti-alignment diagnostic's cosine at θ_r on the job's S (neon.diagnose)
 COLUMNS = (("fid_base", "fid_base"), ("fid_base_tuned", "fid_base_tuned"), ("fid_neon", "fid_neon"), ("w", "w"),
            ("budget_steps", "budget_steps"), ("n_synthetic", "n_synthetic"), ("fid_control", "control.fid_best"),
+           ("fid_base_heldout", "fid_base_heldout"), ("fid_neon_heldout", "fid_neon_heldout"),
+           ("gain_heldout", "gain_heldout"), ("fid_control_heldout", "fid_control_heldout"),
            ("seed_noise", "fid_noise.relative"), ("cosine", "diagnosis.cosine"))
+LEGEND = ("fid_base, fid_neon, fid_control: selection seeds, where w and B were picked; *_heldout: those picks "
+          "scored on disjoint held-out seeds — the figures to report (gain_heldout: 1 − θ_neon / θ_r).")
 
 
 def collect_jobs(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -64,12 +69,33 @@ def write_sweep_table(sweep_dir: str | Path) -> list[Path]:
     write_text(sweep_dir / "sweep.csv", buf.getvalue())
     md = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     md += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
-    fair = fair_base_line(jobs, keys)
-    if fair:
-        log.info(fair)
-        md += ["", fair]
+    md += ["", LEGEND]
+    for line in (best_job_line(jobs, keys), fair_base_line(jobs, keys)):
+        if line:
+            log.info(line)
+            md += ["", line]
     write_text(sweep_dir / "sweep.md", "\n".join(md) + "\n")
     return [sweep_dir / "sweep.csv", sweep_dir / "sweep.md"]
+
+
+def _where(j: dict[str, Any], keys: list[str]) -> str:
+    return ", ".join(f"{k}={j['overrides'][k]}" for k in keys if k in j["overrides"]) or f"job {j['dir'].name}"
+
+
+def best_job_line(jobs: list[dict[str, Any]], keys: list[str]) -> str | None:
+    """The sweep's best job, picked on its selection figure (fid_neon), with its held-out figures: what to
+    report for the sweep."""
+    scored = [j for j in jobs if isinstance(j["summary"].get("fid_neon"), (int, float))]
+    if len(scored) < 2:
+        return None
+    best = min(scored, key=lambda j: j["summary"]["fid_neon"])
+    s = best["summary"]
+    line = f"Best job on the selection seeds: {_where(best, keys)} (w = {s.get('w')}, B = {s.get('budget_steps')})"
+    if isinstance(s.get("fid_neon_heldout"), (int, float)):
+        gain = s.get("gain_heldout")
+        line += (f"; on its held-out seeds θ_r {s['fid_base_heldout']:.6g} → θ_neon {s['fid_neon_heldout']:.6g}"
+                 + (f" ({100 * gain:+.1f}%)" if isinstance(gain, (int, float)) else ""))
+    return line + "."
 
 
 def fair_base_line(jobs: list[dict[str, Any]], keys: list[str]) -> str | None:
@@ -82,12 +108,13 @@ def fair_base_line(jobs: list[dict[str, Any]], keys: list[str]) -> str | None:
     base = min(scored, key=lambda j: j["summary"]["fid_base"])
     neon = min(scored, key=lambda j: j["summary"]["fid_neon"])
 
-    def where(j: dict[str, Any]) -> str:
-        return ", ".join(f"{k}={j['overrides'][k]}" for k in keys if k in j["overrides"]) or f"job {j['dir'].name}"
-
     b, n = base["summary"]["fid_base"], neon["summary"]["fid_neon"]
-    return (f"Fair base over this sweep: θ_r at its best {b:.6g} ({where(base)}); best θ_neon {n:.6g} "
-            f"({where(neon)}, w = {neon['summary'].get('w')}): {(n - b) / b:+.1%} against it.")
+    line = (f"Fair base over this sweep: θ_r at its best {b:.6g} ({_where(base, keys)}); "
+            f"best θ_neon {n:.6g} ({_where(neon, keys)}, w = {neon['summary'].get('w')}): {(n - b) / b:+.1%} against it.")
+    bh, nh = base["summary"].get("fid_base_heldout"), neon["summary"].get("fid_neon_heldout")
+    if isinstance(bh, (int, float)) and isinstance(nh, (int, float)):
+        line += f" Both picked on the selection seeds; on their held-out seeds {bh:.6g} → {nh:.6g}, {(nh - bh) / bh:+.1%}."
+    return line
 
 
 def _fmt(value: Any) -> str:

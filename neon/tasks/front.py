@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from neon.auto_w import check_auto
 from neon.checks import check_counts
 from neon.errors import NeonError
+from neon.heldout import check_heldout
 from neon.io import StateDict, load_state_dict
 from neon.module import NeonModule, diversity_warning
 from neon.runtime import Run, is_auto_w, log, merge_ws, plain
@@ -50,6 +51,7 @@ def check_settings(cfg: DictConfig) -> None:
     budgets_of(cfg)
     compare_mode(cfg)
     check_counts(cfg)
+    check_heldout(cfg)
 
 
 def cached_synthetic(run: Run, module: NeonModule, base_digest: str) -> tuple[dict[str, Any], Path | None]:

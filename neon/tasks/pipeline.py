@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from neon.distributed import is_main
 from neon.errors import NeonError
+from neon.heldout import heldout_figures
 from neon.io import StateDict, digest_state_dict, load_state_dict, write_json
 from neon.merge import WSpec
 from neon.release_export import neon_run_card
@@ -36,6 +37,22 @@ def score_ws(run: Run, evaluator: Evaluator, merge: NeonMerger, theta_s: StateDi
             results.append(evaluator.score(merged))
         log.info("%s w = %s: FID %.6g", label, w_label(w), results[-1]["fid"])
     return results
+
+
+def score_heldout(run: Run, module, front, merge: NeonMerger, theta_s: StateDict, w: WSpec,
+                  control_s: StateDict | None, control_w: WSpec | None) -> dict:
+    """θ_r, θ_neon at the picked (w, B) and the control at its own picked w, scored on the held-out seeds."""
+    m = run.cfg.metrics
+    heldout = Evaluator(run, module, seed_offset=m.heldout_seed_offset, num_samples=m.get("heldout_num_samples"))
+    with run.stage("evaluate"):
+        base = heldout.score(front.theta_r)
+        neon = heldout.score(merge.merged(theta_s, w))
+        control = None if control_s is None else heldout.score(merge.merged(control_s, control_w))
+    figures = heldout_figures(base, neon, control)
+    log.info("held-out seeds %s: θ_r %.6g → θ_neon %.6g (w = %s)%s", figures["seeds_heldout"],
+             figures["fid_base_heldout"], figures["fid_neon_heldout"], w_label(w),
+             "" if control is None else f", control {figures['fid_control_heldout']:.6g}")
+    return figures
 
 
 def run_neon(cfg: DictConfig) -> dict:
@@ -72,7 +89,7 @@ def run_neon(cfg: DictConfig) -> dict:
             reseeded = Evaluator(run, module, seed_offset=cfg.metrics.noise_seed_offset).score(front.theta_r)["fid"]
             noise = {"fid_base_reseeded": reseeded, "relative": abs(reseeded - fid_base) / max(fid_base, 1e-12)}
 
-    control = None
+    control, control_s = None, None
     if cfg.neon.get("control"):
         # the same fine-tune on the real data instead of S: shows the gain comes from self-generated data
         with run.stage("finetune"):
@@ -81,7 +98,13 @@ def run_neon(cfg: DictConfig) -> dict:
             c_path = finetuned_weights(run, module, lambda: instantiate(cfg.data, batch_size=batch), front.theta_r,
                                        front.base_digest,
                                        {"real_data": plain(cfg.data), "start": "theta_r"}, [best_b])[best_b]
-        control = [r["fid"] for r in score_ws(run, evaluator, merge, load_state_dict(c_path), ws, "control")]
+        control_s = load_state_dict(c_path)
+        control = [r["fid"] for r in score_ws(run, evaluator, merge, control_s, ws, "control")]
+
+    heldout = None
+    if cfg.metrics.get("heldout_seed_offset") is not None:  # the picks above, scored on seeds they were not chosen on
+        control_w = None if control is None else ws[control.index(min(control))]
+        heldout = score_heldout(run, module, front, merge, front.theta_s(best_b), ws[best], control_s, control_w)
 
     output_space = None
     if compare == "output":  # the twin on the same θ_r, θ_s (best budget), w grid, sampler and seeds
@@ -98,6 +121,8 @@ def run_neon(cfg: DictConfig) -> dict:
         "budget_steps": best_b,
         "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, fids, strict=True)],
         "grid": [{"budget_steps": b, "w": w_label(w), "fid": r["fid"]} for b in budgets for w, r in zip(ws, grid[b], strict=True)],
+        **(heldout or {}),
+        "seeds_selection": f"{evaluator.seed_sets()[0][0]}-{evaluator.seed_sets()[-1][-1]}",
         "fid_noise": noise,
         "control": None if control is None else {
             "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, control, strict=True)],
@@ -137,6 +162,7 @@ def run_neon(cfg: DictConfig) -> dict:
     run.log_results(
         [{"w": w, "fid": f} for w, f in zip(ws, fids, strict=True) if isinstance(w, float)],
         {"fid_base": fid_base, "fid_neon": fids[best], "budget_steps": best_b,
+         **{k: v for k, v in (heldout or {}).items() if isinstance(v, float)},
          **({"w": ws[best]} if isinstance(ws[best], float) else {})},
         images={"neon/w_curve": run.out / "w_curve.png", **grids},
     )

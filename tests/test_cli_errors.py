@@ -1,10 +1,12 @@
 """Mistakes at the command line: one line, early, before any work (issue 23). The table runs the checks the
 `neon` command makes before it starts a task, in-process; one end-to-end test runs a few lines through the
 real command (exit code, stderr, no traceback, nothing written), one interrupts a run. Every command line the
-README and docs/ show is parsed as typed."""
+README, docs/ and the notebooks show is parsed as typed."""
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import shlex
@@ -116,15 +118,46 @@ def test_current_stage_names_the_innermost_stage(tmp_path: Path):
     assert current_stage() == "pretrain"  # what an interrupt unwinding out of the stages reports
 
 
-def documented_commands() -> list[str]:
-    """Every `neon ...` command in the README and docs/ (inline code and bash blocks)."""
-    text = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-                     if "upstream" not in p.parts)
-    found = {m.group(1) for m in re.finditer(r"`((?:\.venv/bin/)?neon (?:[^`])+)`", text)}
+NEON = r"(?:\.venv/bin/)?neon"  # the command as the docs type it
+
+
+def commands_in_markdown(text: str) -> set[str]:
+    """`neon ...` in inline code, and the `neon` lines of bash blocks."""
+    found = {m.group(1) for m in re.finditer(rf"`({NEON} (?:[^`])+)`", text)}
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         found |= {line.strip() for line in block.replace("\\\n", " ").splitlines()
-                  if re.match(r"(\.venv/bin/)?neon ", line.strip())}
-    return sorted(found)
+                  if re.match(rf"{NEON} ", line.strip())}
+    return found
+
+
+def commands_in_code(source: str) -> set[str]:
+    """`neon ...` in a notebook's code cell: shell lines (`!neon ...`), string literals, and calls of
+    neon.notebook.neon whose arguments are all literals (calls built from variables run in test_notebooks)."""
+    found = {line.strip()[1:] for line in source.splitlines() if re.match(rf"!{NEON} ", line.strip())}
+    tree = ast.parse("\n".join("" if line.lstrip().startswith(("!", "%")) else line for line in source.splitlines()))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and re.match(rf"{NEON} ", node.value):
+            found.add(node.value)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "neon"
+              and all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in node.args)):
+            multirun = any(k.arg == "multirun" and getattr(k.value, "value", False) for k in node.keywords)
+            found.add(shlex.join(["neon", *(["-m"] if multirun else []), *(a.value for a in node.args)]))
+    return found
+
+
+def documented_commands() -> dict[str, str]:
+    """Every `neon ...` command that README.md, docs/ and the notebooks show (markdown: inline code and bash
+    blocks; notebooks: markdown and code cells), each with the file that shows it."""
+    found: dict[str, str] = {}
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]:
+        if "upstream" not in page.parts:
+            found.update(dict.fromkeys(commands_in_markdown(page.read_text()) - found.keys(), page.name))
+    for book in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(book.read_text())["cells"]:
+            source = "".join(cell["source"])
+            commands = commands_in_markdown(source) if cell["cell_type"] == "markdown" else commands_in_code(source)
+            found.update(dict.fromkeys(commands - found.keys(), f"notebooks/{book.name}"))
+    return dict(sorted(found.items()))
 
 
 def as_typed(command: str) -> list[str]:
@@ -136,14 +169,24 @@ def as_typed(command: str) -> list[str]:
 def test_every_documented_command_parses_as_typed():
     commands = documented_commands()
     assert len(commands) > 20
+    assert any(where.startswith("notebooks/") for where in commands.values())  # the notebooks are read too
     failures = []
-    for command in commands:
+    for command, where in commands.items():
         args = as_typed(command)
         try:
             preflight(args)
         except NeonError as exc:
-            failures.append(f"{command}: {exc}")
+            failures.append(f"{where}: {command}: {exc}")
     assert not failures, "\n".join(failures)
+
+
+def test_commands_in_notebook_code_cells():
+    source = ('!neon experiment=toy2d seed=1\n'
+              'subprocess.run(shlex.split("neon task=sample sample.seeds=0-9"))\n'
+              'neon("experiment=toy2d", "neon.w=[0.0,1.0]", run_dir="r", multirun=True)\n'
+              'neon(*SMALL, run_dir="r")  # built from variables: run by tests/test_notebooks.py\n')
+    assert commands_in_code(source) == {"neon experiment=toy2d seed=1", "neon task=sample sample.seeds=0-9",
+                                        "neon -m experiment=toy2d 'neon.w=[0.0,1.0]'"}
 
 
 def _neon(args: list[str], tmp_path: Path, **kwargs) -> subprocess.Popen:

@@ -1,0 +1,143 @@
+"""Generate the figures in README.md and docs/ from the recorded results in docs/results/.
+
+A generated block sits between markers, `<!-- results:NAME VIEW -->` … `<!-- /results -->`: NAME is
+docs/results/NAME.json (written by `python docs/record.py`), VIEW one of VIEWS below. Each block ends with a
+one-line provenance note (commit, CPU, threads, torch, date, command). Only marked blocks are touched.
+
+    python docs/build_tables.py          # rewrite the pages
+    python docs/build_tables.py --check  # exit 1 and show the difference when a page differs"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"(<!-- results:([\w.-]+) (\w+) -->\n)(.*?)(<!-- /results -->)", re.S)
+
+
+def pages(root: Path) -> list[Path]:
+    """README.md and every page under docs/ (docs/upstream holds facts about other projects, not results)."""
+    return [root / "README.md", *sorted(p for p in (root / "docs").rglob("*.md") if "upstream" not in p.parts)]
+
+
+def fid(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4g}"
+
+
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def gain(base: float | None, other: float | None) -> float | None:
+    return None if base in (None, 0) or other is None else 1 - other / base
+
+
+def table(rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(map(str, rows[0])) + " |", "|" + "---|" * len(rows[0])]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows[1:]])
+
+
+def headline(r: dict) -> str:
+    """One sentence: the held-out gain beside the metric's seed noise and the control's held-out gain."""
+    noise, control = r.get("fid_noise"), r.get("fid_control_heldout")
+    text = (f"θ_neon at w = {r['w']} (B = {r['budget_steps']}) scores **{fid(r['fid_neon_heldout'])}** against "
+            f"θ_r's {fid(r['fid_base_heldout'])} on held-out sample seeds ({r['seeds_heldout']}, not those w was "
+            f"picked on): a gain of **{pct(r['gain_heldout'])}**")
+    if noise:
+        text += f", where the metric's own seed noise (θ_r scored on other seeds) is {pct(noise['relative'])}"
+    if control is not None:
+        text += (f"; the control, the same fine-tune on real data, gains {pct(gain(r['fid_base_heldout'], control))}"
+                 f" (w = {r['control']['w']})")
+    return text + "."
+
+
+def heldout(r: dict) -> str:
+    """θ_r, θ_neon and the control on the seeds the picks were made on and on the held-out seeds."""
+    control = r.get("control")
+    rows = [("sample seeds", "FID θ_r", f"FID θ_neon (w = {r['w']}, B = {r['budget_steps']})", "gain",
+             *((f"FID control (w = {control['w']})", "control gain") if control else ()))]
+    for label, base, neon, ctl in (
+            (f"{r['seeds_selection']} (picks made here)", r["fid_base"], r["fid_neon"],
+             control and control["fid_best"]),
+            (f"{r['seeds_heldout']} (held out: reported)", r["fid_base_heldout"], r["fid_neon_heldout"],
+             r.get("fid_control_heldout"))):
+        rows.append((label, fid(base), fid(neon), pct(gain(base, neon)),
+                     *((fid(ctl), pct(gain(base, ctl))) if control else ())))
+    text = table(rows)
+    if r.get("fid_noise"):
+        noise = r["fid_noise"]
+        text += (f"\n\nSeed noise: θ_r scores {fid(noise['fid_base_reseeded'])} on a third set of seeds "
+                 f"({pct(noise['relative'])} from {fid(r['fid_base'])}).")
+    return text
+
+
+def w_curve(r: dict) -> str:
+    """FID for every w on the selection seeds (and the control's), as the run prints it."""
+    control = r.get("control")
+    rows = [("w", "FID θ_neon", "gain vs θ_r", *(("FID control",) if control else ()))]
+    for i, point in enumerate(r["w_curve"]):
+        rows.append((point["w"], fid(point["fid"]), f"{100 * gain(r['fid_base'], point['fid']):+.1f}%",
+                     *((fid(control["w_curve"][i]["fid"]),) if control else ())))
+    return table(rows)
+
+
+VIEWS: dict[str, Callable[[dict], str]] = {"headline": headline, "heldout": heldout, "w_curve": w_curve}
+
+
+def provenance(name: str, p: dict) -> str:
+    cpu = p["cpu"]["model"] + (f" ({', '.join(p['cpu']['flags'])})" if p["cpu"].get("flags") else "")
+    commit = p["commit"][:10] + (" with uncommitted changes" if p["dirty"] else "")
+    return (f"<sub>docs/results/{name}.json: `{p['command']}` at commit {commit}; {cpu}, {p['cores']} cores, "
+            f"{p['threads']} threads, load {p['load_average'][2]:g} (15 min), torch {p['torch']}, "
+            f"{p['finished'][:10]}.</sub>")
+
+
+def render(name: str, view: str, results: Path) -> str:
+    path = results / f"{name}.json"
+    if not path.is_file():
+        raise SystemExit(f"build_tables: no recorded result {path} (python docs/record.py {name} RUN_DIR)")
+    if view not in VIEWS:
+        raise SystemExit(f"build_tables: unknown view {view!r} for {name}: one of {', '.join(VIEWS)}")
+    record = json.loads(path.read_text())
+    return f"{VIEWS[view](record['result'])}\n\n{provenance(name, record['provenance'])}\n"
+
+
+def build(text: str, results: Path) -> str:
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group(2), m.group(3), results) + m.group(5), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a page differs")
+    parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    stale = []
+    for page in pages(args.root):
+        if not page.is_file():
+            continue
+        text = page.read_text()
+        new = build(text, args.root / "docs" / "results")
+        if new == text:
+            continue
+        rel = page.relative_to(args.root).as_posix()
+        stale.append(rel)
+        if args.check:
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
+                                                       f"{rel} (as written)", f"{rel} (from docs/results)"))
+        else:
+            page.write_text(new)
+            print(f"wrote {rel}")
+    if args.check and stale:
+        print(f"\n{', '.join(stale)} differ from docs/results: run python docs/build_tables.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

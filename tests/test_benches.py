@@ -60,13 +60,18 @@ def test_eval_speed_bench_times_both_paths_and_their_fids_agree(tmp_path: Path, 
     # side by side, one thread each: the mode the 10,000-image figure is measured in
     bench.main(["--quick", "--threads", "1", "--side-by-side", "--json", str(tmp_path / "eval.json")])
     result = json.loads((tmp_path / "eval.json").read_text())
-    assert result["settings"]["side_by_side"] is True
-    (row,) = result["sizes"].values()
+    assert result["settings"]["side_by_side"] is True and result["settings"]["repeats"] == 1
+    assert list(result["sizes"]) == ["8"]  # --quick: 8 images, one round
+    row = result["sizes"]["8"]
+    assert set(row) == {*bench.METHODS, "ratio_wall", "ratio_work", "fid_rel_diff"}
     for method in bench.METHODS:
+        assert set(row[method]) == {"wall_s", "work_s", "fid", "all_wall_s"}, method
         assert positive(row[method]["wall_s"]) and positive(row[method]["work_s"]), method
-        assert row[method]["wall_s"] > row[method]["work_s"], method  # the process's start-up is on top
+        assert row[method]["all_wall_s"] == [row[method]["wall_s"]], method  # one round: its best is itself
         assert math.isfinite(row[method]["fid"]) and row[method]["fid"] > 0, method
-    assert positive(row["ratio_wall"]) and positive(row["ratio_work"])
+    # the ratios are ours over torch-fidelity's, of the times beside them
+    assert row["ratio_wall"] == row["ours"]["wall_s"] / row["fidelity"]["wall_s"] and positive(row["ratio_wall"])
+    assert row["ratio_work"] == row["ours"]["work_s"] / row["fidelity"]["work_s"] and positive(row["ratio_work"])
     assert row["fid_rel_diff"] <= bench.RTOL
     assert "torch-fidelity" in capsys.readouterr().out
 
@@ -87,13 +92,36 @@ def test_parallel_jobs_bench_runs_both_launchers_and_parallel_jobs_share_the_cor
     assert result["fid_max_abs_diff_across_modes"] < 1e-3  # the same jobs, whichever launcher ran them
 
 
-def test_eval_speed_times_each_side_by_side_process_to_its_own_exit(tmp_path: Path):
-    # waiting on the slow one first must not charge the quick one the slow one's time
+def test_eval_speed_times_each_side_by_side_process_to_its_own_exit(tmp_path: Path, monkeypatch):
+    # waiting on the slow one first must not charge the quick one the slow one's time. The bench's clock is a
+    # counter here, one tick per poll: the slow process ends only once the bench has seen the quick one end
+    # and a tick has passed, so the quick one's time must be the smaller, by at least that tick.
+    import time as real_time
+
     bench = load_script("eval_speed")
-    started = {"slow": bench.start([sys.executable, "-c", "import time; time.sleep(3)"], dict(os.environ), tmp_path,
-                                   tmp_path / "slow.log"),
+    go = tmp_path / "go"
+    state = {"tick": 0, "go_at": None, "quick_done_at": None}
+
+    class Clock:
+        @staticmethod
+        def perf_counter() -> float:
+            return float(state["tick"])
+
+        @staticmethod
+        def sleep(_: float) -> None:
+            real_time.sleep(0.01)
+            state["tick"] += 1
+            if state["quick_done_at"] is None and started["quick"][0].poll() is not None:
+                state["quick_done_at"] = state["tick"]  # the bench's next poll sees the quick one ended
+            elif state["quick_done_at"] is not None and state["go_at"] is None:
+                go.touch()
+                state["go_at"] = state["tick"]
+
+    monkeypatch.setattr(bench, "time", Clock)
+    slow = f"import os, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.01)\nprint('slow')"
+    started = {"slow": bench.start([sys.executable, "-c", slow], dict(os.environ), tmp_path, tmp_path / "slow.log"),
                "quick": bench.start([sys.executable, "-c", "print('{}')"], dict(os.environ), tmp_path,
                                     tmp_path / "quick.log")}
     times = bench.finish(started)
-    assert times["slow"][0] >= 3 and times["quick"][0] < times["slow"][0] - 1.5, times
-    assert times["quick"][1].strip() == "{}"
+    assert times["quick"][0] <= state["quick_done_at"] < state["go_at"] <= times["slow"][0], (times, state)
+    assert times["quick"][1].strip() == "{}" and times["slow"][1].strip() == "slow"

@@ -18,9 +18,11 @@ from safetensors.torch import load_file
 from neon.data.batches import GlobalBatchSampler
 from neon.distributed import gather_strided
 from neon.errors import NeonError
+from neon.merge import extrapolate
 from neon.seeding import StepNoise
 from tests.helpers import run_cli, run_task, seeded_cache, summary_of
 from tests.process_group import in_process_group
+from tests.summary_checks import check_neon_summary
 
 DDP = ["trainer=ddp", "trainer.devices=2"]
 TOY = ["experiment=toy2d", "model.pretrain.steps=300", "neon.n_synthetic=200", "neon.budget_steps=[5,20]",
@@ -122,7 +124,11 @@ def test_submitit_tasks_are_the_ranks_of_one_job(tmp_path: Path):
                     f"hydra.sweep.dir={tmp_path / 'sw'}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "sw" / "sweep.csv").open()))
-    assert len(rows) == 1 and float(rows[0]["fid_neon"]) <= float(rows[0]["fid_base"])
+    assert len(rows) == 1
+    job = tmp_path / "sw" / rows[0]["job"]
+    summary = json.loads((job / "summary.json").read_text())
+    check_neon_summary(summary, job)  # the best of the grid rank 0 gathered, θ_r its w = 0 point
+    assert (float(rows[0]["fid_neon"]), float(rows[0]["fid_base"])) == (summary["fid_neon"], summary["fid_base"])
     task0, task1 = (next((tmp_path / "sw").rglob(f"*_{t}_log.out")).read_text() for t in (0, 1))
     assert "global_rank=1(2)" in task1  # submitit started the second rank as its second task
     assert "FID θ_r" in task0 and "FID θ_r" not in task1  # rank 0 alone reports
@@ -152,5 +158,19 @@ def test_torchrun_ranks_join_its_group(tmp_path: Path):
                            *DDP, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert summary_of(tmp_path)["budget_steps"] in (5, 20)
     assert proc.stdout.count("FID θ_r =") == 1  # rank 0 alone reports
+    summary = summary_of(tmp_path)
+    check_neon_summary(summary, tmp_path / "run")
+    assert {g["budget_steps"] for g in summary["grid"]} == {5, 20}
+    # the written θ_neon is the reported merge of the ranks' θ_r and θ_s
+    a = summary["artifacts"]
+    theta_r, theta_neon = a["theta_r"], a["theta_neon"]
+    expect = extrapolate(load_file(theta_r), load_file(a["theta_s"][str(summary["budget_steps"])]), summary["w"])
+    got = load_file(theta_neon)
+    assert sorted(got) == sorted(expect) and all(torch.equal(got[k], expect[k]) for k in expect)
+    # one process scores θ_r and θ_neon from their files, in a cache of its own: the ranks' FIDs (features
+    # gathered from both; the same seeds, so equal up to float summation order, as in the test above)
+    single = run_task([*TOY, "task=evaluate", f"task.checkpoints=[{theta_r},{theta_neon}]"], tmp_path, "single",
+                      cache=tmp_path / "single_cache")
+    assert single["fid"][theta_r] == pytest.approx(summary["fid_base"], rel=1e-6)
+    assert single["fid"][theta_neon] == pytest.approx(summary["fid_neon"], rel=1e-6)

@@ -9,6 +9,7 @@ import shutil
 from functools import partial
 from pathlib import Path
 
+import diffusers
 import pytest
 import torch
 
@@ -16,8 +17,6 @@ from neon.errors import NeonError
 from neon.families.diffusers_family import DiffusersModule, scheduler_sampler
 from neon.release_export import folder_sha256
 from neon.seeding import StepNoise
-
-diffusers = pytest.importorskip("diffusers")
 
 
 def tiny_unet(classes: int | None = None, **overrides):
@@ -306,10 +305,24 @@ def test_a_vae_whose_latents_do_not_fit_the_network_is_one_line(tmp_path: Path):
 
 def test_dit_trains_in_the_vae_latents_with_its_own_label_dropout(tmp_path: Path):
     module = DiffusersModule(pretrained=str(save_dit_pipeline(tmp_path / "dit")), label_dropout=0.5)
-    assert module.null_label == 1000 and module.label_dropout == 0.5
     vae_before = {k: v.clone() for k, v in module.vae.state_dict().items()}
     batch = {"x": torch.rand(6, 3, 8, 8) * 2 - 1, "label": torch.arange(6)}
     module.train()
+    # the DiT's own class dropout (its LabelEmbedding's, from the global generator) is off: the module drops
+    # labels to the DiT's null class 1000 at model.label_dropout, from the step's noise
+    tables = [m for m in module.net.modules() if isinstance(m, diffusers.models.embeddings.LabelEmbedding)]
+    assert tables and all(t.dropout_prob == 0 for t in tables)
+    seen = []
+    hook = module.net.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["class_labels"].clone()),
+                                                with_kwargs=True)
+    with torch.no_grad():
+        for rate in (0.0, 0.5, 1.0, 0.5):
+            module.label_dropout = rate
+            module.loss(batch, StepNoise.single(6, seed=1))
+    hook.remove()
+    none, half, every, again = (labels.tolist() for labels in seen)
+    assert none == list(range(6)) and every == [1000] * 6
+    assert all(label in (i, 1000) for i, label in enumerate(half)) and 0 < half.count(1000) < 6 and again == half
     first = module.loss(batch, StepNoise.single(6, seed=1))
     assert torch.equal(first, module.loss(batch, StepNoise.single(6, seed=1)))  # every draw from the step
     first.backward()

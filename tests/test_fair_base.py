@@ -9,6 +9,7 @@ from pathlib import Path
 
 from neon.report import search_table
 from tests.helpers import TINY_TOY, run_task, summary_of
+from tests.summary_checks import check_search_summary
 
 # the toy's evaluation score scale ζ stands in for a guidance scale
 SEARCH = [*(a for a in TINY_TOY if not a.startswith("neon.w")), "task=search", "neon.w=[0.0,0.5,1.0]",
@@ -19,6 +20,7 @@ SEARCH = [*(a for a in TINY_TOY if not a.startswith("neon.w")), "task=search", "
 def test_search_reports_the_base_tuned_over_the_same_guidance(tmp_path: Path, shared_cache: Path, capsys):
     summary = run_task(SEARCH, tmp_path, cache=shared_cache)
     assert summary_of(tmp_path)["fid_base_tuned"] == summary["fid_base_tuned"]
+    coarse = check_search_summary(summary, [0.0, 0.5, 1.0], final_num_samples=2500)
     small = [p for p in summary["points"] if p["num_samples"] == 2000]
     # θ_r at each guidance value: the w = 0 points of the coarse grid (θ_r itself, whatever the budget)
     theta_r = {p["cfg"]: p["fid"] for p in small if p["w"] == 0.0}
@@ -40,7 +42,10 @@ def test_search_reports_the_base_tuned_over_the_same_guidance(tmp_path: Path, sh
     rows = list(csv.DictReader((tmp_path / "run" / "guidance_curve.csv").open()))
     assert [float(r["cfg"]) for r in rows] == [0.9, 1.0, 1.1]
     assert [float(r["fid_base"]) for r in rows] == [theta_r[c] for c in (0.9, 1.0, 1.1)]
-    assert all(float(r["fid_neon"]) <= float(r["fid_base"]) for r in rows)  # w = 0 is on every line
+    # θ_neon's line: the best coarse point at each guidance value (small-sample FID, over w and the budgets)
+    best_neon = {c: min(p["fid"] for p in coarse if p["cfg"] == c) for c in (0.9, 1.0, 1.1)}
+    assert [float(r["fid_neon"]) for r in rows] == [best_neon[c] for c in (0.9, 1.0, 1.1)]
+    assert summary["neon_cfg_curve"] == [{"cfg": c, "fid": best_neon[c]} for c in (0.9, 1.0, 1.1)]
     assert (tmp_path / "run" / "guidance_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 

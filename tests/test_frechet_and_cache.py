@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,26 +34,85 @@ def test_diverged_model_scores_infinity():
     assert frechet_distance(np.array([np.nan]), np.eye(1), np.zeros(1), np.eye(1)) == float("inf")
 
 
-def _build_slowly(root: str, marker: str) -> None:
+class _ProbedLock:
+    """The cache's own lock (`cls`: neon.cache.FileLock) in the children below: one attempt first, which records
+    whether another process held the lock at that moment (`contended`), then the ordinary blocking wait."""
+
+    def __init__(self, cls, path: str, probed, contended):
+        self.lock, self.probed, self.contended = cls(path), probed, contended
+
+    def __enter__(self):
+        from filelock import Timeout
+
+        try:
+            self.lock.acquire(timeout=0)
+        except Timeout:
+            self.contended.value = 1
+            self.probed.set()
+            self.lock.acquire()
+        else:
+            self.probed.set()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+
+def _build_under_probe(root: str, marker: str, result: str, probed, contended, building, release) -> None:
+    import json
+
+    import neon.cache
+
+    cls = neon.cache.FileLock
+    neon.cache.FileLock = lambda path: _ProbedLock(cls, path, probed, contended)
+
     def build(work: Path) -> None:
         with open(marker, "a") as f:
             f.write("built\n")
-        time.sleep(0.5)
+        building.set()
+        release.wait()  # a builder holds on until the test lets it finish
         (work / "out.txt").write_text("ok")
 
-    ArtifactCache(root).get_or_build("thing", {"k": 1}, build)
+    folder, built = ArtifactCache(root).get_or_build("thing", {"k": 1}, build)
+    Path(result).write_text(json.dumps({"built": built, "out": (folder / "out.txt").read_text()}))
+
+
+def _wait_for(proc, *events) -> None:
+    """Until one of `events` is set; fails as soon as `proc` has died without setting one (no time limit)."""
+    while not any(e.wait(0.05 / len(events)) for e in events):
+        assert proc.is_alive() or any(e.is_set() for e in events), f"process exited ({proc.exitcode}) first"
 
 
 def test_cache_builds_once_even_for_concurrent_jobs(tmp_path: Path):
-    marker = tmp_path / "builds.txt"
+    import json
+
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_build_slowly, args=(str(tmp_path / "c"), str(marker))) for _ in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    marker, release = tmp_path / "builds.txt", ctx.Event()
+    # per job: its lock probe (done, contended) and its build started
+    jobs = [(ctx.Event(), ctx.Value("i", 0), ctx.Event()) for _ in range(3)]
+    procs = [ctx.Process(target=_build_under_probe, args=(str(tmp_path / "c"), str(marker), str(tmp_path / f"r{i}"),
+                                                          *jobs[i], release)) for i in range(3)]
+    try:
+        procs[0].start()
+        _wait_for(procs[0], jobs[0][2])  # the first job holds the lock, in its build
+        for p in procs[1:]:
+            p.start()
+        for p, (probed, _, building) in zip(procs[1:], jobs[1:], strict=True):
+            _wait_for(p, probed, building)  # (a job that got past no lock would be building)
+        # the first took the lock at once; the others found it held, and wait on it: none of them builds (the
+        # first cannot finish: it waits for `release`)
+        assert [contended.value for _, contended, _ in jobs] == [0, 1, 1]
+        assert [building.is_set() for _, _, building in jobs] == [True, False, False]
+    finally:
+        release.set()
+        for p in procs:
+            if p.pid is not None:
+                p.join()
+    assert [p.exitcode for p in procs] == [0, 0, 0]
     assert marker.read_text().count("built") == 1
+    # the waiting jobs found the finished artifact when the lock came to them
+    results = [json.loads((tmp_path / f"r{i}").read_text()) for i in range(3)]
+    assert results == [{"built": True, "out": "ok"}, {"built": False, "out": "ok"}, {"built": False, "out": "ok"}]
     folder, built = ArtifactCache(tmp_path / "c").get_or_build("thing", {"k": 1}, lambda w: 1 / 0)
     assert not built and (folder / "out.txt").read_text() == "ok" and (folder / "key.json").exists()
 
@@ -87,31 +145,38 @@ def test_corrupt_artifact_is_detected_and_rebuilt(tmp_path: Path):
     assert list(tmp_path.glob("thing/*.corrupt-*"))
 
 
-def _hold_lock_and_die(lock_path: str, ready: str) -> None:
-    import os
+def _hold_lock_until_killed(lock_path: str, held) -> None:
+    import threading
 
-    from filelock import FileLock
+    import neon.cache
 
-    lock = FileLock(lock_path)
+    lock = neon.cache.FileLock(lock_path)  # the cache's lock; kept referenced: a collected one is released
     lock.acquire()
-    Path(ready).write_text("held")
-    time.sleep(60)
-    os._exit(0)
+    held.set()
+    threading.Event().wait()  # never returns: the test kills this process
 
 
-def test_lock_of_a_killed_job_does_not_block(tmp_path: Path):
+def test_lock_of_a_killed_job_does_not_block(tmp_path: Path, monkeypatch):
+    from filelock import Timeout
+
+    import neon.cache
+
     cache = ArtifactCache(tmp_path / "c")
     final = cache.path("thing", {"k": 4})
     final.parent.mkdir(parents=True)
-    ready = tmp_path / "ready"
-    proc = mp.get_context("spawn").Process(target=_hold_lock_and_die, args=(str(final) + ".lock", str(ready)))
+    lock, cls = str(final) + ".lock", neon.cache.FileLock
+    ctx = mp.get_context("spawn")
+    held = ctx.Event()
+    proc = ctx.Process(target=_hold_lock_until_killed, args=(lock, held))
     proc.start()
-    for _ in range(600):
-        if ready.exists():
-            break
-        time.sleep(0.05)
-    proc.kill()  # SIGKILL: the holder never releases the lock itself
-    proc.join()
-    start = time.monotonic()
+    try:
+        _wait_for(proc, held)
+        with pytest.raises(Timeout):  # the holder has it: one attempt fails
+            cls(lock).acquire(timeout=0)
+    finally:
+        proc.kill()  # SIGKILL: the holder never releases the lock itself
+        proc.join()
+    # the cache's lock now makes one attempt only: it raises if the dead job's lock is still in the way
+    monkeypatch.setattr(neon.cache, "FileLock", lambda path: cls(path, timeout=0))
     folder, built = cache.get_or_build("thing", {"k": 4}, lambda work: (work / "x").write_text("1"))
-    assert built and time.monotonic() - start < 5
+    assert built and (folder / "x").read_text() == "1"

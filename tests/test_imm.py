@@ -21,6 +21,7 @@ from neon.families.imm.network import IMMPrecond
 from neon.families.latents import KLAutoencoder, PixelLatent, from_diffusers, stable_diffusion_vae
 from neon.seeding import StepNoise
 from tests.helpers import run_task, summary_of
+from tests.summary_checks import check_search_summary
 
 NET = dict(img_resolution=8, img_channels=4, num_classes=10, model_type=None, hidden_size=32, depth=2, num_heads=2,
            patch_size=2)
@@ -290,5 +291,8 @@ def test_paper_experiment_runs_at_tiny_size(tmp_path: Path):
               "task.final_num_samples=40", "neon.synthetic.block_size=10", "neon.synthetic.shard_size=20",
               "trainer.enable_progress_bar=false"], tmp_path)
     summary = summary_of(tmp_path)
-    assert summary["task"] == "search" and summary["cfg"] in (1.6, 1.8) and summary["budget_steps"] in (2, 4)
+    assert summary["task"] == "search" and summary["cfg_key"] == "cfg"
+    # the pick is the best of the coarse grid and its ±0.1 refinement, scored again at final_num_samples
+    coarse = check_search_summary(summary, [0.0, 0.8, 1.2], refine_step=0.1, final_num_samples=40)
+    assert {(p["cfg"], p["budget_steps"]) for p in coarse} == {(c, b) for c in (1.6, 1.8) for b in (2, 4)}
     assert {p["num_samples"] for p in summary["points"]} == {20, 40}

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -28,7 +30,7 @@ def finetune_keys(cache: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_another_family_draws_s_for_edm(tmp_path: Path, shared_cache: Path):
+def test_another_family_draws_s_for_edm(tmp_path: Path, shared_cache: Path, caplog):
     seeded_cache(tmp_path, shared_cache, TINY_EDM)  # EDM's θ_r; xAR's is pretrained by this run
     run_task([*TINY_EDM, *XAR_DRAWS], tmp_path, "cross")
     summary = summary_of(tmp_path, "cross")
@@ -46,9 +48,18 @@ def test_another_family_draws_s_for_edm(tmp_path: Path, shared_cache: Path):
     run_task(TINY_EDM, tmp_path, "own")
     assert summary_of(tmp_path, "own")["artifacts"]["synthetic"] != str(s_dir)
     assert len(finetune_keys(tmp_path / "cache")) == 2
-    run_task([*TINY_EDM, *XAR_DRAWS], tmp_path, "again")
+    cache = tmp_path / "cache"
+    before = sorted(str(p.relative_to(cache)) for p in cache.glob("*/*") if not p.name.endswith(".lock"))
+    with caplog.at_level(logging.INFO, logger="neon"):
+        run_task([*TINY_EDM, *XAR_DRAWS], tmp_path, "again")
     again = summary_of(tmp_path, "again")
-    assert again["fid_neon"] == summary["fid_neon"] and again["seconds"].get("finetune", 0) < 5
+    assert again["fid_neon"] == summary["fid_neon"] and again["w_curve"] == summary["w_curve"]
+    # both θ_r, xAR's S and EDM's θ_s come from the cache: nothing pretrained, drawn, fine-tuned or scored anew
+    log = caplog.text
+    assert log.count("θ_r: reusing") == 2 and "pretrained into" not in log
+    assert re.search(r"S \(drawn by model=xar_tiny.*\): reusing ", log) and ": wrote" not in log
+    assert "θ_s: reusing" in log and "fine-tuned" not in log
+    assert sorted(str(p.relative_to(cache)) for p in cache.glob("*/*") if not p.name.endswith(".lock")) == before
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from neon.families.var.vqvae import VQVAE
 from neon.merge import extrapolate
 from neon.seeding import StepNoise
 from tests.helpers import run_task, summary_of
+from tests.summary_checks import check_search_summary
 
 NET = dict(depth=2, embed_dim=64, num_heads=2, num_classes=10, vocab_size=64, vae_channels=8, patch_nums=[1, 2, 4])
 VAE = dict(vocab_size=64, z_channels=8, ch=32, ch_mult=[1, 2], num_res_blocks=1, in_channels=3, using_sa=True,
@@ -202,5 +203,8 @@ def test_paper_experiments_run_at_tiny_size(tmp_path: Path, experiment: str):
               "task.final_num_samples=40", "sampler.top_k=50", "neon.synthetic.block_size=10",
               "neon.synthetic.shard_size=20", "trainer.enable_progress_bar=false"], tmp_path)
     summary = summary_of(tmp_path)
-    assert summary["task"] == "search" and summary["cfg"] in (1.5, 2.0) and summary["budget_steps"] in (2, 4)
+    assert summary["task"] == "search" and summary["cfg_key"] == "cfg"
+    # the pick is the best of the coarse grid and its ±0.1 refinement, scored again at final_num_samples
+    coarse = check_search_summary(summary, [0.0, 0.5, 1.0], refine_step=0.1, final_num_samples=40)
+    assert {(p["cfg"], p["budget_steps"]) for p in coarse} == {(c, b) for c in (1.5, 2.0) for b in (2, 4)}
     assert {p["num_samples"] for p in summary["points"]} == {20, 40}  # small-sample search, large-sample final

@@ -17,6 +17,7 @@ from neon.families.xar.transformer import TRAIN, XARTransformer
 from neon.merge import extrapolate
 from neon.seeding import StepNoise
 from tests.helpers import run_task, summary_of
+from tests.summary_checks import check_search_summary
 
 NET = dict(embed_dim=32, depth=1, num_heads=2, num_classes=10, channels=4, grid=4, cluster_grid=2,
            attn_dropout=0.0, proj_dropout=0.0)
@@ -281,5 +282,8 @@ def test_paper_experiments_run_at_tiny_size(tmp_path: Path, experiment: str):
               "metrics.sampler.num_steps=3", "neon.synthetic.block_size=10", "neon.synthetic.shard_size=20",
               "trainer.enable_progress_bar=false"], tmp_path)
     summary = summary_of(tmp_path)
-    assert summary["task"] == "search" and summary["cfg"] in (1.5, 2.0) and summary["budget_steps"] in (2, 4)
+    assert summary["task"] == "search" and summary["cfg_key"] == "cfg"
+    # the pick is the best of the coarse grid and its ±0.1 refinement, scored again at final_num_samples
+    coarse = check_search_summary(summary, [0.0, 0.5, 1.0], refine_step=0.1, final_num_samples=40)
+    assert {(p["cfg"], p["budget_steps"]) for p in coarse} == {(c, b) for c in (1.5, 2.0) for b in (2, 4)}
     assert {p["num_samples"] for p in summary["points"]} == {20, 40}  # small-sample search, large-sample final

@@ -6,11 +6,22 @@ The file was written by this script at commit 86ad0af, before the family was rew
 current code instead, so only do that on purpose (a deliberate change of outputs).
 
   python tests/data/record_edm_regression.py
+
+Each network's gradients are recorded twice: as digests of their bits (`grads`, from 86ad0af) and as a few
+numbers per tensor that another CPU can compare within a tolerance (`grad_facts`: `gradient_facts`). The
+facts were added later, to the 86ad0af file, by
+
+  python tests/data/record_edm_regression.py --add-grad-facts
+
+which recomputes every entry with the current code, one thread, and writes nothing unless all of the file's
+entries, the gradient digests included, come out bit for bit: the facts are then those of the very gradients
+86ad0af recorded (done on an Intel Xeon with AVX-512 kernels, torch 2.14.1; the file's other entries are left as they were).
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
 import zlib
 from pathlib import Path
 
@@ -49,6 +60,21 @@ NETWORKS: dict[str, dict] = {
 def digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
     """SHA-256 of each tensor's bytes: a bit-exact record that costs 64 characters a tensor."""
     return {k: hashlib.sha256(v.detach().contiguous().numpy().tobytes()).hexdigest() for k, v in tensors.items()}
+
+
+GRAD_ENTRIES = 10  # entries of each gradient kept in its facts
+
+
+def gradient_facts(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A few numbers of each gradient that survive another CPU's rounding: [max |g|, rms g, then GRAD_ENTRIES
+    entries at evenly spaced flat indices] in float64. Every fact is at most max |g|, so "within a share of the
+    tensor's scale" is a share of the first fact."""
+    out = {}
+    for k, v in tensors.items():
+        flat = v.detach().double().flatten()
+        index = torch.linspace(0, flat.numel() - 1, min(GRAD_ENTRIES, flat.numel())).round().long()
+        out[k] = torch.cat([flat.abs().max()[None], flat.pow(2).mean().sqrt()[None], flat[index]])
+    return out
 
 
 def perturbed(net: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -91,7 +117,7 @@ def record_network(name: str, kwargs: dict) -> dict:
     net.zero_grad()
     loss = denoising_loss(net, x.clamp(-1, 1), labels, StepNoise.single(4, seed=9)).sum() / 4
     loss.backward()
-    grads = digests({k: p.grad for k, p in net.named_parameters() if p.grad is not None})
+    grads = {k: p.grad for k, p in net.named_parameters() if p.grad is not None}
 
     net.eval()
     samples = {}
@@ -102,8 +128,8 @@ def record_network(name: str, kwargs: dict) -> dict:
         samples[churn] = heun_sampler(net, latents, lab, randn_like=rng.randn_like, num_steps=5, S_churn=churn,
                                       S_min=0.05, S_max=50.0, S_noise=1.007)
     return dict(kwargs=kwargs, init_state=init_state, state=state, x=x, sigma=sigma, labels=labels, augment=augment,
-                out_eval=out_eval, out_train=out_train.detach(), loss=loss.detach(), grads=grads,
-                heun=samples[0.0], heun_churn=samples[5.0])
+                out_eval=out_eval, out_train=out_train.detach(), loss=loss.detach(), grads=digests(grads),
+                grad_facts=gradient_facts(grads), heun=samples[0.0], heun_churn=samples[5.0])
 
 
 def record_module_generate() -> dict:
@@ -119,9 +145,37 @@ def record_module_generate() -> dict:
     return dict(kwargs=kwargs, state=state, x=x, labels=labels)
 
 
+def same_bits(got, want) -> bool:
+    """Whether a recomputed entry equals the recorded one bit for bit (tensors, digests, values)."""
+    if isinstance(want, dict):
+        return isinstance(got, dict) and set(got) == set(want) and all(same_bits(got[k], want[k]) for k in want)
+    if isinstance(want, torch.Tensor):
+        return isinstance(got, torch.Tensor) and got.dtype == want.dtype and torch.equal(got, want)
+    return got == want
+
+
+def add_grad_facts() -> dict:
+    """The recorded file with each network's `grad_facts` added, computed from gradients whose digests equal
+    the recorded ones; refuses (SystemExit) where any recorded entry does not come out bit for bit here."""
+    record = torch.load(OUT, weights_only=False)
+    for name, kwargs in NETWORKS.items():
+        got = record_network(name, kwargs)
+        kept = {k: v for k, v in record[name].items() if k != "grad_facts"}
+        if not same_bits({k: got[k] for k in kept}, kept):
+            raise SystemExit(f"{name}: this machine does not reproduce the record bit for bit; nothing written")
+        record[name] = {**kept, "grad_facts": got["grad_facts"]}
+    if not same_bits(record_module_generate(), record["module_generate"]):
+        raise SystemExit("module_generate: this machine does not reproduce the record bit for bit; nothing written")
+    return record
+
+
 if __name__ == "__main__":
-    record = {name: record_network(name, kwargs) for name, kwargs in NETWORKS.items()}
-    record["module_generate"] = record_module_generate()
+    torch.set_num_threads(1)  # the thread count the record holds at (tests/test_edm_regression.py)
+    if sys.argv[1:] == ["--add-grad-facts"]:
+        record = add_grad_facts()
+    else:
+        record = {name: record_network(name, kwargs) for name, kwargs in NETWORKS.items()}
+        record["module_generate"] = record_module_generate()
     tmp = OUT.with_suffix(".tmp")
     torch.save(record, tmp)
     tmp.replace(OUT)

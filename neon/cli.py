@@ -116,26 +116,25 @@ def _job(cfg: DictConfig, checked: bool = False) -> float | None:
 _run = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_job)
 
 
-def run_composed(cfg: DictConfig) -> None:
-    """A single run on the config the pre-flight composed and checked, as Hydra's run mode runs it (run folder,
-    saved configs, job logging, callbacks), without composing it again."""
+def run_composed(cfg: DictConfig, app) -> None:
+    """A single run on the config the pre-flight composed and checked (with the Hydra composer `app`), as
+    Hydra's run mode runs it (run folder, saved configs, job logging, callbacks), without composing it again."""
     from hydra._internal.callbacks import Callbacks
     from hydra.core.utils import configure_log, run_job
     from hydra.types import HydraContext, RunMode
     from omegaconf import open_dict
 
-    with hydra_context(CONF_DIR) as hydra_app:
-        configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
-        with open_dict(cfg):  # as Hydra records a run whose mode no config set
-            cfg.hydra.mode = RunMode.RUN
-            cfg.hydra.overrides.hydra.append("hydra.mode=RUN")
-        callbacks = Callbacks(cfg)
-        callbacks.on_run_start(config=cfg, config_name="config")
-        ret = run_job(hydra_context=HydraContext(config_loader=hydra_app.config_loader, callbacks=callbacks),
-                      task_function=functools.partial(_job, checked=True), config=cfg, job_dir_key="hydra.run.dir",
-                      job_subdir_key=None, configure_logging=True)
-        callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
-        _ = ret.return_value  # the job's exception, if it raised one
+    configure_log(cfg.hydra.hydra_logging, cfg.hydra.verbose)
+    with open_dict(cfg):  # as Hydra records a run whose mode no config set
+        cfg.hydra.mode = RunMode.RUN
+        cfg.hydra.overrides.hydra.append("hydra.mode=RUN")
+    callbacks = Callbacks(cfg)
+    callbacks.on_run_start(config=cfg, config_name="config")
+    ret = run_job(hydra_context=HydraContext(config_loader=app.config_loader, callbacks=callbacks),
+                  task_function=functools.partial(_job, checked=True), config=cfg, job_dir_key="hydra.run.dir",
+                  job_subdir_key=None, configure_logging=True)
+    callbacks.on_run_end(config=cfg, config_name="config", job_return=ret)
+    _ = ret.return_value  # the job's exception, if it raised one
 
 
 _interrupted = False
@@ -152,19 +151,20 @@ def main() -> None:
     signal.signal(signal.SIGINT, _on_interrupt)
     _register_resolvers()
     try:
-        checked = preflight(sys.argv[1:])
-    except (NeonError, MissingMandatoryValue, InterpolationToMissingValueError) as exc:
-        print(f"neon: error: {user_error(exc)}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("neon: interrupted before the run started; nothing was written", file=sys.stderr)
-        sys.exit(130)
-    try:
-        if checked.cfg is not None:
-            run_composed(checked.cfg)
-        else:
-            sys.argv[1:] = checked.args
-            _run()
+        with hydra_context(CONF_DIR) as app:  # one composer: the pre-flight's composition is the run's
+            try:
+                checked = preflight(sys.argv[1:], app=app)
+            except (NeonError, MissingMandatoryValue, InterpolationToMissingValueError) as exc:
+                print(f"neon: error: {user_error(exc)}", file=sys.stderr)
+                sys.exit(2)
+            except KeyboardInterrupt:
+                print("neon: interrupted before the run started; nothing was written", file=sys.stderr)
+                sys.exit(130)
+            if checked.cfg is not None:
+                run_composed(checked.cfg, app)
+                return
+        sys.argv[1:] = checked.args  # a sweep (Hydra composes each job) or one of Hydra's own flags
+        _run()
     except KeyboardInterrupt:  # during Hydra's own start-up or shutdown, outside the task
         print("neon: interrupted; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)

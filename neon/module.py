@@ -151,6 +151,13 @@ class NeonModule(nn.Module):
         """Weights of the sampling network from a file of any format `neon.readers` reads."""
         return read_weights(path)
 
+    @classmethod
+    def spec_for_checkpoint(cls, spec: dict[str, Any], path: str | Path, shape_from_checkpoint: bool) -> dict[str, Any]:
+        """The constructor settings to build the module with when `path` will be loaded into it: a checkpoint
+        that records its own architecture (an EDM snapshot) gives it here, so the module is built once, as the
+        checkpoint needs it (by default: `spec` unchanged)."""
+        return spec
+
     def write_native(self, state: StateDict, out: Path) -> Path | None:
         """θ = `state` in the family's own loadable layout at `out` (diffusers: a pipeline folder), or None for
         families whose weights file is all there is."""

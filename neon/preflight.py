@@ -5,6 +5,7 @@ a bad command line stops in one line before any network is built or any file wri
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 import tempfile
@@ -46,13 +47,14 @@ class Checked:
     cfg: DictConfig | None
 
 
-def preflight(args: list[str], conf_dir: Path = CONF_DIR) -> Checked:
+def preflight(args: list[str], conf_dir: Path = CONF_DIR, app: Any = None) -> Checked:
     """Every check `neon ARGS` makes before any work, in the command's order; a NeonError names what to fix.
-    A sweep is checked as its first job (its other jobs check themselves as they start)."""
+    A sweep is checked as its first job (its other jobs check themselves as they start). `app`: the Hydra
+    composer to use (the command's own; by default one over `conf_dir`)."""
     check_override_syntax(args)
     check_overrides(args, conf_dir)
     firsts = {a: _first_choice(a) for a in _overrides(args)}
-    with hydra_context(conf_dir) as hydra:
+    with contextlib.nullcontext(app) if app is not None else hydra_context(conf_dir) as hydra:
         args, cfg = compose_checked(hydra, args, firsts)
     check_writable(args)
     if None not in firsts.values():  # an interval's value is the sweeper's to choose: its jobs are checked then
@@ -154,10 +156,9 @@ def check_overrides(args: list[str], conf_dir: Path = CONF_DIR) -> None:
 
 def check_override_syntax(args: list[str]) -> None:
     """Parse every override as Hydra will, and say in one line which one cannot be read and how to write it."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    parser = OverridesParser.create()
+    parser = _parser()
     for arg in args:
         if arg.startswith("-") or "=" not in arg:
             continue
@@ -166,6 +167,13 @@ def check_override_syntax(args: list[str]) -> None:
         except OverrideParseException as exc:
             reason = str(exc).strip().splitlines()[0]
             raise NeonError(f"cannot read the override {arg!r} ({reason}): {_syntax_hint(arg)}") from None
+
+
+@functools.cache
+def _parser() -> Any:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()  # building the grammar's parser is the costly part: once per process
 
 
 def _syntax_hint(arg: str) -> str:
@@ -227,9 +235,7 @@ def check_writable(args: list[str]) -> None:
 
 def _first_choice(arg: str) -> str | None:
     """`key=a,b` (a sweep) as `key=a`, its first job; None where the sweeper picks the values (an interval)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    override = OverridesParser.create().parse_override(arg)
+    override = _parser().parse_override(arg)
     if not override.is_sweep_override():
         return arg
     try:

@@ -155,11 +155,12 @@ class Run:
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(want)
 
-    def build_module(self) -> NeonModule:
-        """The family's module (a NeonModule), with fresh weights."""
+    def build_module(self, spec: dict[str, Any] | None = None) -> NeonModule:
+        """The family's module (a NeonModule) from the model config (or `spec`, its constructor settings), with
+        fresh weights."""
         from neon.module import NeonModule
 
-        module = instantiate(model_spec(self.cfg))
+        module = instantiate(model_spec(self.cfg) if spec is None else spec)
         if not isinstance(module, NeonModule):
             raise NeonError(f"model._target_ {self.cfg.model._target_} is not a NeonModule family")
         return module

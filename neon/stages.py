@@ -30,10 +30,10 @@ from neon.metrics.build import build_extractor, extractor_key
 from neon.metrics.evaluate import release_features, sample_features
 from neon.metrics.reference import Reference, load_reference
 from neon.metrics.scores import compute_scores, summarize_seed_sets
-from neon.module import NeonModule
+from neon.module import NeonModule, family_of
 from neon.output_twin import OutputTwin, build_twin
 from neon.release import ReleaseSampling
-from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
+from neon.runtime import Run, is_auto_w, log, merge_ws, model_spec, plain, positive_int
 
 if TYPE_CHECKING:
     from neon.data.synthetic import SyntheticDataModule
@@ -94,16 +94,20 @@ def pretrain_into(run: Run, out_dir: Path) -> None:
 def load_base(run: Run, shape_from_checkpoint: bool = False) -> tuple[NeonModule, str, Path]:
     """The family module holding θ_r, θ_r's digest and file: `model.checkpoint`, else a (cached) pretrain;
     `shape_from_checkpoint` (tasks that never meet the data): the checkpoint's recorded data shape wins."""
-    module = run.build_module()
-    module.shape_from_checkpoint = shape_from_checkpoint
     checkpoint = run.cfg.model.get("checkpoint")
     if not checkpoint and run.cfg.model.get("pretrain") is None:
         raise NeonError("this model has no pretraining recipe here: give model.checkpoint=PATH (θ_r, e.g. the "
                         "released snapshot)")
     if checkpoint:
+        # built as the checkpoint needs it (a snapshot brings its architecture), then loaded
+        module = run.build_module(family_of(run.cfg.model).spec_for_checkpoint(
+            model_spec(run.cfg), checkpoint, shape_from_checkpoint))
+        module.shape_from_checkpoint = shape_from_checkpoint
         module.load_checkpoint(checkpoint)
         path = Path(checkpoint)
     else:
+        module = run.build_module()
+        module.shape_from_checkpoint = shape_from_checkpoint
         key = {"model": run.model_key(), "data": plain(run.cfg.data),
                "steps": plain(run.cfg.model.pretrain), "seed": run.cfg.seed, **training_threads(run)}
         folder, built = run.cache.get_or_build("pretrain", key, lambda work: pretrain_into(run, work), collective=True)

@@ -52,7 +52,7 @@ def command_stops(args: list[str], monkeypatch, capsys) -> str:
     """stderr of `neon ARGS` run in-process through the command's own main(), which must exit 2 before any
     run starts (neither the composed run nor Hydra's entry is reached)."""
     started = []
-    monkeypatch.setattr(cli, "run_composed", lambda cfg: started.append("run"))
+    monkeypatch.setattr(cli, "run_composed", lambda cfg, app: started.append("run"))
     monkeypatch.setattr(cli, "_run", lambda: started.append("hydra"))
     monkeypatch.setattr(sys, "argv", ["neon", *args])
     previous = signal.getsignal(signal.SIGINT)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -55,3 +56,23 @@ def test_sample_takes_the_shape_from_the_snapshot(tmp_path: Path, rgb_unconditio
     module.load_checkpoint(rgb_unconditional)
     x, y = module.eval().generate([0, 1, 2], instantiate(cfg.sampler))
     assert y is None and np.array_equal(module.export_samples(x), np.load(summary["out"])["arr_0"])
+
+
+def test_a_snapshot_is_read_once_and_only_its_network_is_built(tmp_path: Path, rgb_unconditional: Path, monkeypatch):
+    """θ_r from a snapshot of another architecture: the module is built once, with the snapshot's settings (the
+    config's network, e.g. a 64×64 DDPM++, is never built), and the file is read once."""
+    from neon.families.edm import module as edm_module
+    from neon.runtime import Run
+    from neon.stages import load_base
+
+    built, reads = [], []
+    build, read = edm_module.build_network, edm_module.read_snapshot
+    monkeypatch.setattr(edm_module, "build_network", lambda network: built.append(dict(network)) or build(network))
+    monkeypatch.setattr(edm_module, "read_snapshot", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
+    cfg = _cfg(tmp_path, "task=sample", "model=edm_ffhq64_ddpmpp_uncond", f"model.checkpoint={rgb_unconditional}")
+    module, _, _ = load_base(Run.from_config(cfg), shape_from_checkpoint=True)
+    assert [b["img_resolution"] for b in built] == [8] and built[0]["model_channels"] == TINY_DDPMPP["model_channels"]
+    assert [Path(r) for r in reads] == [rgb_unconditional]
+    assert module.network_kwargs["model_channels"] == TINY_DDPMPP["model_channels"]
+    written = read(rgb_unconditional).state_dict
+    assert all(torch.equal(module.net.state_dict()[k], v) for k, v in written.items())

@@ -138,39 +138,79 @@ class EDMModule(NeonModule):
         """Official `*.pkl` snapshots (their `ema` network) as well as safetensors and torch files."""
         if Path(path).suffix != ".pkl":
             return super().read_checkpoint(path)
-        return self._checked_snapshot(path).state_dict
+        return _checked_snapshot(path, self.network_kwargs, self.shape_from_checkpoint).state_dict
+
+    @classmethod
+    def spec_for_checkpoint(cls, spec: dict[str, Any], path: str | Path, shape_from_checkpoint: bool) -> dict[str, Any]:
+        """An official snapshot brings its architecture: the module is built with it at once (building the
+        config's network first, a 64×64 DDPM++ and its EMA copy, would cost seconds for nothing)."""
+        if Path(path).suffix != ".pkl":
+            return spec
+        network = plain_kwargs(spec["network"])
+        snap = _checked_snapshot(path, network, shape_from_checkpoint, keep=True)
+        return {**spec, "network": _adopted(path, snap, network)}
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Load θ; an official snapshot also brings its architecture (rebuilt from its recorded kwargs)."""
         if Path(path).suffix == ".pkl":
-            snap = self._checked_snapshot(path)
-            adopted = {"precond": snap.class_name, **snap.init_kwargs}
-            changed = sorted(k for k in adopted if not _same(adopted[k], self.network_kwargs.get(k, adopted[k])))
-            changed += sorted(k for k in self.network_kwargs if k not in adopted and k != "precond")
-            if changed:
-                log.info("snapshot '%s' sets the architecture: %s", path,
-                         ", ".join(f"{k}={adopted.get(k, '(default)')!r}" for k in changed))
-                self._rebuild(plain_kwargs(adopted))
+            snap = _checked_snapshot(path, self.network_kwargs, self.shape_from_checkpoint)
+            adopted = _adopted(path, snap, self.network_kwargs)
+            if adopted != self.network_kwargs:
+                self._rebuild(adopted)
+            self.load_neon_weights(snap.state_dict, source=f"checkpoint '{path}'")
+            return
         super().load_checkpoint(path)
-
-    def _checked_snapshot(self, path: str | Path) -> Snapshot:
-        snap = read_snapshot(path, what="EDM snapshot")
-        want = self.network_kwargs.get("precond", "EDMPrecond")
-        if snap.class_name != want:
-            raise NeonError(f"snapshot '{path}' holds a {snap.class_name} network but model.network.precond is {want}")
-        for key in _IDENTITY_KEYS:
-            if key in snap.init_kwargs and key in self.network_kwargs and not _same(snap.init_kwargs[key], self.network_kwargs[key]):
-                if self.shape_from_checkpoint:  # the file is the truth where no data is involved
-                    log.info("snapshot '%s' records %s=%r (the config says %r): taken from the snapshot", path, key,
-                             snap.init_kwargs[key], self.network_kwargs[key])
-                    continue
-                raise NeonError(
-                    f"snapshot '{path}' was built with {key}={snap.init_kwargs[key]!r} but the model config says "
-                    f"{key}={self.network_kwargs[key]!r}: set model.network.{key} to match the snapshot"
-                )
-        return snap
 
     def _rebuild(self, network: dict[str, Any]) -> None:
         self.network_kwargs = network
         self.replace_net(build_network(network))
         self.num_classes = self.net.label_dim
+
+
+# the snapshot `spec_for_checkpoint` read, kept for the load that follows it: a release is read once
+_KEPT: dict[tuple[str, int, int], Snapshot] = {}
+
+
+def _snapshot(path: str | Path, keep: bool = False) -> Snapshot:
+    stat = Path(path).stat() if Path(path).is_file() else None
+    key = (str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size) if stat else None
+    snap = _KEPT.pop(key, None) if key else None
+    if snap is None:
+        snap = read_snapshot(path, what="EDM snapshot")
+    _KEPT.clear()
+    if keep and key:
+        _KEPT[key] = snap
+    return snap
+
+
+def _checked_snapshot(path: str | Path, network: Mapping[str, Any], shape_from_checkpoint: bool,
+                      keep: bool = False) -> Snapshot:
+    """The snapshot at `path`, refused in one line where its preconditioning or data shape is not the config's
+    (the data shape is taken from the file with `shape_from_checkpoint`)."""
+    snap = _snapshot(path, keep)
+    want = network.get("precond", "EDMPrecond")
+    if snap.class_name != want:
+        raise NeonError(f"snapshot '{path}' holds a {snap.class_name} network but model.network.precond is {want}")
+    for key in _IDENTITY_KEYS:
+        if key in snap.init_kwargs and key in network and not _same(snap.init_kwargs[key], network[key]):
+            if shape_from_checkpoint:  # the file is the truth where no data is involved
+                log.info("snapshot '%s' records %s=%r (the config says %r): taken from the snapshot", path, key,
+                         snap.init_kwargs[key], network[key])
+                continue
+            raise NeonError(
+                f"snapshot '{path}' was built with {key}={snap.init_kwargs[key]!r} but the model config says "
+                f"{key}={network[key]!r}: set model.network.{key} to match the snapshot"
+            )
+    return snap
+
+
+def _adopted(path: str | Path, snap: Snapshot, network: Mapping[str, Any]) -> dict[str, Any]:
+    """The network settings the snapshot records, logged where they differ from `network`."""
+    adopted = {"precond": snap.class_name, **snap.init_kwargs}
+    changed = sorted(k for k in adopted if not _same(adopted[k], network.get(k, adopted[k])))
+    changed += sorted(k for k in network if k not in adopted and k != "precond")
+    if not changed:
+        return dict(network)
+    log.info("snapshot '%s' sets the architecture: %s", path,
+             ", ".join(f"{k}={adopted.get(k, '(default)')!r}" for k in changed))
+    return plain_kwargs(adopted)

@@ -140,12 +140,14 @@ MUTATIONS: list[Mutation] = [
              "arr[r::world] = share[key]",
              "arr[r * len(share[key]):(r + 1) * len(share[key])] = share[key]",
              ["tests/test_guards.py::test_strided_shares_interleave_back_into_item_order"]),
-    # >>> RESERVED: the selection / held-out seed split of neon/tasks/pipeline.py, left to the engineer adding that
-    # split: its exact code, a broken version (e.g. held-out seeds overlapping the seeds that chose w) and the fast
-    # test that guards it, as
-    # Mutation("selection and held-out seeds are disjoint", "neon/tasks/pipeline.py", "<exact code>",
-    #          "<broken code>", ["tests/<file>::<its guarding test>"]),
-    # <<< RESERVED
+    # --- numbers that hold up: picks on the selection seeds, figures on disjoint held-out seeds
+    Mutation("held-out seeds are refused where they overlap the selection's", "neon/heldout.py",
+             "if a < end and first < b:", "if a < end and first < a:",
+             ["tests/test_heldout.py::test_overlapping_heldout_seeds_are_one_line_before_any_work"]),
+    Mutation("the picks are scored on the held-out seeds", "neon/tasks/pipeline.py",
+             "Evaluator(run, module, seed_offset=m.heldout_seed_offset,",
+             "Evaluator(run, module, seed_offset=m.seed_offset,",
+             ["tests/test_heldout.py::test_neon_reports_its_picks_on_heldout_seeds"]),
 ]
 
 

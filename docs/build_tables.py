@@ -26,6 +26,9 @@ def pages(root: Path) -> list[Path]:
     return [root / "README.md", *sorted(p for p in (root / "docs").rglob("*.md") if "upstream" not in p.parts)]
 
 
+STAGES = ["pretrain", "synthesize", "finetune", "merge", "evaluate"]  # the pipeline's order
+
+
 def fid(x: float | None) -> str:
     return "—" if x is None else f"{x:.4g}"
 
@@ -46,9 +49,9 @@ def table(rows: list[tuple]) -> str:
 def headline(r: dict) -> str:
     """One sentence: the held-out gain beside the metric's seed noise and the control's held-out gain."""
     noise, control = r.get("fid_noise"), r.get("fid_control_heldout")
-    text = (f"θ_neon at w = {r['w']} (B = {r['budget_steps']}) scores **{fid(r['fid_neon_heldout'])}** against "
-            f"θ_r's {fid(r['fid_base_heldout'])} on held-out sample seeds ({r['seeds_heldout']}, not those w was "
-            f"picked on): a gain of **{pct(r['gain_heldout'])}**")
+    text = (f"θ_neon at w = {r['w']} (B = {r['budget_steps']}) scores FID **{fid(r['fid_neon_heldout'])}** against "
+            f"θ_r's {fid(r['fid_base_heldout'])} over {r['metric']['num_samples']:,} samples on held-out seeds "
+            f"({r['seeds_heldout']}, not those w was picked on): a gain of **{pct(r['gain_heldout'])}**")
     if noise:
         text += f", where the metric's own seed noise (θ_r scored on other seeds) is {pct(noise['relative'])}"
     if control is not None:
@@ -72,8 +75,12 @@ def heldout(r: dict) -> str:
     text = table(rows)
     if r.get("fid_noise"):
         noise = r["fid_noise"]
-        text += (f"\n\nSeed noise: θ_r scores {fid(noise['fid_base_reseeded'])} on a third set of seeds "
-                 f"({pct(noise['relative'])} from {fid(r['fid_base'])}).")
+        text += (f"\n\nThe metric's seed noise: θ_r scores {fid(noise['fid_base_reseeded'])} on another seed set "
+                 f"(`metrics.noise_seed_offset`), {pct(noise['relative'])} from {fid(r['fid_base'])}.")
+    if r.get("seconds"):
+        order = sorted(r["seconds"], key=lambda k: STAGES.index(k) if k in STAGES else len(STAGES))
+        stages = ", ".join(f"{stage} {r['seconds'][stage]:.1f} s" for stage in order)
+        text += f"\n\nSeconds per stage (the run's `seconds`): {stages}."
     return text
 
 

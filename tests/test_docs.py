@@ -1,0 +1,93 @@
+"""The figures in README.md and docs/ come from the results recorded under docs/results/ (docs/record.py) and
+are written into the pages by docs/build_tables.py; a page that differs from what the records generate fails.
+The pages describe the software and what was measured; its history is in CHANGELOG.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"docs_{name}", ROOT / "docs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_tables = load("build_tables")
+record = load("record")
+
+
+def test_the_pages_are_what_the_records_generate(capsys):
+    assert build_tables.main(["--check"]) == 0, capsys.readouterr().out
+
+
+def test_a_hand_edited_figure_is_caught(tmp_path: Path, capsys):
+    shutil.copytree(ROOT / "docs" / "results", tmp_path / "docs" / "results")
+    page = (ROOT / "README.md").read_text()
+    blocks = list(build_tables.BLOCK.finditer(page))
+    assert blocks, "README.md has no generated block"
+    for block in blocks:  # in each block, the last digit of a figure (its longest, above the provenance) changed
+        body = block.group(4).split("<sub>")[0]
+        figure = max(re.finditer(r"\d+\.\d+", body), key=lambda m: len(m.group()))
+        at = block.start(4) + figure.end() - 1
+        edited = page[:at] + str((int(page[at]) + 1) % 10) + page[at + 1:]
+        (tmp_path / "README.md").write_text(edited)
+        assert build_tables.main(["--check", "--root", str(tmp_path)]) == 1
+        line = edited[edited.rfind("\n", 0, at) + 1:edited.find("\n", at)]
+        assert f"-{line}" in capsys.readouterr().out.splitlines()  # the diff shows the edited line
+        assert build_tables.main(["--root", str(tmp_path)]) == 0  # regenerated: the recorded figure is back
+        assert (tmp_path / "README.md").read_text() == page
+        assert build_tables.main(["--check", "--root", str(tmp_path)]) == 0
+
+
+def test_every_block_names_a_recorded_result_and_a_view():
+    blocks = [m for p in build_tables.pages(ROOT) for m in build_tables.BLOCK.finditer(p.read_text())]
+    assert blocks
+    for m in blocks:
+        assert (ROOT / "docs" / "results" / f"{m.group(2)}.json").is_file() and m.group(3) in build_tables.VIEWS
+
+
+def test_record_keeps_the_run_and_its_provenance(tmp_path: Path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=1\n- neon.w=[0.0,1.0]\n")
+    (run / "config_resolved.yaml").write_text("seed: 1\nthreads: null\n")
+    (run / "cli.log").write_text("[2026-12-07][neon.threads][INFO] - threads: 2 (2 cores / 1 process)\n")
+    (run / "summary.json").write_text(json.dumps({"task": "neon", "fid_base": 6.2}))
+    path = record.record("probe", run, results=tmp_path / "results")
+    saved = json.loads(path.read_text())
+    assert saved["result"] == {"task": "neon", "fid_base": 6.2}
+    prov = saved["provenance"]
+    assert prov["command"] == "neon seed=1 'neon.w=[0.0,1.0]'" and prov["config"] == {"seed": 1, "threads": None}
+    assert (prov["threads"], prov["threads_source"]) == (2, "cli.log (2 cores / 1 process)")
+    assert re.fullmatch(r"[0-9a-f]{40}", prov["commit"]) and isinstance(prov["dirty"], bool)
+    assert prov["cpu"]["model"] and prov["cores"] >= 1 and prov["torch"] and prov["finished"] and prov["recorded"]
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["probe.json"]  # no temporary file left
+
+
+def test_a_bench_result_needs_its_command(tmp_path: Path):
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"settings": {"threads": 1}, "ratio": 0.6}))
+    with pytest.raises(SystemExit, match="--command"):
+        record.record("bench", bench, results=tmp_path / "results")
+    saved = json.loads(record.record("bench", bench, "python bench/x.py", tmp_path / "results").read_text())
+    assert saved["provenance"]["threads_source"] == "the result's settings.threads"
+
+
+def test_the_pages_hold_no_development_history():
+    history = re.compile(r"this stop|was lent|earlier machine|slower .*machine|before (them|the fix)|after this stop",
+                         re.I)
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    found = [f"{p.relative_to(ROOT)}:{i}: {line}" for p in pages
+             for i, line in enumerate(p.read_text().splitlines(), 1) if history.search(line)]
+    assert not found, "history belongs in CHANGELOG.md:\n" + "\n".join(found)
+    assert (ROOT / "CHANGELOG.md").is_file()

@@ -27,7 +27,9 @@ def heldout_spans(cfg: DictConfig) -> dict[str, tuple[int, int]] | None:
         return None
     sets = 1 if m.get("seed_sets") is None else positive_int(m.seed_sets, "metrics.seed_sets")
     n = positive_int(m.num_samples, "metrics.num_samples")
-    heldout_n = positive_int(m.get("heldout_num_samples") or n, "metrics.heldout_num_samples")
+    task = cfg.get("task") or {}  # task=search scores its pick at task.final_num_samples
+    heldout_n = positive_int(task.get("final_num_samples") or m.get("heldout_num_samples") or n,
+                             "metrics.heldout_num_samples")
     spans = {"metrics.seed_offset": seed_span(m.seed_offset, n, sets)}
     auto = cfg.neon.get("auto")
     if str(cfg.neon.get("w")) == "auto" and auto is not None and auto.get("seed_offset") is not None:

@@ -202,7 +202,9 @@ def search_table(summary: dict) -> str:
     if "fid_base_tuned" in summary:
         rows.append(row("θ_r at its tuned guidance", summary["cfg_base_tuned"], 0.0, summary["fid_base_tuned"]))
     rows.append(row(f"θ_neon (B = {summary['budget_steps']})", summary.get("cfg"), summary["w"], summary["fid_neon"]))
-    return markdown_table(rows)
+    where = (f"picked on seeds {summary['seeds_selection']}; these scores on the held-out seeds "
+             f"{summary['seeds_heldout']}" if summary.get("seeds_heldout") else "picked and scored on the same seeds")
+    return markdown_table(rows) + f"\n({where})"
 
 
 def write_guidance_curve(out: Path, summary: dict) -> list[Path]:

@@ -76,4 +76,11 @@ def check_search_summary(summary: dict, ws: list[float], refine_step: float = 0.
     assert (base["budget_steps"], base["cfg"], base["w"], base["num_samples"]) == (
         pick["budget_steps"], pick["cfg"], 0.0, final_num_samples or small)
     assert summary["fid_base"] == base["fid"]
+    if summary.get("seeds_heldout"):  # the pick's final scores on seeds none of the picks was made on
+        assert final_num_samples and final["seeds"] == base["seeds"] == summary["seeds_heldout"]
+        first, last = (int(x) for x in summary["seeds_heldout"].split("-"))
+        for p in (*coarse, *refined):
+            a, b = (int(x) for x in p["seeds"].split("-"))
+            assert b < first or a > last, (p, summary["seeds_heldout"])
+        assert summary["fid_neon_heldout"] == summary["fid_neon"] and summary["fid_base_heldout"] == summary["fid_base"]
     return coarse

@@ -36,8 +36,10 @@ def test_search_reports_the_base_tuned_over_the_same_guidance(tmp_path: Path, sh
     # the table and the plot show all three
     table = search_table(summary)
     assert table in capsys.readouterr().out
-    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == [
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:-1]] == [
         "θ_r at θ_neon's guidance", "θ_r at its tuned guidance", f"θ_neon (B = {summary['budget_steps']})"]
+    assert table.splitlines()[-1] == (f"(picked on seeds {summary['seeds_selection']}; these scores on the held-out "
+                                      f"seeds {summary['seeds_heldout']})")
     assert f"{summary['fid_base_tuned']:.4g}" in table
     rows = list(csv.DictReader((tmp_path / "run" / "guidance_curve.csv").open()))
     assert [float(r["cfg"]) for r in rows] == [0.9, 1.0, 1.1]

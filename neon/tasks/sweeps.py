@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from neon.auto_w import choose_w
 from neon.distributed import is_main
 from neon.errors import NeonError
+from neon.heldout import relative_gain
 from neon.io import StateDict, write_json
 from neon.release import ReleaseSampling
 from neon.report import search_table, w_label, write_guidance_curve
@@ -68,15 +69,22 @@ def run_search(cfg: DictConfig) -> dict:
     loaded: dict[int, StateDict] = {}
     points: list[dict] = []
 
-    def score(budget: int, cfg_value, w: float, num_samples: int | None = None) -> float:
+    heldout = cfg.metrics.get("heldout_seed_offset")
+    # the pick's final scores: on the held-out seeds where they are set (the figures to report), else on the
+    # search's own seeds at task.final_num_samples
+    final_n = t.get("final_num_samples") or (cfg.metrics.get("heldout_num_samples") if heldout is not None else None)
+    final = {"num_samples": final_n, "seed_offset": heldout} if final_n or heldout is not None else None
+
+    def score(budget: int, cfg_value, w: float, num_samples: int | None = None, seed_offset: int | None = None) -> float:
         overrides = {t.cfg_key: cfg_value} if cfg_value is not None else None
-        evaluator = Evaluator(run, front.module, num_samples=num_samples, sampler_overrides=overrides, release=release)
+        evaluator = Evaluator(run, front.module, num_samples=num_samples, sampler_overrides=overrides, release=release,
+                              seed_offset=seed_offset)
         if budget not in loaded:
             loaded[budget] = front.theta_s(budget)
         with run.stage("evaluate"):
             result = evaluator.score(front.merge.merged(loaded[budget], w))
         points.append({"budget_steps": budget, "cfg": cfg_value, "w": w, "fid": result["fid"],
-                       "num_samples": evaluator.num_samples})
+                       "num_samples": evaluator.num_samples, "seeds": f"{evaluator.seeds[0]}-{evaluator.seeds[-1]}"})
         if is_main():
             write_json(run.out / "search.json", {"points": points})  # progress, readable while it runs
         return result["fid"]
@@ -97,9 +105,8 @@ def run_search(cfg: DictConfig) -> dict:
     for dw in (-float(t.refine_step), float(t.refine_step)):
         refined[(b, c, round(w + dw, 6))] = score(b, c, round(w + dw, 6))
     (b, c, w), fid_small = min(refined.items(), key=lambda kv: kv[1])
-    final_n = t.get("final_num_samples")
-    fid_final = score(b, c, w, num_samples=final_n) if final_n else fid_small
-    fid_base = score(b, c, 0.0, num_samples=final_n) if final_n else score(b, c, 0.0)
+    fid_final = score(b, c, w, **final) if final else fid_small
+    fid_base = score(b, c, 0.0, **final) if final else score(b, c, 0.0)
     summary = {"task": "search", "fid_base": fid_base, "fid_neon": fid_final, "fid_search": fid_small, "w": w,
                "budget_steps": b, "cfg_key": t.get("cfg_key"), "cfg": c, "points": points,
                "tolerance": float(t.tolerance), "theta_r": str(front.base_path),
@@ -111,12 +118,18 @@ def run_search(cfg: DictConfig) -> dict:
         base_curve = {value: score(b, value, 0.0) for value in cfg_values}
         c_base = min(cfg_values, key=lambda value: base_curve[value])
         summary.update({
-            "fid_base_tuned": score(b, c_base, 0.0, num_samples=final_n) if final_n else base_curve[c_base],
+            "fid_base_tuned": score(b, c_base, 0.0, **final) if final else base_curve[c_base],
             "cfg_base_tuned": c_base,
             "base_cfg_curve": [{"cfg": value, "fid": base_curve[value]} for value in cfg_values],
             "neon_cfg_curve": [{"cfg": value, "fid": min(f for (_, cv, _), f in coarse.items() if cv == value)}
                                for value in cfg_values],
         })
+    if heldout is not None:  # fid_neon, fid_base and fid_base_tuned above are the held-out figures
+        summary.update({"fid_base_heldout": fid_base, "fid_neon_heldout": fid_final,
+                        "gain_heldout": relative_gain(fid_base, fid_final), "seeds_heldout": points[-1]["seeds"],
+                        "seeds_selection": points[0]["seeds"]})
+        if "fid_base_tuned" in summary:
+            summary["fid_base_tuned_heldout"] = summary["fid_base_tuned"]
     if is_main():
         write_json(run.out / "search.json", {"points": points, "chosen": {"budget_steps": b, "cfg": c, "w": w}})
         write_json(run.out / "summary.json", summary)

@@ -1,7 +1,8 @@
-"""S depends only on θ_r, the sampler and the seeds: not on batch size, workers, shards or ranks."""
+"""S depends only on θ_r, the sampler and the seeds: not on batch size, workers, threads, shards or ranks."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -22,6 +23,33 @@ SEEDS = list(range(100, 161))  # 61 samples: blocks and shards do not divide it 
 def toy() -> ToyDiffusion:
     torch.manual_seed(0)
     return ToyDiffusion().eval()
+
+
+class ThreadSensitive(ToyDiffusion):
+    """The toy with one parallel sum in its sampler: a sum of 2²⁰ numbers, which torch splits among its threads,
+    shifts every sample, so a sample's last bits follow the thread count of the process that computes it (the
+    toy's own products are too small to be split on some CPUs, large networks' are not)."""
+
+    def generate(self, seeds, sampler, labels=None):
+        x, y = super().generate(seeds, sampler, labels)
+        return x + (torch.arange(1 << 20, dtype=x.dtype) * 0.37).sin().sum(), y
+
+
+@pytest.fixture(scope="module")
+def sensitive() -> ThreadSensitive:
+    torch.manual_seed(0)
+    return ThreadSensitive().eval()
+
+
+@contextmanager
+def torch_threads(n: int):
+    """This process's torch threads set to n (whatever the suite's runner chose), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def sampler():
@@ -67,21 +95,51 @@ def test_shards_are_identical_across_shard_sizes_and_ranks(tmp_path: Path):
     assert sorted(p.name for p in (tmp_path / "three").iterdir()) == [f"shard_0000{i}.pt" for i in range(4)]
 
 
+def test_the_thread_sensitive_toy_is_sensitive(sensitive):
+    # what makes the tests below able to fail: drawn without a fixed thread count, its S follows the threads
+    draws = {}
+    for n in (1, 2):
+        with torch_threads(n):
+            draws[n] = sensitive.generate(SEEDS, sampler())[0]
+    assert not torch.equal(draws[1], draws[2])
+
+
 @pytest.mark.parametrize("mode", ["shards", "stream"])
-def test_loader_batch_size_and_workers_do_not_change_S(toy, tmp_path: Path, mode: str):
-    write_synthetic_set(toy, sampler(), SEEDS, tmp_path / "s", block_size=8, shard_size=64, progress=False)
-    reference = by_seed([read_synthetic_set(tmp_path / "s").tensors])
-    for batch_size, workers in ((1, 0), (7, 0), (7, 2)):
-        if mode == "shards":
-            dm = SyntheticDataModule(batch_size, directory=tmp_path / "s", num_workers=workers)
-        else:
-            dm = SyntheticDataModule(batch_size, module=toy, sampler=sampler(), seeds=SEEDS, block_size=8,
-                                     num_workers=workers)
-        loader = dm.train_dataloader()
-        # shards: endless global batches, one epoch is its whole batches; a stream ends after S
-        got = by_seed(loader if mode == "stream" else islice(loader, len(SEEDS) // batch_size))
-        assert len(got) == (len(SEEDS) if mode == "stream" else len(SEEDS) // batch_size * batch_size)
-        assert all(torch.equal(got[s], reference[s]) for s in got), (batch_size, workers)
+def test_loader_batch_size_and_workers_do_not_change_S(sensitive, tmp_path: Path, mode: str):
+    # the main process runs two threads, a DataLoader worker one, whatever threads the test runner gave
+    with torch_threads(2):
+        write_synthetic_set(sensitive, sampler(), SEEDS, tmp_path / "s", block_size=8, shard_size=64,
+                            progress=False)
+        reference = by_seed([read_synthetic_set(tmp_path / "s").tensors])
+        for batch_size, workers in ((1, 0), (7, 0), (7, 2)):
+            if mode == "shards":
+                dm = SyntheticDataModule(batch_size, directory=tmp_path / "s", num_workers=workers)
+            else:
+                dm = SyntheticDataModule(batch_size, module=sensitive, sampler=sampler(), seeds=SEEDS, block_size=8,
+                                         num_workers=workers)
+            loader = dm.train_dataloader()
+            # shards: endless global batches, one epoch is its whole batches; a stream ends after S
+            got = by_seed(loader if mode == "stream" else islice(loader, len(SEEDS) // batch_size))
+            assert len(got) == (len(SEEDS) if mode == "stream" else len(SEEDS) // batch_size * batch_size)
+            assert all(torch.equal(got[s], reference[s]) for s in got), (batch_size, workers)
+
+
+def test_S_does_not_depend_on_the_thread_count_of_the_process_that_draws_it(sensitive, tmp_path: Path):
+    written, streamed = {}, {}
+    for n in (1, 2):
+        with torch_threads(n):
+            write_synthetic_set(sensitive, sampler(), SEEDS, tmp_path / str(n), block_size=8, shard_size=64,
+                                progress=False)
+            written[n] = read_synthetic_set(tmp_path / str(n)).tensors["x"]
+            loader = SyntheticDataModule(7, module=sensitive, sampler=sampler(), seeds=SEEDS, block_size=8).train_dataloader()
+            batches = []
+            for batch in loader:
+                # the draw fixes the threads for its blocks only: between them (the fine-tune's steps) they are n
+                assert torch.get_num_threads() == n
+                batches.append(batch["x"])
+            streamed[n] = torch.cat(batches)
+    assert torch.equal(written[1], written[2])
+    assert torch.equal(streamed[1], written[1]) and torch.equal(streamed[2], written[1])
 
 
 def test_interrupted_synthesis_resumes_missing_shards_only(toy, tmp_path: Path):

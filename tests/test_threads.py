@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 import neon.threads as threads
 from neon.errors import NeonError
-from neon.threads import apply_threads, choose_threads
+from neon.threads import apply_threads, choose_threads, fixed_threads
 
 
 def config(threads_value=None, ddp: bool = True, devices: int = 1, strategy: str | None = None):
@@ -65,6 +65,21 @@ def test_the_choice_is_applied_and_logged(eight_cores, caplog):
             assert apply_threads(config(), ranks=4) == 2
         assert torch.get_num_threads() == 2
         assert "threads: 2 (8 cores / 4 processes)" in caplog.text
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_fixed_threads_hold_inside_and_restore_the_process_count_even_on_error():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with fixed_threads() as n:
+            assert n == torch.get_num_threads() == 1  # S's draws: the count a DataLoader worker has
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), fixed_threads(3):
+            assert torch.get_num_threads() == 3
+            raise RuntimeError
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 

@@ -17,6 +17,7 @@ from neon.distributed import barrier, broadcast, rank_world
 from neon.errors import NeonError
 from neon.io import atomic_path
 from neon.module import NeonModule, Sampler
+from neon.threads import fixed_threads
 
 
 def _blocks(lo: int, hi: int, block_size: int) -> Iterator[range]:
@@ -27,6 +28,24 @@ def _blocks(lo: int, hi: int, block_size: int) -> Iterator[range]:
         end = min(hi, (start // block_size + 1) * block_size)
         yield range(start, end)
         start = end
+
+
+def draw_block(module: NeonModule, sampler: Sampler, seeds: Sequence[int], block: range,
+               class_balanced: bool) -> dict[str, torch.Tensor]:
+    """One block of S, the same bits whatever torch's thread count in the process that draws it.
+
+    A parallel matrix product or sum on the CPU splits its work by thread, so its last bits depend on the
+    thread count; the sampler then carries that difference through every step. The count differs between the
+    processes that draw S: a DataLoader worker runs one thread, the main process cores / processes (its
+    choice depends on the machine, DDP ranks and parallel sweep jobs), so a streamed S changed with
+    neon.synthetic.num_workers and a written one with the machine. Every block is therefore drawn on one
+    thread (`fixed_threads`): the count every worker has anyway, and the only one MKL honours on any machine.
+    That costs nothing in the workers nor on a GPU (the network's arithmetic runs there); it slows only a main
+    process that draws S on a multi-core CPU, which more workers (stream) or DDP ranks (cached: they share
+    the blocks) win back, with S unchanged. The thread count is restored after each block, never held
+    across a yield: the fine-tune's steps between blocks keep the process's threads."""
+    with fixed_threads():
+        return generate_block(module, sampler, seeds, block, class_balanced)
 
 
 def write_synthetic_set(
@@ -58,7 +77,7 @@ def write_synthetic_set(
                disable=not progress or rank != 0)
     for i in mine:
         path, block = blocks[i]
-        out = generate_block(module, sampler, seeds, block, class_balanced)
+        out = draw_block(module, sampler, seeds, block, class_balanced)
         with atomic_path(path) as tmp:
             torch.save(out, tmp)
         bar.update(len(block))
@@ -90,7 +109,7 @@ def read_synthetic_set(directory: str | Path) -> TensorItems:
 
 class SyntheticStream(IterableDataset):
     """S generated live from a frozen copy of θ_r, never stored. Worker k takes blocks k, k + W, ...;
-    every sample is the same as in the written shards, whatever the worker count."""
+    every sample is the same as in the written shards, whatever the worker count and threads (`draw_block`)."""
 
     def __init__(self, module: NeonModule, sampler: Sampler, seeds: Sequence[int], block_size: int, class_balanced: bool):
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
@@ -102,7 +121,7 @@ class SyntheticStream(IterableDataset):
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         for b, block in enumerate(_blocks(0, len(self.seeds), self.block_size)):
             if b % workers == worker:
-                out = generate_block(self.module, self.sampler, self.seeds, block, self.class_balanced)
+                out = draw_block(self.module, self.sampler, self.seeds, block, self.class_balanced)
                 for i in range(len(block)):
                     yield {k: v[i] for k, v in out.items()}
 

@@ -276,7 +276,7 @@ class BareLoop:
         for _ in range(steps):
             batch = {k: v.to(self.device) for k, v in self.data.items()}
             size = len(batch["x"])
-            noise = StepNoise(module.noise_seed, self.step, slice(0, size), size, self.device)
+            noise = StepNoise(0, self.step, slice(0, size), size, self.device)  # LightningNeon's default seed
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
                 loss = module.loss(batch, noise)
             if self.scaler is not None:

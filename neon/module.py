@@ -6,6 +6,7 @@ through `neon.training.LightningNeon`; tasks that only sample or score never imp
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import copy
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -55,37 +56,30 @@ class EMA:
             be.copy_(bn)
 
 
-class NeonModule(nn.Module):
-    """Base of every family: the contract. A family declares
+class NeonModule(nn.Module, metaclass=abc.ABCMeta):
+    """Base of every family: the contract (docs/adding-a-family.md). A family must declare
 
-    - `family`: its name in messages; `samplers`: {sampler config name (conf/sampler/<name>.yaml): the
-      sampler function}, the only samplers `generate` accepts; `diversity_seeking(settings)`: which of
-      those samplers' settings spread samples out (Neon's w > 0 then cannot help);
-    - `net` (θ; an `EMA` rule makes sampling and θ use its EMA copy), `network_kwargs` (the constructor
-      settings a checkpoint may change), `num_classes` (0: unconditional) and `image_shape`;
-    - `loss(batch, noise)` and `generate(seeds, sampler, labels)`;
-    - optionally `read_checkpoint(path)` (official release formats), `optimizer_params()` (parameter
-      groups) and a frozen latent space (`neon.families.latent_family.LatentImageModule`);
-    - for the output-space twin (`neon.compare=output`, neon/output_twin.py): `twin_outputs`, the methods of
-      the sampling network whose outputs are combined as (1 + w)·f(θ_r) − w·f(θ_s) (empty: no twin), and
-      `twin_state`, those that only manage per-network state (caches) and run on both networks. Every
-      other attribute a sampler reads must not depend on the weights (it is read from θ_r's copy)."""
+    - `family`, its name in messages, and `samplers`: {sampler config name (conf/sampler/<name>.yaml): the
+      sampler function}, the only samplers `generate` accepts;
+    - `image_shape`, `loss(batch, noise)` and `generate(seeds, sampler, labels)` (abstract here);
+    - `net` (θ; an `EMA` rule makes sampling and θ use its EMA copy) and `num_classes` (0: unconditional),
+      through this constructor.
+
+    It may override `diversity_seeking(settings)` (which sampler settings spread samples out), `build_net` and
+    `network_kwargs` (families built from constructor settings), `optimizer_params()` (parameter groups),
+    `spec_for_checkpoint` and `load_checkpoint` (checkpoints that bring their own architecture), and opt into
+    the capabilities below by inheriting them: `HasOutputTwin`, `HasReleaseSampling`, `HasNativeExport`,
+    `HasReleaseCheckpoints`. Run settings (the training noise's seed, the fine-tune's optimizer, ...) are the
+    run's, handed to the trainer (neon.training.TrainSettings), never written onto the family."""
 
     family: ClassVar[str] = "model"
     samplers: ClassVar[Mapping[str, Sampler]] = {}
     network_kwargs: dict[str, Any] | None = None  # families built from constructor settings set theirs
-    # Tasks that never meet the data (sample, export, evaluate of a checkpoint) set this: a checkpoint that
-    # records the network's data shape (resolution, channels, classes) then sets it, with a log line,
-    # instead of having to agree with the config.
-    shape_from_checkpoint: bool = False
     # `task=export format=release`: how the family's official scripts load a flat `.pth` state dict of the
     # sampling network (None: the release ships no such file, and only safetensors are written), and what
     # the model card says about the release's own format.
     release_pth: ClassVar[str | None] = None
     release_note: ClassVar[str] = ""
-    native_card_header: ClassVar[str] = ""  # opens the model card in `write_native`'s folder (e.g. YAML metadata)
-    twin_outputs: ClassVar[tuple[str, ...]] = ("forward",)
-    twin_state: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -100,8 +94,6 @@ class NeonModule(nn.Module):
         self.ema_rule = ema
         self.ema = copy.deepcopy(net).requires_grad_(False) if ema is not None else None
         self.num_classes = num_classes
-        self.noise_seed = 0  # seeds the training noise; the pipeline sets it from the run's seed
-        self.lr_warmup_steps = 0  # linear learning-rate warmup from 0 over this many steps (0: none)
 
     # --- what a family implements
     @classmethod
@@ -110,28 +102,20 @@ class NeonModule(nn.Module):
         raise NotImplementedError(f"{cls.__name__} is not built from model.network")
 
     @property
+    @abc.abstractmethod
     def image_shape(self) -> tuple[int, ...]:
         """The shape of one generated sample: (channels, height, width) for images, (features,) for points."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:
         """The family's own training loss on a batch (pretraining and fine-tuning use the same one); every
         random draw comes from `noise`, so it does not depend on the process count."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def generate(
         self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One sample per seed with `sampler`; returns (samples, labels or None)."""
-        raise NotImplementedError
-
-    def generate_release(self, release_seed: int, seeds: Sequence[int], batch_size: int, sampler: Sampler,
-                         labels: LabelSpec) -> Iterator[Draw]:
-        """`sample.rng=release`: len(seeds) samples, `batch_size` at a time, seeded as the family's official
-        script seeds them (from `release_seed`, or the seeds where the release seeds per image), with labels
-        given, drawn as the release draws them, or unconditional (docs/families/<family>.md)."""
-        raise NeonError(f"{self.family} has no release-mode sampling: use sample.rng=per_seed")
-        yield  # a generator, like the families' own
 
     @classmethod
     def diversity_seeking(cls, settings: Mapping[str, Any]) -> list[str]:
@@ -157,11 +141,6 @@ class NeonModule(nn.Module):
         that records its own architecture (an EDM snapshot) gives it here, so the module is built once, as the
         checkpoint needs it (by default: `spec` unchanged)."""
         return spec
-
-    def write_native(self, state: StateDict, out: Path) -> Path | None:
-        """θ = `state` in the family's own loadable layout at `out` (diffusers: a pipeline folder), or None for
-        families whose weights file is all there is."""
-        return None
 
     # --- shared behaviour
     @property
@@ -205,8 +184,10 @@ class NeonModule(nn.Module):
             self.ema = copy.deepcopy(net).requires_grad_(False).train(self.ema.training)
         self.net = net
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Read a checkpoint file and load it as θ."""
+    def load_checkpoint(self, path: str | Path, shape_from_checkpoint: bool = False) -> None:
+        """Read a checkpoint file and load it as θ. `shape_from_checkpoint` (tasks that never meet the data:
+        sample, export, evaluate): where the file records the network's data shape (resolution, channels,
+        classes), it is taken, with a log line, instead of having to agree with the config."""
         self.load_neon_weights(self.read_checkpoint(path), source=f"checkpoint '{path}'")
 
     @property
@@ -222,6 +203,52 @@ class NeonModule(nn.Module):
         return self.net.parameters()
 
 
+class HasOutputTwin:
+    """Opt-in: the output-space twin (`neon.compare=output`, neon/output_twin.py). `twin_outputs` names the
+    methods of the sampling network whose outputs are combined as (1 + w)·f(θ_r) − w·f(θ_s); `twin_state`
+    those that only manage per-network state (caches) and run on both networks. Every other attribute a
+    sampler reads must not depend on the weights (it is read from θ_r's copy)."""
+
+    twin_outputs: ClassVar[tuple[str, ...]] = ()
+    twin_state: ClassVar[tuple[str, ...]] = ()
+
+
+class HasReleaseSampling(abc.ABC):
+    """Opt-in: `sample.rng=release`, sampling seeded as the family's official script seeds it."""
+
+    @abc.abstractmethod
+    def generate_release(self, release_seed: int, seeds: Sequence[int], batch_size: int, sampler: Sampler,
+                         labels: LabelSpec) -> Iterator[Draw]:
+        """len(seeds) samples, `batch_size` at a time, seeded as the family's official script seeds them (from
+        `release_seed`, or the seeds where the release seeds per image), with labels given, drawn as the release
+        draws them, or unconditional (docs/families/<family>.md)."""
+
+
+class HasNativeExport(abc.ABC):
+    """Opt-in: θ (e.g. θ_neon) also written in the family's own loadable layout (diffusers: a pipeline folder)."""
+
+    native_card_header: ClassVar[str] = ""  # opens the model card in `write_native`'s folder (e.g. YAML metadata)
+
+    @abc.abstractmethod
+    def write_native(self, state: StateDict, out: Path) -> Path:
+        """θ = `state` in the family's own layout at `out`; returns the folder written."""
+
+
+class HasReleaseCheckpoints(abc.ABC):
+    """Opt-in: the family reads its official releases' checkpoint formats (beyond `neon.readers`' own)."""
+
+    @abc.abstractmethod
+    def read_checkpoint(self, path: str | Path) -> StateDict:
+        """Weights of the sampling network from a release file (or any file `neon.readers` reads)."""
+
+
+def release_sampling(module: NeonModule) -> HasReleaseSampling:
+    """`module` as a family with release-mode sampling, or a one-line error naming the way out."""
+    if not isinstance(module, HasReleaseSampling):
+        raise NeonError(f"{module.family} has no release-mode sampling: use sample.rng=per_seed")
+    return module
+
+
 def family_of(model_cfg: Mapping[str, Any]) -> type[NeonModule]:
     """The family class a model config builds (its `_target_`), without building it."""
     from hydra.utils import get_object
@@ -234,6 +261,11 @@ def family_of(model_cfg: Mapping[str, Any]) -> type[NeonModule]:
                         "neon.families.edm.EDMModule") from None
     if not (isinstance(cls, type) and issubclass(cls, NeonModule)):
         raise NeonError(f"model._target_ '{target}' is not a model family (a neon.module.NeonModule subclass)")
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    missing += [name for name in ("family", "samplers") if getattr(cls, name) == getattr(NeonModule, name)]
+    if missing:
+        raise NeonError(f"model._target_ '{target}' lacks the family contract's {', '.join(missing)} "
+                        "(neon.module.NeonModule; see docs/adding-a-family.md)")
     return cls
 
 

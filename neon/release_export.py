@@ -170,7 +170,8 @@ def model_card(*, family: str, model_name: str | None, files: dict[str, tuple[Pa
     """The `README.md` written next to the exported files: where θ came from and how it scored (`files` named
     relative to `root` when given; the merge recipe's row only where `recipe` was written beside them)."""
     title = f"{family}" + (f" (`model={model_name}`)" if model_name else "")
-    lines = [module_cls.native_card_header] if root is not None and module_cls.native_card_header else []
+    header = getattr(module_cls, "native_card_header", "")  # families with their own layout (HasNativeExport)
+    lines = [header] if root is not None and header else []
     lines += [f"# {'θ_neon' if parts else 'θ'}: {title}", ""]
     if parts and record:
         s = record.summary

@@ -67,14 +67,13 @@ def pretrain_into(run: Run, out_dir: Path) -> None:
     checkpoint of an interrupted attempt (written every `resume_every_steps`)."""
     import lightning as L  # only where a stage trains: tasks that sample or score never import it
 
-    from neon.training import LightningNeon, ResumableCheckpoint
+    from neon.training import LightningNeon, ResumableCheckpoint, TrainSettings
 
     cfg = run.cfg
     steps = positive_int(cfg.model.pretrain.steps, "model.pretrain.steps")
     every = positive_int(cfg.get("resume_every_steps") or steps, "resume_every_steps")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = run.build_module()
-    module.noise_seed = cfg.seed
     loader = instantiate(cfg.data).train_dataloader()
     resume = out_dir / RESUME
     found = broadcast(resume.is_file() if is_main() else None)
@@ -85,7 +84,7 @@ def pretrain_into(run: Run, out_dir: Path) -> None:
         if isinstance(loader.sampler, GlobalBatchSampler):
             loader.sampler.start = done * int(cfg.trainer.get("accumulate_grad_batches") or 1)
     run.trainer(max_steps=steps, callbacks=[ResumableCheckpoint(resume, every)]).fit(
-        LightningNeon(module), train_dataloaders=loader, ckpt_path=str(resume) if found else None, weights_only=True)
+        LightningNeon(module, TrainSettings(noise_seed=cfg.seed)), train_dataloaders=loader, ckpt_path=str(resume) if found else None, weights_only=True)
     if is_main():
         save_state_dict(module.neon_weights(), out_dir / THETA_R)
         resume.unlink(missing_ok=True)  # done: the artifact holds θ_r alone
@@ -102,12 +101,10 @@ def load_base(run: Run, shape_from_checkpoint: bool = False) -> tuple[NeonModule
         # built as the checkpoint needs it (a snapshot brings its architecture), then loaded
         module = run.build_module(family_of(run.cfg.model).spec_for_checkpoint(
             model_spec(run.cfg), checkpoint, shape_from_checkpoint))
-        module.shape_from_checkpoint = shape_from_checkpoint
-        module.load_checkpoint(checkpoint)
+        module.load_checkpoint(checkpoint, shape_from_checkpoint)
         path = Path(checkpoint)
     else:
         module = run.build_module()
-        module.shape_from_checkpoint = shape_from_checkpoint
         key = {"model": run.model_key(), "data": plain(run.cfg.data),
                "steps": plain(run.cfg.model.pretrain), "seed": run.cfg.seed, **training_threads(run)}
         folder, built = run.cache.get_or_build("pretrain", key, lambda work: pretrain_into(run, work), collective=True)
@@ -140,6 +137,7 @@ def synthetic_key(run: Run, base_digest: str) -> dict[str, Any]:
         "seeds": [seeds[0], len(seeds)],
         "block_size": s.block_size,
         "class_balanced": s.class_balanced,
+        "draw_threads": 1,  # drawn one thread at a time (neon.threads.fixed_threads): the same S on any machine
     }
 
 
@@ -188,17 +186,15 @@ def finetune_module(run: Run, module: NeonModule, data, steps: int, callbacks: S
     """Fine-tune a copy of θ_r on `data` for `steps` optimizer steps with the family's own loss."""
     import lightning as L
 
-    from neon.training import LightningNeon
+    from neon.training import LightningNeon, TrainSettings
 
     cfg = run.cfg
     tuned = copy.deepcopy(module).cpu().train()
-    tuned.optimizer_factory = instantiate(cfg.neon.optimizer)
-    tuned.noise_seed = cfg.seed
-    tuned.lr_warmup_steps = int(cfg.neon.get("lr_warmup_steps", 0) or 0)
-    if not cfg.neon.get("finetune_ema", True):
-        tuned.ema = tuned.ema_rule = None  # θ_s is then the raw fine-tuned network
+    settings = TrainSettings(optimizer=instantiate(cfg.neon.optimizer), noise_seed=cfg.seed,
+                             lr_warmup_steps=int(cfg.neon.get("lr_warmup_steps", 0) or 0),
+                             ema=bool(cfg.neon.get("finetune_ema", True)))  # off: θ_s is the raw fine-tuned network
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run.trainer(max_steps=steps, callbacks=list(callbacks)).fit(LightningNeon(tuned), datamodule=data)
+    run.trainer(max_steps=steps, callbacks=list(callbacks)).fit(LightningNeon(tuned, settings), datamodule=data)
     return tuned
 
 

@@ -5,6 +5,8 @@ import Lightning, which costs seconds at every start."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +19,31 @@ from neon.module import Batch, NeonModule
 from neon.seeding import StepNoise
 
 
-class LightningNeon(L.LightningModule):
-    """Trains `family` (a NeonModule) in place: its own loss on globally seeded noise, its optimizer with the
-    linear warmup it asks for, and its EMA after every optimizer step. The state dict is the family's own, so a
-    Lightning checkpoint of this holds the same keys as the family module's."""
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a run trains a family, held by the run (never written onto the family): the optimizer (None: the
+    model config's own, `model.optimizer`), the seed of the training noise, a linear learning-rate warmup
+    (steps, 0: none) and whether the family's EMA is kept (off: θ is the raw trained network)."""
 
-    def __init__(self, family: NeonModule):
+    optimizer: Callable[..., torch.optim.Optimizer] | None = None
+    noise_seed: int = 0
+    lr_warmup_steps: int = 0
+    ema: bool = True
+
+
+class LightningNeon(L.LightningModule):
+    """Trains `family` (a NeonModule) in place with the run's `settings`: its own loss on globally seeded noise,
+    the optimizer with its warmup, and its EMA after every optimizer step. The state dict is the family's own,
+    so a Lightning checkpoint of this holds the same keys as the family module's."""
+
+    def __init__(self, family: NeonModule, settings: TrainSettings = TrainSettings()):
         super().__init__()
         self.family = family
+        self.settings = settings
 
     def neon_weights(self) -> StateDict:
-        """θ as Neon sees it (callbacks read it through here)."""
-        return self.family.neon_weights()
+        """θ as Neon sees it (callbacks read it through here): the raw network where the EMA is not kept."""
+        return self.family.neon_weights() if self.settings.ema else self.family.net.state_dict()
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return self.family.state_dict(*args, **kwargs)
@@ -41,7 +56,7 @@ class LightningNeon(L.LightningModule):
         self._batch_size = local = len(batch["x"])
         rank, world = self.trainer.global_rank, self.trainer.world_size
         # the global batch is the ranks' shares in rank order (GlobalBatchSampler), all of equal size
-        noise = StepNoise(family.noise_seed, self.global_step, slice(rank * local, (rank + 1) * local), local * world,
+        noise = StepNoise(self.settings.noise_seed, self.global_step, slice(rank * local, (rank + 1) * local), local * world,
                           self.device)
         loss = family.loss(batch, noise)
         # logging costs a sizeable share of a small network's step: only on the steps the logger keeps
@@ -53,17 +68,18 @@ class LightningNeon(L.LightningModule):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # here rather than in on_train_batch_end, so callbacks of that hook (snapshots) see the updated EMA
         family = self.family
-        if family.ema is not None:
+        if family.ema is not None and self.settings.ema:
             family.ema_rule.update(family.ema, family.net, batch_size=self._batch_size * self.trainer.world_size)
 
     def configure_optimizers(self):
         family = self.family
-        if family.optimizer_factory is None:
+        factory = self.settings.optimizer or family.optimizer_factory
+        if factory is None:
             raise NeonError("no optimizer configured: set model.optimizer (pretraining) or neon.optimizer")
-        optimizer = family.optimizer_factory(family.optimizer_params())
-        if not family.lr_warmup_steps:
+        optimizer = factory(family.optimizer_params())
+        if not self.settings.lr_warmup_steps:
             return optimizer
-        warmup = int(family.lr_warmup_steps)
+        warmup = int(self.settings.lr_warmup_steps)
         # step k (from 0) runs at lr·k/warmup, as a per-iteration linear warmup does
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: min(1.0, k / warmup))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

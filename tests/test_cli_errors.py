@@ -104,7 +104,12 @@ def test_a_mapping_replaces_a_list_default():
     assert merged.args == ["task=diagnose", "+task.real_data={seed: 1}"] and merged.cfg.task.real_data.seed == 1
 
 
-def test_current_stage_names_the_innermost_stage(tmp_path: Path):
+def test_current_stage_names_the_innermost_stage(tmp_path: Path, monkeypatch):
+    import neon.runtime
+
+    # this process's stage bookkeeping, fresh: an earlier test's error may have left a stage behind
+    monkeypatch.setattr(neon.runtime, "_ACTIVE_STAGES", [])
+    monkeypatch.setattr(neon.runtime, "_LEFT_BY_EXCEPTION", [])
     run = Run.__new__(Run)  # only the stage bookkeeping is used
     run.seconds = {}
     assert current_stage() == "start-up"

@@ -26,7 +26,7 @@ from neon.seeding import StepNoise
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
 # built and run in full; every other model is release-size and is built on the meta device
-TINY = {"toy2d", "ar2d", "edm_digits", "imm_tiny", "var_tiny", "xar_tiny", "diffusers_tiny"}
+TINY = {"toy2d", "ar2d", "edm_digits", "imm_tiny", "var_tiny", "xar_tiny", "diffusers_tiny", "example_flow"}
 # small release networks without a VAE that need a checkpoint: tests/test_pixel_configs.py samples them
 PIXELS = {"imm_pixels", "xar_pixels"}
 # built from a local pipeline folder (tests/test_diffusers.py builds and loads tiny ones)
@@ -69,6 +69,39 @@ def test_a_wrong_evaluation_sampler_is_refused_too(tmp_path: Path):
     cfg = compose_model("var_tiny", tmp_path, "+metrics.sampler._target_=neon.families.edm.heun_sampler")
     with pytest.raises(NeonError, match="heun_sampler is not a sampler of model var_tiny \\(VAR\\)"):
         check_samplers(cfg, {"model": "var_tiny", "sampler": "var"})
+
+
+class Unfinished(NeonModule):
+    """A family that forgot `generate` and its samplers."""
+
+    family = "unfinished"
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return (2,)
+
+    def loss(self, batch, noise):
+        return torch.zeros(())
+
+
+def test_a_family_lacking_a_required_member_is_one_line_naming_it():
+    with pytest.raises(NeonError) as err:
+        family_of({"_target_": f"{__name__}.Unfinished"})
+    message = str(err.value)
+    assert "\n" not in message and "lacks the family contract's generate, samplers" in message
+    assert sorted(NeonModule.__abstractmethods__) == ["generate", "image_shape", "loss"]
+    with pytest.raises(TypeError, match="generate"):  # built directly, Python names the member too
+        Unfinished(torch.nn.Linear(2, 2))
+
+
+def test_optional_capabilities_are_declared_not_inherited_by_default():
+    from neon.families.example_flow import ExampleFlow
+    from neon.module import HasNativeExport, HasOutputTwin, HasReleaseSampling, release_sampling
+
+    assert not issubclass(ExampleFlow, (HasOutputTwin, HasReleaseSampling, HasNativeExport))
+    module = ExampleFlow({"channels": 1, "resolution": 8, "num_classes": 0, "hidden": 8})
+    with pytest.raises(NeonError, match="example flow has no release-mode sampling: use sample.rng=per_seed"):
+        release_sampling(module)
 
 
 def test_a_model_target_that_is_no_family_is_one_line(tmp_path: Path):
@@ -157,10 +190,11 @@ def test_tiny_model_keeps_the_contract(name: str, tmp_path: Path):
     assert torch.equal(module.generate([5, 6, 7], sampler)[0], x)
 
     # the output-space twin (where the family has one) at w = 0 samples as θ_r does, bit for bit
-    for name in (*module.twin_outputs, *module.twin_state):
+    twin_outputs, twin_state = getattr(module, "twin_outputs", ()), getattr(module, "twin_state", ())
+    for name in (*twin_outputs, *twin_state):
         assert callable(getattr(module.own_sampling_net, name)), name
-    if module.twin_outputs:
-        twin = build_twin(module.own_sampling_net, theta_r, theta_s, 0.0, module.twin_outputs, module.twin_state)
+    if twin_outputs:
+        twin = build_twin(module.own_sampling_net, theta_r, theta_s, 0.0, twin_outputs, twin_state)
         with module.sampling_through(twin):
             assert torch.equal(module.generate([5, 6, 7], sampler)[0], x)
         assert twin.calls > 0 and twin.calls % 2 == 0

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from neon.io import StateDict, rename_keys
-from neon.module import Batch, NeonModule, Sampler, setting_above
+from neon.module import Batch, HasOutputTwin, HasReleaseCheckpoints, NeonModule, Sampler, setting_above
 from neon.readers import read_weights
 from neon.seeding import PerSampleRNG, StepNoise
 
@@ -58,7 +58,7 @@ def temperature_sampler(net: ARGaussian2D, noise: torch.Tensor, temperature: flo
     return torch.stack([x1, mu2 + log_std2.exp() * temperature * noise[:, 1]], dim=1)
 
 
-class ARToy(NeonModule):
+class ARToy(NeonModule, HasOutputTwin, HasReleaseCheckpoints):
     """The AR toy family: maximum likelihood, no EMA, unconditional."""
 
     family = "autoregressive toy"

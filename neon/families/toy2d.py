@@ -12,7 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from neon.io import StateDict, rename_keys
-from neon.module import Batch, NeonModule, Sampler, setting_below
+from neon.module import Batch, HasOutputTwin, HasReleaseCheckpoints, NeonModule, Sampler, setting_below
 from neon.readers import read_weights
 from neon.seeding import PerSampleRNG, StepNoise
 
@@ -64,7 +64,7 @@ def ddim(eps_fn: EpsFn, x: torch.Tensor, steps: int = 20, score_scale: float = 1
     return x
 
 
-class ToyDiffusion(NeonModule):
+class ToyDiffusion(NeonModule, HasOutputTwin, HasReleaseCheckpoints):
     """The toy family: ε-prediction MSE loss on a 1000-step cosine schedule, no EMA, unconditional."""
 
     family = "diffusion toy"

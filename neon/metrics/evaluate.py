@@ -13,7 +13,7 @@ from neon.data.blocks import generate_block
 from neon.distributed import gather_strided, rank_world
 from neon.errors import NeonError
 from neon.metrics.extractors import FeatureExtractor
-from neon.module import NeonModule, Sampler
+from neon.module import NeonModule, Sampler, release_sampling
 from neon.release import ReleaseSampling, check_label_count, resolve_labels
 
 
@@ -49,7 +49,7 @@ def release_features(module: NeonModule, sampler: Sampler, seeds: Sequence[int],
                         "in one process (trainer=cpu or trainer.devices=1)")
     labels = resolve_labels(release.labels, len(seeds), module.num_classes)
     check_label_count(labels, len(seeds))
-    draws = module.generate_release(release.release_seed, list(seeds), release.batch_size, sampler, labels)
+    draws = release_sampling(module).generate_release(release.release_seed, list(seeds), release.batch_size, sampler, labels)
     total = -(-len(seeds) // release.batch_size)
     return concat_features(extractor.extract(draw.samples)
                            for draw in tqdm(draws, desc="evaluate (release)", unit="batch", total=total,

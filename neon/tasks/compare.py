@@ -14,7 +14,7 @@ from neon.distributed import is_main
 from neon.errors import NeonError
 from neon.io import StateDict
 from neon.merge import WSpec
-from neon.module import family_of
+from neon.module import HasOutputTwin, family_of
 from neon.output_twin import CountedNet, timed_generate
 from neon.report import w_label
 from neon.runtime import Run, log, plain
@@ -33,7 +33,7 @@ def compare_mode(cfg: DictConfig) -> str | None:
     if mode not in COMPARISONS:
         raise NeonError(f"neon.compare must be null or one of {list(COMPARISONS)}, got {mode!r}")
     family = family_of(cfg.model)
-    if not family.twin_outputs:
+    if not (issubclass(family, HasOutputTwin) and family.twin_outputs):
         raise NeonError(f"neon.compare=output: the {family.family} family has no output-space twin "
                         f"({family.__name__}.twin_outputs is empty); drop neon.compare")
     w = plain(cfg.neon.w)

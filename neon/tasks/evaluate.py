@@ -54,7 +54,6 @@ def run_evaluate(cfg: DictConfig) -> dict:
         raise NeonError(f"samples '{samples}' do not exist: give an .npz with uint8 NHWC images in arr_0")
     run = Run.from_config(cfg)
     module = run.build_module()
-    module.shape_from_checkpoint = True  # scores samples against reference statistics, never the training data
     evaluator = Evaluator(run, module, release=ReleaseSampling.from_config(cfg))
     if samples:
         check_sample_file(samples, evaluator.extractor, cfg.metrics)
@@ -66,7 +65,8 @@ def run_evaluate(cfg: DictConfig) -> dict:
             feats = features_of_images(images, evaluator.extractor, int(cfg.metrics.block_size))
             results[str(samples)] = evaluator.score_features(feats)
         for path in paths:
-            module.load_checkpoint(path)
+            # scored against reference statistics, never the training data: the file's data shape is taken
+            module.load_checkpoint(path, shape_from_checkpoint=True)
             results[str(path)] = evaluator.score(copy_weights(module.neon_weights()))
     for name, r in results.items():
         log.info("%s: %s", name, ", ".join(f"{k} {v:.6g}" for k, v in r.items() if isinstance(v, float)))

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from neon.distributed import gather_strided, is_main, rank_world
 from neon.errors import NeonError
 from neon.io import atomic_path, file_sha256, save_state_dict, write_json, write_text
+from neon.module import HasNativeExport, release_sampling
 from neon.release import (
     UNCONDITIONAL,
     LabelSpec,
@@ -75,7 +76,7 @@ def release_arrays(module, cfg: DictConfig, seeds: list[int], batch: int, sample
                         "one process (trainer=cpu or trainer.devices=1)")
     out: dict[str, list[np.ndarray]] = {"arr_0": [], "arr_1": [], "raw": [], "latents": []}
     keep_raw = bool(cfg.sample.get("raw"))
-    draws = module.generate_release(int(cfg.sample.release_seed), seeds, batch, sampler, spec)
+    draws = release_sampling(module).generate_release(int(cfg.sample.release_seed), seeds, batch, sampler, spec)
     for draw in tqdm(draws, desc="sample (release)", unit="batch", total=-(-len(seeds) // batch)):
         out["arr_0"].append(module.export_samples(draw.samples))
         if draw.labels is not None:
@@ -148,7 +149,8 @@ def run_export(cfg: DictConfig) -> dict:
     files = release_files(state, stem, run.out, type(module)) if fmt == "release" else \
         {"safetensors": save_state_dict(state, run.out / "model.safetensors")}
     weights = files["safetensors"]
-    native = module.write_native(state, run.out / f"{stem}_pipeline")  # the family's own layout, if it has one
+    # the family's own layout, if it has one
+    native = module.write_native(state, run.out / f"{stem}_pipeline") if isinstance(module, HasNativeExport) else None
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.update(module.config_overrides())
     model_cfg["checkpoint"] = str(weights.resolve())

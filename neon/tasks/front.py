@@ -34,16 +34,16 @@ from neon.theta_neon import NeonMerger
 def validate(cfg: DictConfig) -> None:
     """Fail early, with one clear line, on the settings users type every day; warn before fine-tuning on a
     diversity-seeking S."""
-    check_settings(cfg)
-    drawer = source_config(cfg) or cfg  # the sampler that draws S
+    drawer = check_settings(cfg) or cfg  # the sampler that draws S
     warning = diversity_warning(drawer.model, plain(drawer.sampler))
     if warning:
         log.warning(warning)
 
 
-def check_settings(cfg: DictConfig) -> None:
-    """The pipeline's settings (w, budgets, comparison, counts) checked in one line each: the pre-flight of
-    the tasks that fine-tune (`task.checks`)."""
+def check_settings(cfg: DictConfig) -> DictConfig | None:
+    """The pipeline's settings (w, budgets, comparison, counts, held-out seeds, S's source model) checked in one
+    line each: the pre-flight of the tasks that fine-tune (`task.checks`). Returns the config of the model that
+    draws S where another model does."""
     if is_auto_w(cfg):
         check_auto(plain(cfg.neon.auto))
     else:
@@ -52,6 +52,7 @@ def check_settings(cfg: DictConfig) -> None:
     compare_mode(cfg)
     check_counts(cfg)
     check_heldout(cfg)
+    return source_config(cfg)  # S drawn by another model: its config composes (one line naming it if not)
 
 
 def cached_synthetic(run: Run, module: NeonModule, base_digest: str) -> tuple[dict[str, Any], Path | None]:

@@ -14,6 +14,7 @@ from neon.errors import NeonError
 from neon.heldout import heldout_figures
 from neon.io import StateDict, digest_state_dict, load_state_dict, write_json
 from neon.merge import WSpec
+from neon.module import HasNativeExport
 from neon.release_export import neon_run_card
 from neon.report import w_label, w_table, write_previews, write_w_curve
 from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
@@ -146,7 +147,8 @@ def run_neon(cfg: DictConfig) -> dict:
     with run.stage("merge"):
         merge.write(front.theta_s(best_b), ws[best], run.out / "theta_neon.safetensors", module=module,
                     model_cfg=cfg.model)
-        native = module.write_native(module.neon_weights(), run.out / "theta_neon_pipeline")
+        native = (module.write_native(module.neon_weights(), run.out / "theta_neon_pipeline")
+                  if isinstance(module, HasNativeExport) else None)
         if native is not None:  # the family's own layout too (diffusers: a pipeline folder), with its card
             summary["artifacts"]["theta_neon_pipeline"] = str(native)
             summary["artifacts"]["theta_neon_card"] = str(neon_run_card(

@@ -24,7 +24,17 @@ from neon.families.diffusers_family.objective import FlowWeighting, scheduler_lo
 from neon.families.diffusers_family.sampler import scheduler_sampler
 from neon.io import StateDict
 from neon.metrics.images import to_uint8
-from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs, setting_above
+from neon.module import (
+    EMA,
+    Batch,
+    HasNativeExport,
+    HasOutputTwin,
+    HasReleaseCheckpoints,
+    NeonModule,
+    Sampler,
+    plain_kwargs,
+    setting_above,
+)
 from neon.readers import read_weights
 from neon.seeding import PerSampleRNG, StepNoise
 
@@ -46,7 +56,7 @@ def _scheduler(name: str, config: Mapping[str, Any]):
     return getattr(diffusers, name).from_config(dict(config))
 
 
-class DiffusersModule(NeonModule):
+class DiffusersModule(NeonModule, HasOutputTwin, HasNativeExport, HasReleaseCheckpoints):
     """A diffusers pipeline's network: a `UNet2DModel` (DDPMPipeline / DDIMPipeline, `num_class_embeds` for
     classes; `null_class` names the last row as the null class guidance and label dropout use) or a
     `DiTTransformer2DModel` in a frozen `AutoencoderKL` latent space (DiTPipeline), from
@@ -59,6 +69,7 @@ class DiffusersModule(NeonModule):
                     "theta_neon_pipeline/ is that folder with the merged network, for "
                     "DiffusionPipeline.from_pretrained")
     # the Hub's model-card metadata, so the folder's README.md reads as a diffusers model card
+    twin_outputs = ("forward",)  # the UNet/transformer's prediction (ε, v or x_0), combined per step
     native_card_header = "---\nlibrary_name: diffusers\ntags:\n- neon\n- image-generation\n---\n"
 
     def __init__(self, pretrained: str | None = None, network: Mapping[str, Any] | None = None,
@@ -239,11 +250,11 @@ class DiffusersModule(NeonModule):
             return read_weights(_weights_file(folder.network_dir), what=f"{folder.network_name} weights")
         return super().read_checkpoint(path)
 
-    def load_checkpoint(self, path: str | Path) -> None:
+    def load_checkpoint(self, path: str | Path, shape_from_checkpoint: bool = False) -> None:
         """Load θ from a file or folder; the pipeline folder itself was read at construction (not again)."""
         if self.folder is not None and Path(path).resolve() == self.folder.path.resolve():
             return
-        super().load_checkpoint(path)
+        super().load_checkpoint(path, shape_from_checkpoint)
 
     def write_native(self, state: StateDict, out: Path) -> Path:
         """θ (e.g. θ_neon) as a pipeline folder `DiffusionPipeline.from_pretrained` loads."""

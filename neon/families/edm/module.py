@@ -17,7 +17,17 @@ from neon.families.edm.precond import PRECONDS, Preconditioner
 from neon.families.edm.sampler import heun_sampler
 from neon.io import StateDict
 from neon.metrics.images import to_uint8
-from neon.module import EMA, Batch, NeonModule, Sampler, plain_kwargs, setting_above
+from neon.module import (
+    EMA,
+    Batch,
+    HasOutputTwin,
+    HasReleaseCheckpoints,
+    HasReleaseSampling,
+    NeonModule,
+    Sampler,
+    plain_kwargs,
+    setting_above,
+)
 from neon.persistence import Snapshot, read_snapshot
 from neon.release import UNCONDITIONAL, Draw, LabelSpec, batch_labels, sizes_of
 from neon.seeding import PerSampleRNG, StepNoise
@@ -44,7 +54,7 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-class EDMModule(NeonModule):
+class EDMModule(NeonModule, HasOutputTwin, HasReleaseSampling, HasReleaseCheckpoints):
     """EDM: D(x; σ) with EDM/VP/VE preconditioning, trained with its matching loss; samples are images in
     [-1, 1], rounded to the 8-bit grid like the PNGs the official generator writes (`quantize`)."""
 
@@ -138,7 +148,7 @@ class EDMModule(NeonModule):
         """Official `*.pkl` snapshots (their `ema` network) as well as safetensors and torch files."""
         if Path(path).suffix != ".pkl":
             return super().read_checkpoint(path)
-        return _checked_snapshot(path, self.network_kwargs, self.shape_from_checkpoint).state_dict
+        return _checked_snapshot(path, self.network_kwargs, shape_from_checkpoint=False).state_dict
 
     @classmethod
     def spec_for_checkpoint(cls, spec: dict[str, Any], path: str | Path, shape_from_checkpoint: bool) -> dict[str, Any]:
@@ -150,16 +160,16 @@ class EDMModule(NeonModule):
         snap = _checked_snapshot(path, network, shape_from_checkpoint, keep=True)
         return {**spec, "network": _adopted(path, snap, network)}
 
-    def load_checkpoint(self, path: str | Path) -> None:
+    def load_checkpoint(self, path: str | Path, shape_from_checkpoint: bool = False) -> None:
         """Load θ; an official snapshot also brings its architecture (rebuilt from its recorded kwargs)."""
         if Path(path).suffix == ".pkl":
-            snap = _checked_snapshot(path, self.network_kwargs, self.shape_from_checkpoint)
+            snap = _checked_snapshot(path, self.network_kwargs, shape_from_checkpoint)
             adopted = _adopted(path, snap, self.network_kwargs)
             if adopted != self.network_kwargs:
                 self._rebuild(adopted)
             self.load_neon_weights(snap.state_dict, source=f"checkpoint '{path}'")
             return
-        super().load_checkpoint(path)
+        super().load_checkpoint(path, shape_from_checkpoint)
 
     def _rebuild(self, network: dict[str, Any]) -> None:
         self.network_kwargs = network

@@ -21,7 +21,7 @@ from neon.families.imm.network import IMMPrecond
 from neon.families.imm.sampler import pushforward_sampler
 from neon.families.latent_family import LatentImageModule, check_architecture, check_class_ids
 from neon.io import StateDict, dim_of
-from neon.module import EMA, Batch, Sampler, plain_kwargs
+from neon.module import EMA, Batch, HasOutputTwin, HasReleaseCheckpoints, HasReleaseSampling, Sampler, plain_kwargs
 from neon.persistence import read_snapshot
 from neon.readers import read_weights
 from neon.release import UNCONDITIONAL, Draw, LabelSpec, RecordingLatent, batch_labels, sizes_of
@@ -63,7 +63,7 @@ def settings_to_adopt(path: str | Path, recorded: Mapping[str, Any], config: Map
     return adopt
 
 
-class IMMModule(LatentImageModule):
+class IMMModule(LatentImageModule, HasOutputTwin, HasReleaseSampling, HasReleaseCheckpoints):
     """IMM: the moment-matching loss over groups of `loss.group_size` consecutive samples (the fine-tune batch
     must be a multiple of it on every process); samples are images in [-1, 1] on the 8-bit grid the reference
     decodes to (truncated)."""
@@ -118,7 +118,7 @@ class IMMModule(LatentImageModule):
         check_architecture(path, "IMM", checks, "model=imm_xl2 for the released ImageNet-256 snapshot")
         return state
 
-    def load_checkpoint(self, path: str | Path) -> None:
+    def load_checkpoint(self, path: str | Path, shape_from_checkpoint: bool = False) -> None:
         """Load θ; a released snapshot's recorded schedule (T, eps, sigma_data, time_scale, temb_type) is
         compared with the config: adopted, with a log line, where the config was left at its defaults,
         else a one-line error naming both values."""
@@ -135,7 +135,7 @@ class IMMModule(LatentImageModule):
             # the snapshot read once: its weights, checked as read_checkpoint checks them
             self.load_neon_weights(self._checked(path, snap.state_dict), source=f"checkpoint '{path}'")
             return
-        super().load_checkpoint(path)
+        super().load_checkpoint(path, shape_from_checkpoint)
 
     # --- training
     def loss(self, batch: Batch, noise: StepNoise) -> torch.Tensor:

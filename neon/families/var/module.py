@@ -22,14 +22,14 @@ from neon.families.var.tokenizer import train_vqvae
 from neon.families.var.transformer import VARTransformer
 from neon.families.var.vqvae import VQVAE
 from neon.io import StateDict, check_state_fits, dim_of, load_state_dict, save_state_dict
-from neon.module import Batch, Sampler, plain_kwargs
+from neon.module import Batch, HasOutputTwin, HasReleaseCheckpoints, HasReleaseSampling, Sampler, plain_kwargs
 from neon.release import UNCONDITIONAL, Draw, LabelSpec, batch_labels, sizes_of
 from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
 
 
-class VARModule(LatentImageModule):
+class VARModule(LatentImageModule, HasOutputTwin, HasReleaseSampling, HasReleaseCheckpoints):
     """VAR: teacher-forced next-scale cross-entropy with class dropout to the null class; no EMA (as the
     reference fine-tune); the VQVAE is its frozen latent space; samples are images in [-1, 1] on the 8-bit grid
     of the reference's PNGs (`quantize`)."""

@@ -16,13 +16,13 @@ from neon.families.latent_family import LatentImageModule, check_architecture, c
 from neon.families.xar.sampler import xar_sampler
 from neon.families.xar.transformer import XARTransformer
 from neon.io import StateDict, dim_of
-from neon.module import EMA, Batch, Sampler, plain_kwargs
+from neon.module import EMA, Batch, HasOutputTwin, HasReleaseCheckpoints, HasReleaseSampling, Sampler, plain_kwargs
 from neon.readers import WEIGHTS, read_weights
 from neon.release import RANDOM, UNCONDITIONAL, Draw, LabelSpec, RecordingLatent, batch_labels, sizes_of
 from neon.seeding import PerSampleRNG, StepNoise
 
 
-class XARModule(LatentImageModule):
+class XARModule(LatentImageModule, HasOutputTwin, HasReleaseSampling, HasReleaseCheckpoints):
     """xAR: per-cluster logit-normal times, velocity target ε − x, per-sample mean squared error; class labels
     dropped to the null class at `label_drop_prob`. Samples are images in [-1, 1] on the 8-bit grid of the
     reference's PNGs (`quantize`)."""

@@ -101,7 +101,7 @@ def provenance(name: str, p: dict) -> str:
     cpu = p["cpu"]["model"] + (f" ({', '.join(p['cpu']['flags'])})" if p["cpu"].get("flags") else "")
     commit = p["commit"][:10] + (" with uncommitted changes" if p["dirty"] else "")
     return (f"<sub>docs/results/{name}.json: `{p['command']}` at commit {commit}; {cpu}, {p['cores']} cores, "
-            f"{p['threads']} threads, load {p['load_average'][2]:g} (15 min), torch {p['torch']}, "
+            f"{p['threads']} threads, load {' / '.join(f'{x:g}' for x in p['load_average'])} (1 / 5 / 15 min), torch {p['torch']}, "
             f"{p['finished'][:10]}.</sub>")
 
 

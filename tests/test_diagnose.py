@@ -29,8 +29,15 @@ class GaussianMean(NeonModule):
         net.mu = nn.Parameter(mu.clone())
         super().__init__(net)
 
+    @property
+    def image_shape(self):
+        return tuple(self.net.mu.shape)
+
     def loss(self, batch, noise):
         return 0.5 * ((batch["x"] - self.net.mu) ** 2).sum(-1).mean()
+
+    def generate(self, seeds, sampler, labels=None):
+        raise NotImplementedError("the estimator's test draws no samples")
 
 
 def batches(mean: torch.Tensor, std: torch.Tensor, size: int, seed: int):

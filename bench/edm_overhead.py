@@ -19,8 +19,8 @@ import torch
 from timing import Repeat, best_of  # bench/ is on the path when a script here runs
 from torch.utils.data import DataLoader
 
+from neon.core.seeding import StepNoise
 from neon.families.edm import EDMModule, heun_sampler
-from neon.seeding import StepNoise
 from neon.training import LightningNeon
 
 NETWORKS = {

@@ -67,13 +67,14 @@ from timing import Repeat  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from neon.cli import CONF_DIR  # noqa: E402
+from neon.core.contract import NeonModule  # noqa: E402
+from neon.core.io import atomic_path, write_json  # noqa: E402
+from neon.core.seeding import StepNoise  # noqa: E402
+from neon.core.values import plain
 from neon.data.synthetic import generate_block  # noqa: E402
 from neon.families.var.vqvae import VQVAE  # noqa: E402
-from neon.io import atomic_path, write_json  # noqa: E402
 from neon.metrics.inception import InceptionFeatures  # noqa: E402
-from neon.module import NeonModule  # noqa: E402
-from neon.runtime import model_spec, plain  # noqa: E402
-from neon.seeding import StepNoise  # noqa: E402
+from neon.runtime import model_spec  # noqa: E402
 from neon.training import LightningNeon  # noqa: E402
 from tests.helpers import random_batch  # noqa: E402
 from tests.inception_weights import write_random_inception  # noqa: E402

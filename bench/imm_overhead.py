@@ -19,9 +19,9 @@ import torch
 from timing import Repeat, best_of  # bench/ is on the path when a script here runs
 from torch.utils.data import DataLoader
 
+from neon.core.seeding import StepNoise
 from neon.families.imm import IMMModule, pushforward_sampler
 from neon.families.latents import PixelLatent
-from neon.seeding import StepNoise
 from neon.training import LightningNeon
 
 NET = dict(img_resolution=16, img_channels=4, num_classes=10, model_type=None, hidden_size=256, depth=4,

@@ -41,7 +41,7 @@ def write_inputs(folder: Path) -> dict[str, Path]:
     from hydra import compose, initialize_config_dir
 
     sys.path.insert(0, str(ROOT))
-    from neon.io import save_state_dict
+    from neon.core.io import save_state_dict
     from neon.runtime import model_spec
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

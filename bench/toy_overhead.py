@@ -15,9 +15,9 @@ from functools import partial
 import lightning as L
 import torch
 
+from neon.core.seeding import StepNoise
 from neon.data.batches import TensorItems, global_batch_loader
 from neon.families.toy2d import ToyDiffusion, ddim
-from neon.seeding import StepNoise
 from neon.training import LightningNeon
 
 

@@ -15,10 +15,10 @@ from functools import partial
 import torch
 from timing import best_of  # bench/ is on the path when a script here runs
 
+from neon.core.seeding import PerSampleRNG
 from neon.families.var import VARModule, var_sampler
 from neon.families.var.sampler import draw_tokens, filter_top_k_top_p_
 from neon.families.var.vqvae import VQVAE
-from neon.seeding import PerSampleRNG
 
 NET = dict(depth=4, embed_dim=256, num_heads=4, num_classes=10, vocab_size=512, vae_channels=16,
            patch_nums=[1, 2, 3, 4, 5, 6, 8])

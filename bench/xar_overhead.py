@@ -20,10 +20,10 @@ import torch
 from timing import Repeat, best_of  # bench/ is on the path when a script here runs
 from torch.utils.data import DataLoader
 
+from neon.core.seeding import PerSampleRNG, StepNoise
 from neon.families.xar import PixelLatent, XARModule, xar_sampler
 from neon.families.xar.sampler import cluster_cfg, sde_drift
 from neon.families.xar.transformer import TRAIN
-from neon.seeding import PerSampleRNG, StepNoise
 from neon.training import LightningNeon
 
 NET = dict(embed_dim=256, depth=2, num_heads=4, num_classes=10, channels=16, grid=8, cluster_grid=2,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.merge import WSpec
 
 Score = Callable[[float], float]

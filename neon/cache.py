@@ -14,8 +14,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from neon.distributed import barrier, broadcast, main_lock, rank_world
-from neon.io import digest_config, write_json
+from neon.core.collectives import barrier, broadcast, main_lock, rank_world
+from neon.core.io import digest_config, write_json
 
 CHECKSUMS = "checksums.json"
 # Raised whenever what a stage computes from the same key changes (v2: global batches and per-step

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 
-from neon.io import StateDict
+from neon.core.io import StateDict
 from neon.merge import WSpec, check_w, merged_name
 from neon.theta_neon import NeonMerger
 

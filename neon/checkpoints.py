@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from neon.io import atomic_path, save_state_dict
-from neon.module import NeonModule
-from neon.runtime import plain
+from neon.core.contract import NeonModule
+from neon.core.io import atomic_path, save_state_dict
+from neon.core.values import plain
 
 
 def _lightning_version() -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import signal
 import sys
 import warnings
@@ -16,7 +15,7 @@ from hydra.utils import get_method
 from omegaconf import DictConfig
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError, user_error
 from neon.preflight import CONF_DIR, check_job, hydra_context, preflight
 
 
@@ -69,18 +68,6 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     # frozen parts (VAR's tokenizer) stay in eval mode on purpose
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-
-
-def user_error(exc: BaseException) -> str | None:
-    """The one-line message for an error the user can fix, None for a bug (which keeps its traceback)."""
-    if isinstance(exc, NeonError):
-        return str(exc)
-    if isinstance(exc, (MissingMandatoryValue, InterpolationToMissingValueError)):
-        # the key that is missing, also when another key refers to it (model.checkpoint: ${model.pretrained})
-        named = re.search(r"Missing mandatory value: ([\w.]+)", str(exc))
-        key = named.group(1) if named else (getattr(exc, "full_key", "") or str(exc))
-        return f"{key} must be set on the command line (e.g. {key}=PATH)"
-    return None
 
 
 def _job(cfg: DictConfig, checked: bool = False) -> float | None:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from neon.errors import NeonError
-from neon.module import Batch, NeonModule
-from neon.seeding import StepNoise
+from neon.core.contract import Batch, NeonModule
+from neon.core.errors import NeonError
+from neon.core.seeding import StepNoise
 
 # the t-quantile for a 95% interval from k block estimates (k − 1 degrees of freedom)
 _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13,

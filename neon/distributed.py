@@ -1,85 +1,24 @@
-"""Several processes in one job (DDP): who runs them, how they find each other, and the few collective
-operations the pipeline needs. Every stage runs on every rank; ranks split sampling work and the
-fine-tune's batches, and only rank 0 writes results."""
+"""Several processes in one job (DDP): who runs them and how they find each other. Every stage runs on every
+rank; the collective operations the stages use once the processes run are neon.core.collectives."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from neon.errors import NeonError
+from neon.core.collectives import broadcast
+from neon.core.errors import NeonError
 
 log = logging.getLogger("neon")
-
-def rank_world() -> tuple[int, int]:
-    """(rank, world size) of the running process group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main() -> bool:
-    """True on the process that writes results (rank 0, or the only process)."""
-    return rank_world()[0] == 0
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in one process)."""
-    if rank_world()[1] > 1:
-        dist.barrier()
-
-
-def broadcast(obj: Any) -> Any:
-    """Rank 0's value of `obj` on every rank."""
-    if rank_world()[1] == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-@contextlib.contextmanager
-def main_lock(path: str) -> Iterator[None]:
-    """A file lock held by rank 0 on behalf of all ranks (they follow its decisions by `broadcast`)."""
-    with FileLock(path) if is_main() else contextlib.nullcontext():
-        yield
-
-
-def interleave(shares: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Rank r holds items r, r + W, ...: put them back in order (a rank with no items may hold no arrays)."""
-    world = len(shares)
-    out = {}
-    for key in shares[0]:
-        total = sum(len(s[key]) for s in shares if key in s)
-        arr = np.empty((total, *shares[0][key].shape[1:]), dtype=shares[0][key].dtype)
-        for r, share in enumerate(shares):
-            if key in share:
-                arr[r::world] = share[key]
-        out[key] = arr
-    return out
-
-
-def gather_strided(local: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Arrays split by a strided share of items (rank r holds items r, r + W, ...) gathered on every rank in
-    item order; in one process, `local` itself."""
-    world = rank_world()[1]
-    if world == 1:
-        return local
-    shares: list = [None] * world
-    dist.all_gather_object(shares, local)
-    return interleave(shares)
 
 
 # ------------------------------------------------------------------ how many processes, and who starts them
@@ -205,7 +144,8 @@ def _run_rank(entry: Callable[[DictConfig], Any], cfg: DictConfig, layout: dict[
 
 def _spawned_rank(rank: int, entry, resolved: dict, world: int, jobs: int, port: int, log_files: list[str],
                   queue) -> None:
-    from neon.cli import finish_loggers, quiet_libraries, user_error
+    from neon.cli import finish_loggers, quiet_libraries
+    from neon.core.errors import user_error
     from neon.threads import apply_threads
 
     # a fresh interpreter: set up logging and threads as the parent job did

@@ -10,8 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from neon.errors import NeonError
-from neon.runtime import positive_int
+from neon.core.errors import NeonError
+from neon.core.values import positive_int
 
 
 def seed_span(offset: int, num_samples: int, sets: int) -> tuple[int, int]:

@@ -15,8 +15,8 @@ from typing import Any, Union
 
 import torch
 
-from neon.errors import NeonError
-from neon.io import StateDict, atomic_path
+from neon.core.errors import NeonError
+from neon.core.io import StateDict, atomic_path
 from neon.readers import open_weights
 
 log = logging.getLogger("neon")

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.merge import WSpec, check_w, merge_files
 
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from neon.errors import NeonError
-from neon.io import read_json
+from neon.core.errors import NeonError
+from neon.core.io import read_json
 
 
 def neon(*overrides: str, run_dir: str | Path, multirun: bool = False) -> dict | list[dict]:

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from neon.errors import NeonError
-from neon.io import StateDict
+from neon.core.errors import NeonError
+from neon.core.io import StateDict
 
 Output = torch.Tensor | tuple[torch.Tensor, ...]
 

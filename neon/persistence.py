@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from neon.errors import NeonError
-from neon.io import StateDict, first_line
+from neon.core.errors import NeonError
+from neon.core.io import StateDict, first_line
 
 # Where the layers inside a persistent network come from: their classes are stood in for, never imported.
 LAYER_MODULES = ("torch.nn.modules.", "timm.layers.", "timm.models.")

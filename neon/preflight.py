@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 
 HYDRA_TASK_NAME = "cli"  # Hydra's job name, as `@hydra.main` in neon/cli.py names it: the log is cli.log
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -68,10 +68,10 @@ def check_job(cfg: DictConfig, choices: Any) -> None:
     settings (`task.checks`: e.g. the pipeline's w, budgets and counts)."""
     from hydra.utils import get_method
 
-    from neon.checks import check_seeds
+    from neon.core.config_checks import check_seeds
 
     if cfg.task.get("samples", True):  # a task that draws no samples need not import the model family
-        from neon.module import check_samplers
+        from neon.core.contract import check_samplers
 
         check_samplers(cfg, choices)
     check_seeds(cfg)

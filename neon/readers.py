@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from neon.errors import NeonError
-from neon.io import UNREADABLE, StateDict, read_error, torch_mmap_able
+from neon.core.errors import NeonError
+from neon.core.io import UNREADABLE, StateDict, read_error, torch_mmap_able
 
 # Globals a training checkpoint holds besides tensors: harmless data classes only.
 SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
@@ -148,7 +148,7 @@ class LazyWeights:
             self._where = {k: self.path for k in self._handles[self.path].keys()}
         elif kind == "snapshot":
             # a pickle cannot be mapped: its storages are spilled to files as it is read and mapped back
-            from neon.persistence import read_snapshot  # persistence reads StateDict from neon.io
+            from neon.persistence import read_snapshot  # persistence reads StateDict from neon.core.io
 
             self._spill = tempfile.TemporaryDirectory(prefix=".neon-spill-", dir=spill_dir)
             self._tensors = read_snapshot(self.path, what=what, spill_dir=self._spill.name).state_dict

@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from neon.errors import NeonError
-from neon.io import StateDict, file_sha256, read_json, save_state_dict, save_torch_state_dict, write_text
+from neon.core.errors import NeonError
+from neon.core.io import StateDict, file_sha256, read_json, save_state_dict, save_torch_state_dict, write_text
 from neon.merge import WSpec
 from neon.report import w_label, w_table
 

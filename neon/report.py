@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from neon.io import StateDict, atomic_path, write_text
+from neon.core.io import StateDict, atomic_path, write_text
 from neon.merge import WSpec
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import numbers
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,27 +16,21 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from neon.cache import ArtifactCache
-from neon.distributed import is_main
-from neon.errors import NeonError
-from neon.io import write_text
+from neon.core.collectives import is_main
+from neon.core.errors import NeonError
+from neon.core.io import write_text
+from neon.core.values import plain
 from neon.merge import WSpec, check_w
 
 if TYPE_CHECKING:  # Lightning takes seconds to import: only the stages that train import it
     import lightning as L
 
-    from neon.module import NeonModule
+    from neon.core.contract import NeonModule
 
 log = logging.getLogger("neon")
 
 # Keys of the model group that describe the run, not the constructor.
 MODEL_META_KEYS = ("checkpoint", "pretrain")
-
-
-def plain(node: Any) -> Any:
-    """A config node as resolved plain Python data (for cache keys and summaries)."""
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True)
-    return node
 
 
 def model_spec(cfg: DictConfig) -> dict[str, Any]:
@@ -66,13 +59,6 @@ def merge_ws(cfg: DictConfig) -> list[WSpec]:
         if isinstance(value, str):
             raise NeonError(f"neon.w must be a number, a list of numbers or 'auto', got '{value}'")
     return [check_w(value) for value in ws]
-
-
-def positive_int(value: Any, key: str) -> int:
-    """Validate a count or budget from the config."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise NeonError(f"{key} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 _ACTIVE_STAGES: list[str] = []  # the stages under way in this process, innermost last
@@ -158,7 +144,7 @@ class Run:
     def build_module(self, spec: dict[str, Any] | None = None) -> NeonModule:
         """The family's module (a NeonModule) from the model config (or `spec`, its constructor settings), with
         fresh weights."""
-        from neon.module import NeonModule
+        from neon.core.contract import NeonModule
 
         module = instantiate(model_spec(self.cfg) if spec is None else spec)
         if not isinstance(module, NeonModule):

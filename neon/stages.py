@@ -14,26 +14,20 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from neon.core.collectives import barrier, broadcast, is_main, main_lock
+from neon.core.contract import NeonModule, family_of
+from neon.core.errors import NeonError
+from neon.core.io import StateDict, digest_state_dict, load_state_dict, read_json, save_state_dict, write_json
+from neon.core.release_sampling import ReleaseSampling
+from neon.core.values import plain, positive_int
 from neon.data.batches import GlobalBatchSampler
-from neon.distributed import barrier, broadcast, is_main, main_lock
-from neon.errors import NeonError
-from neon.io import (
-    StateDict,
-    digest_state_dict,
-    load_state_dict,
-    read_json,
-    save_state_dict,
-    write_json,
-)
 from neon.merge import check_finite_base, check_merge_pair, log_pattern_counts
 from neon.metrics.build import build_extractor, extractor_key
 from neon.metrics.evaluate import release_features, sample_features
 from neon.metrics.reference import Reference, load_reference
 from neon.metrics.scores import compute_scores, summarize_seed_sets
-from neon.module import NeonModule, family_of
 from neon.output_twin import OutputTwin, build_twin
-from neon.release import ReleaseSampling
-from neon.runtime import Run, is_auto_w, log, merge_ws, model_spec, plain, positive_int
+from neon.runtime import Run, is_auto_w, log, merge_ws, model_spec
 
 if TYPE_CHECKING:
     from neon.data.synthetic import SyntheticDataModule
@@ -137,7 +131,7 @@ def synthetic_key(run: Run, base_digest: str) -> dict[str, Any]:
         "seeds": [seeds[0], len(seeds)],
         "block_size": s.block_size,
         "class_balanced": s.class_balanced,
-        "draw_threads": 1,  # drawn one thread at a time (neon.threads.fixed_threads): the same S on any machine
+        "draw_threads": 1,  # drawn one thread at a time (neon.core.seeding.fixed_threads): the same S on any machine
     }
 
 

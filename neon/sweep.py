@@ -13,8 +13,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from neon.errors import NeonError
-from neon.io import atomic_path, read_json, write_text
+from neon.core.errors import NeonError
+from neon.core.io import atomic_path, read_json, write_text
 
 log = logging.getLogger("neon")
 

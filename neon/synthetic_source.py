@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.runtime import Run
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from neon.checkpoints import save_checkpoint_pair
-from neon.io import StateDict, save_state_dict
+from neon.core.io import StateDict, save_state_dict
 from neon.merge import WSpec, extrapolate
 
 

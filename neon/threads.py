@@ -7,20 +7,15 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from neon.core.errors import NeonError
 from neon.distributed import external_launch, processes_wanted
-from neon.errors import NeonError
 
 log = logging.getLogger("neon")
-
-# torch's CPU threads while a sample of the synthetic set S is drawn (see `fixed_threads`)
-SAMPLING_THREADS = 1
 
 
 def machine_cores() -> int:
@@ -129,21 +124,3 @@ def apply_threads(cfg: DictConfig, ranks: int | None = None, jobs: int | None = 
     torch.set_num_threads(n)
     log.info("threads: %d (%s)", n, why)
     return n
-
-
-@contextmanager
-def fixed_threads(n: int = SAMPLING_THREADS) -> Iterator[int]:
-    """torch's CPU threads set to `n` inside, this process's count restored on leaving.
-
-    A parallel matrix product or sum splits its work by thread count, so its last bits depend on that count;
-    arithmetic drawn under a fixed count does not. The default, one thread, is the only count that is the same
-    in every process: a DataLoader worker always runs one thread (torch sets it), and MKL may quietly use
-    fewer threads than asked for on a machine with fewer cores, so no larger count is reproducible."""
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)

@@ -13,10 +13,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from neon.errors import NeonError
-from neon.io import StateDict
-from neon.module import Batch, NeonModule
-from neon.seeding import StepNoise
+from neon.core.contract import Batch, NeonModule
+from neon.core.errors import NeonError
+from neon.core.io import StateDict
+from neon.core.seeding import StepNoise
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,7 @@ def cli_error(args: list[str]) -> str:
     import pytest
     from hydra.utils import instantiate
 
-    from neon.cli import user_error
-    from neon.errors import NeonError
+    from neon.core.errors import NeonError, user_error
     from neon.preflight import preflight
     from neon.runtime import model_spec
 
@@ -117,8 +116,8 @@ def run_task(args: list[str], tmp_path: Path, run_dir: str = "run", cache: Path 
     from hydra.utils import get_method
 
     from neon.cli import quiet_libraries
+    from neon.core.contract import check_samplers
     from neon.distributed import launch
-    from neon.module import check_samplers
 
     quiet_libraries()
     cfg, choices = task_config(args, tmp_path, run_dir, cache)

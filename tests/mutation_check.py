@@ -72,7 +72,7 @@ MUTATIONS: list[Mutation] = [
              "return extrapolate(theta_s, self.base, w)",
              ["tests/test_callbacks.py::test_budget_snapshots_hand_over_theta_s_and_write_theta_neon_at_each"]),
     # --- per-seed noise: a sample's noise depends on its own seed only
-    Mutation("one generator per sample seed", "neon/seeding.py",
+    Mutation("one generator per sample seed", "neon/core/seeding.py",
              "torch.Generator(self.device).manual_seed(int(s) % (1 << 32)) for s in seeds]",
              "torch.Generator(self.device).manual_seed(0) for s in seeds]",
              ["tests/test_synthetic.py::test_noise_of_a_seed_does_not_depend_on_its_batch"]),
@@ -136,7 +136,7 @@ MUTATIONS: list[Mutation] = [
              "return max(1, cores), why",
              ["tests/test_threads.py::test_ddp_ranks_spawned_here_share_the_cores"]),
     # --- DDP: strided shares gathered back in item order
-    Mutation("DDP gather order", "neon/distributed.py",
+    Mutation("DDP gather order", "neon/core/collectives.py",
              "arr[r::world] = share[key]",
              "arr[r * len(share[key]):(r + 1) * len(share[key])] = share[key]",
              ["tests/test_guards.py::test_strided_shares_interleave_back_into_item_order"]),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from neon.auto_w import choose_w, line_search, memoised
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.merge import extrapolate, w_for
 from tests.helpers import run_task, summary_of
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from neon import cli
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.preflight import preflight
 from neon.runtime import Run, current_stage
 

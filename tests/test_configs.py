@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from neon.cli import CONF_DIR
-from neon.module import NeonModule
+from neon.core.contract import NeonModule
 from neon.runtime import model_spec
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")

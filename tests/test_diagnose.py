@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from neon.core.contract import NeonModule, diversity_warning
+from neon.core.errors import NeonError
 from neon.diagnose import gradient_alignment, parameter_groups, prediction
-from neon.errors import NeonError
-from neon.module import NeonModule, diversity_warning
 from neon.sweep import write_sweep_table
 from neon.tasks.front import validate
 from tests.helpers import TINY_TOY, run_task, seeded_cache, summary_of, task_config

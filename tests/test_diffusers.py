@@ -13,10 +13,10 @@ import diffusers
 import pytest
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.seeding import StepNoise
 from neon.families.diffusers_family import DiffusersModule, scheduler_sampler
 from neon.release_export import folder_sha256
-from neon.seeding import StepNoise
 
 
 def tiny_unet(classes: int | None = None, **overrides):
@@ -161,7 +161,7 @@ def test_a_module_built_from_settings_exports_a_ddpm_pipeline(tmp_path: Path):
 
 
 def test_export_writes_the_pipeline_with_its_model_card(tmp_path: Path):
-    from neon.io import digest_state_dict, file_sha256
+    from neon.core.io import digest_state_dict, file_sha256
     from tests.helpers import run_task
 
     folder = save_pipeline(tmp_path / "pipe", shard=60_000)
@@ -336,7 +336,7 @@ def test_dit_trains_in_the_vae_latents_with_its_own_label_dropout(tmp_path: Path
 def test_a_missing_pipeline_folder_is_named_on_the_command_line():
     from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
-    from neon.cli import user_error
+    from neon.core.errors import user_error
     from neon.runtime import model_spec
     from tests.helpers import compose_config
 

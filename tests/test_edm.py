@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.seeding import PerSampleRNG, StepNoise
 from neon.families.edm import EDMModule, heun_sampler
 from neon.families.edm.losses import denoising_loss
 from neon.families.edm.module import build_network
 from neon.persistence import read_snapshot
-from neon.seeding import PerSampleRNG, StepNoise
 from tests.edm_snapshot import TINY_DDPMPP, write_snapshot
 
 # The released CIFAR-10 DDPM++ network's constructor kwargs (edm-cifar10-32x32-cond-vp.pkl).

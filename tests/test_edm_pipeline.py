@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from tests.edm_snapshot import write_snapshot
 from tests.helpers import run_cli, run_task, summary_of
 

@@ -9,9 +9,9 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.io import load_state_dict
 from neon.families.toy2d import ToyDiffusion
-from neon.io import load_state_dict
 from tests.helpers import TINY_TOY, cli_error, run_cli
 
 

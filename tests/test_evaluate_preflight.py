@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.metrics.images import npz_array_shape
 from neon.metrics.inception import InceptionFeatures
 from tests.helpers import run_task

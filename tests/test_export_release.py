@@ -18,10 +18,10 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from neon.cli import CONF_DIR
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.io import save_state_dict
 from neon.families.var.transformer import VARTransformer
 from neon.families.xar.transformer import XARTransformer
-from neon.io import save_state_dict
 from neon.merge import extrapolate
 from neon.readers import read_weights
 from neon.tasks.export import run_export

@@ -59,7 +59,7 @@ def test_search_without_guidance_reports_no_tuned_base(tmp_path: Path, shared_ca
 
 
 def test_sweep_table_lists_search_jobs_with_the_tuned_base(tmp_path: Path):
-    from neon.io import write_json
+    from neon.core.io import write_json
     from neon.sweep import write_sweep_table
 
     jobs = {"0": {"task": "search", "fid_base": 5.0, "fid_base_tuned": 4.5, "fid_neon": 3.0, "w": 1.0,
@@ -79,7 +79,7 @@ def test_sweep_table_lists_search_jobs_with_the_tuned_base(tmp_path: Path):
 def test_a_guidance_sweep_names_its_fair_base(tmp_path: Path):
     # `neon -m sampler.cfg=...`: each job scores θ_r at its own guidance; sweep.md names the best of those
     # beside the best θ_neon (a sweep whose θ_r scores are all equal has nothing to add)
-    from neon.io import write_json
+    from neon.core.io import write_json
     from neon.sweep import write_sweep_table
 
     for name, cfg, base, neon, w in (("0", 1.0, 5.0, 4.2, 0.5), ("1", 2.0, 4.4, 4.0, 1.0), ("2", 3.0, 4.9, 3.9, 1.5)):

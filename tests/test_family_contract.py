@@ -1,4 +1,4 @@
-"""Every model config under conf/model/ against the family contract (neon.module.NeonModule): it composes;
+"""Every model config under conf/model/ against the family contract (neon.core.contract.NeonModule): it composes;
 its family declares its samplers and refuses another family's in one line; it builds (tiny models fully,
 release-size ones on the meta device); and the tiny ones have a finite loss with gradients, per-seed
 deterministic and batch-independent generation, merge at w = 0 as the identity (and the output-space twin at
@@ -15,13 +15,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from neon.cli import CONF_DIR
-from neon.errors import NeonError
-from neon.io import save_state_dict
+from neon.core.contract import NeonModule, check_sampler, check_samplers, family_of
+from neon.core.errors import NeonError
+from neon.core.io import save_state_dict
+from neon.core.seeding import StepNoise
 from neon.merge import extrapolate
-from neon.module import NeonModule, check_sampler, check_samplers, family_of
 from neon.output_twin import build_twin
 from neon.runtime import model_spec
-from neon.seeding import StepNoise
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
@@ -95,8 +95,8 @@ def test_a_family_lacking_a_required_member_is_one_line_naming_it():
 
 
 def test_optional_capabilities_are_declared_not_inherited_by_default():
+    from neon.core.contract import HasNativeExport, HasOutputTwin, HasReleaseSampling, release_sampling
     from neon.families.example_flow import ExampleFlow
-    from neon.module import HasNativeExport, HasOutputTwin, HasReleaseSampling, release_sampling
 
     assert not issubclass(ExampleFlow, (HasOutputTwin, HasReleaseSampling, HasNativeExport))
     module = ExampleFlow({"channels": 1, "resolution": 8, "num_classes": 0, "hidden": 8})

@@ -17,9 +17,9 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file, save_file
 
 from neon.cli import CONF_DIR
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.io import load_state_dict, read_json, write_json
 from neon.families.toy2d import ToyDiffusion
-from neon.io import load_state_dict, read_json, write_json
 from neon.merge import extrapolate, merge_files
 from neon.merge_cli import main as neon_merge
 from neon.runtime import Run

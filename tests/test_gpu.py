@@ -19,15 +19,16 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from neon.cli import CONF_DIR
-from neon.distributed import broadcast, free_port, gather_strided, init_process_group, interleave, rank_world
+from neon.core.collectives import broadcast, gather_strided, interleave, rank_world
+from neon.core.contract import NeonModule
+from neon.core.seeding import PerSampleRNG, StepNoise
+from neon.distributed import free_port, init_process_group
 from neon.families.edm import heun_sampler
 from neon.families.imm.network import Attention as IMMAttention
 from neon.families.var.transformer import SelfAttention as VARAttention
 from neon.families.xar import xar_sampler
 from neon.families.xar.transformer import Attention as XARAttention
-from neon.module import NeonModule
 from neon.runtime import model_spec
-from neon.seeding import PerSampleRNG, StepNoise
 from neon.training import LightningNeon
 from tests.helpers import random_batch
 

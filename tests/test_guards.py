@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from neon.distributed import interleave
-from neon.errors import NeonError
+from neon.core.collectives import interleave
+from neon.core.errors import NeonError
 from neon.families.imm.network import IMMPrecond
 from neon.families.imm.sampler import pushforward_sampler
 from neon.families.xar.sampler import xar_sampler
@@ -100,7 +100,7 @@ def _finetune(*args, **kwargs):
 def test_a_corrupt_theta_s_is_fine_tuned_again_not_reused(tmp_path: Path, monkeypatch):
     import neon.stages as stages
     from neon.cache import ArtifactCache
-    from neon.io import save_state_dict
+    from neon.core.io import save_state_dict
 
     monkeypatch.setattr(stages, "finetune_key", lambda run, base_digest, data_key, budget: {"budget": budget})
     monkeypatch.setattr(stages, "finetune_module", _finetune)

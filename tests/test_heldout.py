@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.io import load_state_dict, write_json
 from neon.heldout import heldout_figures, mean_interval, relative_gain
-from neon.io import load_state_dict, write_json
 from neon.preflight import preflight
 from neon.sweep import write_sweep_table
 from tests.helpers import TINY_TOY, run_task, seeded_cache, task_config

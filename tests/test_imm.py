@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.seeding import StepNoise
 from neon.families.imm import IMMModule, pushforward_sampler
 from neon.families.imm.loss import group_weights, imm_loss, time_triples
 from neon.families.imm.network import IMMPrecond
 from neon.families.latents import KLAutoencoder, PixelLatent, from_diffusers, stable_diffusion_vae
-from neon.seeding import StepNoise
 from tests.helpers import run_task, summary_of
 from tests.summary_checks import check_search_summary
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.merge import extrapolate, merge_files, w_for
 from tests.helpers import rss_anon_mb
 

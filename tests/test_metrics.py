@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as tmp_mp
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.families.toy2d import ToyDiffusion, ddim
 from neon.metrics.evaluate import features_of_images, sample_features
 from neon.metrics.extractors import IdentityFeatures

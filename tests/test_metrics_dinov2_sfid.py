@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.metrics.build import build_extractor, extractor_key
 from neon.metrics.dinov2 import DinoV2Features, dgm_eval_pixels
 from neon.metrics.extractors import StackedFeatures

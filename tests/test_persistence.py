@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.persistence import read_snapshot
 from tests.helpers import rss_anon_mb
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from neon.errors import NeonError
-from neon.io import torch_mmap_able
+from neon.core.errors import NeonError
+from neon.core.io import torch_mmap_able
 from neon.merge import extrapolate
 from neon.merge_cli import main as neon_merge
 from neon.persistence import read_snapshot

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.families.var import VARModule
 from neon.families.var.sampler import filter_top_k_top_p_, var_sampler
 from tests.test_var import NET, VAE, write_release_files

@@ -14,12 +14,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from neon.cli import CONF_DIR
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.release_sampling import ReleaseSampling, label_spec, resolve_labels
 from neon.families.var import VARModule
 from neon.families.var.sampler import var_sampler
 from neon.metrics.reference import Reference
 from neon.metrics.scores import compute_scores
-from neon.release import ReleaseSampling, label_spec, resolve_labels
 from neon.tasks.evaluate import run_evaluate
 from tests import test_var
 

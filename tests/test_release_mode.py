@@ -14,14 +14,14 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from neon.cli import CONF_DIR
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.release_sampling import label_spec
 from neon.families.edm import EDMModule
 from neon.families.imm import IMMModule, pushforward_sampler
 from neon.families.latents import PixelLatent
 from neon.families.var import VARModule
 from neon.families.var.sampler import var_sampler
 from neon.families.xar import XARModule, xar_sampler
-from neon.release import label_spec
 from neon.tasks.export import run_sample
 from tests import test_imm, test_var, test_xar
 from tests.edm_snapshot import TINY_DDPMPP, write_snapshot

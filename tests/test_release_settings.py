@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.families.imm import IMMModule
 from neon.families.latents import PixelLatent
 from tests.test_imm import LATENT, NET, random_precond, write_persistence_pickle

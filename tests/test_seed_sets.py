@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.release_sampling import ReleaseSampling
 from neon.metrics.scores import summarize_seed_sets
-from neon.release import ReleaseSampling
 from neon.runtime import Run
 from neon.stages import Evaluator
 from tests.helpers import task_config

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from neon.cli import CONF_DIR
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.families.edm import EDMModule
 from tests.edm_snapshot import TINY_DDPMPP, write_snapshot
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from tests.helpers import TINY_TOY, run_cli, run_task, seeded_cache, summary_of
 from tests.summary_checks import check_neon_summary, check_search_summary
 

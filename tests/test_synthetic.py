@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from neon.core.errors import NeonError
+from neon.core.seeding import PerSampleRNG, parse_seeds
 from neon.data.synthetic import SyntheticDataModule, read_synthetic_set, write_synthetic_set
-from neon.errors import NeonError
 from neon.families.toy2d import ToyDiffusion, ddim
-from neon.seeding import PerSampleRNG, parse_seeds
 from tests.process_group import in_process_group
 
 SEEDS = list(range(100, 161))  # 61 samples: blocks and shards do not divide it evenly
@@ -164,7 +164,7 @@ class Conditional(ToyDiffusion):
         self.num_classes = 3
 
     def generate(self, seeds, sampler, labels=None):
-        from neon.seeding import PerSampleRNG
+        from neon.core.seeding import PerSampleRNG
 
         rng = PerSampleRNG(seeds)
         x = rng.randn(2)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.runtime import model_spec
 from neon.synthetic_source import check_fits, source_folder
 from tests.helpers import cli_error, compose_config, run_cli, run_task, seeded_cache, summary_of

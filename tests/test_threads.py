@@ -9,8 +9,9 @@ import torch
 from omegaconf import OmegaConf
 
 import neon.threads as threads
-from neon.errors import NeonError
-from neon.threads import apply_threads, choose_threads, fixed_threads
+from neon.core.errors import NeonError
+from neon.core.seeding import fixed_threads
+from neon.threads import apply_threads, choose_threads
 
 
 def config(threads_value=None, ddp: bool = True, devices: int = 1, strategy: str | None = None):

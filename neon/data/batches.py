@@ -8,9 +8,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from neon.distributed import rank_world
-from neon.errors import NeonError
-from neon.seeding import mixed_seed
+from neon.core.collectives import rank_world
+from neon.core.errors import NeonError
+from neon.core.seeding import mixed_seed
 
 
 class TensorItems(Dataset):

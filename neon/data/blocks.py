@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from neon.module import NeonModule, Sampler
+from neon.core.contract import NeonModule, Sampler
 
 
 def balanced_labels(indices: Sequence[int], num_classes: int) -> torch.Tensor | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 
 
 class NoRealData:

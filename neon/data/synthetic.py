@@ -11,13 +11,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from neon.core.collectives import barrier, broadcast, rank_world
+from neon.core.contract import NeonModule, Sampler
+from neon.core.errors import NeonError
+from neon.core.io import atomic_path
+from neon.core.seeding import fixed_threads
 from neon.data.batches import TensorItems, global_batch_loader
 from neon.data.blocks import generate_block
-from neon.distributed import barrier, broadcast, rank_world
-from neon.errors import NeonError
-from neon.io import atomic_path
-from neon.module import NeonModule, Sampler
-from neon.threads import fixed_threads
 
 
 def _blocks(lo: int, hi: int, block_size: int) -> Iterator[range]:

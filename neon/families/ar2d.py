@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from neon.io import StateDict, rename_keys
-from neon.module import Batch, HasOutputTwin, HasReleaseCheckpoints, NeonModule, Sampler, setting_above
+from neon.core.contract import Batch, HasOutputTwin, HasReleaseCheckpoints, NeonModule, Sampler, setting_above
+from neon.core.io import StateDict, rename_keys
+from neon.core.seeding import PerSampleRNG, StepNoise
 from neon.readers import read_weights
-from neon.seeding import PerSampleRNG, StepNoise
 
 
 class ARGaussian2D(nn.Module):

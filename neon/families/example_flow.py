@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neon.module import EMA, Batch, NeonModule, Sampler, setting_above
-from neon.seeding import PerSampleRNG, StepNoise
+from neon.core.contract import EMA, Batch, NeonModule, Sampler, setting_above
+from neon.core.seeding import PerSampleRNG, StepNoise
 
 
 class VelocityMLP(nn.Module):

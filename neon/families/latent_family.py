@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from neon.errors import NeonError
+from neon.core.contract import NeonModule
+from neon.core.errors import NeonError
+from neon.core.seeding import PerSampleRNG
 from neon.metrics.images import truncated_uint8
-from neon.module import NeonModule
-from neon.seeding import PerSampleRNG
 
 # (what, found in the checkpoint, wanted by the config, the config key to change)
 ArchitectureCheck = tuple[str, object, object, str]

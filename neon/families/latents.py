@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.io import StateDict, check_state_fits, load_state_dict, read_torch_file, unwrap_state_dict
 from neon.families.conv_autoencoder import KL_STYLE, SD_STYLE, Decoder, Encoder
-from neon.io import StateDict, check_state_fits, load_state_dict, read_torch_file, unwrap_state_dict
 
 
 class KLAutoencoder(nn.Module):

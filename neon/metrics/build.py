@@ -8,10 +8,10 @@ from typing import Any
 
 from hydra.utils import instantiate
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.values import plain
 from neon.metrics.extractors import FeatureExtractor, StackedFeatures
 from neon.metrics.frechet import FRECHET_METRICS
-from neon.runtime import plain
 
 
 def extra_features(compute: Iterable[str]) -> list[str]:

@@ -12,8 +12,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from neon.cache import ArtifactCache
+from neon.core.io import save_state_dict, write_json
 from neon.data.digits import load_digits_tensors
-from neon.io import save_state_dict, write_json
 from neon.metrics.extractors import FeatureExtractor
 
 

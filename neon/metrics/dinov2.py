@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.metrics.extractors import FeatureExtractor
 from neon.metrics.images import to_uint8
 

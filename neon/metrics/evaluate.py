@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from neon.core.collectives import gather_strided, rank_world
+from neon.core.contract import NeonModule, Sampler, release_sampling
+from neon.core.errors import NeonError
+from neon.core.release_sampling import ReleaseSampling, check_label_count, resolve_labels
 from neon.data.blocks import generate_block
-from neon.distributed import gather_strided, rank_world
-from neon.errors import NeonError
 from neon.metrics.extractors import FeatureExtractor
-from neon.module import NeonModule, Sampler, release_sampling
-from neon.release import ReleaseSampling, check_label_count, resolve_labels
 
 
 @torch.no_grad()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 
 # Fréchet-distance metrics → the named feature they compare (an extractor output, a reference statistic)
 FRECHET_METRICS = {"fid": "pool", "sfid": "spatial", "fd_dinov2": "dinov2"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 

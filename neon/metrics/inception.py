@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.metrics.extractors import FeatureExtractor
 
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.metrics.evaluate import features_of_images
 from neon.metrics.extractors import FeatureExtractor
 from neon.metrics.frechet import FRECHET_METRICS, feature_statistics, statistic_keys

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from neon.checks import check_sample_count
-from neon.errors import NeonError
+from neon.core.config_checks import check_sample_count
+from neon.core.errors import NeonError
 from neon.metrics.frechet import FRECHET_METRICS, feature_statistics, frechet_distance
 from neon.metrics.reference import Reference
 

@@ -10,14 +10,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from neon.distributed import is_main
-from neon.errors import NeonError
-from neon.io import StateDict
+from neon.core.collectives import is_main
+from neon.core.contract import HasOutputTwin, family_of
+from neon.core.errors import NeonError
+from neon.core.io import StateDict
+from neon.core.values import plain
 from neon.merge import WSpec
-from neon.module import HasOutputTwin, family_of
 from neon.output_twin import CountedNet, timed_generate
 from neon.report import w_label
-from neon.runtime import Run, log, plain
+from neon.runtime import Run, log
 from neon.stages import Evaluator
 
 COMPARISONS = ("output",)

@@ -10,12 +10,13 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from neon.core.collectives import is_main
+from neon.core.contract import NeonModule
+from neon.core.errors import NeonError
+from neon.core.io import read_json, write_json
+from neon.core.values import plain, positive_int
 from neon.diagnose import gradient_alignment, parameter_groups, prediction
-from neon.distributed import is_main
-from neon.errors import NeonError
-from neon.io import read_json, write_json
-from neon.module import NeonModule
-from neon.runtime import Run, plain, positive_int
+from neon.runtime import Run
 from neon.stages import load_base, synthetic_data
 from neon.tasks.front import cached_synthetic
 

@@ -10,17 +10,18 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from neon.checks import check_sample_count
-from neon.distributed import is_main
-from neon.errors import NeonError
-from neon.io import atomic_path, write_json
+from neon.core.collectives import is_main
+from neon.core.config_checks import check_sample_count
+from neon.core.errors import NeonError
+from neon.core.io import atomic_path, write_json
+from neon.core.release_sampling import ReleaseSampling
+from neon.core.values import plain
 from neon.metrics.build import build_extractor, extractor_key
 from neon.metrics.evaluate import features_of_images
 from neon.metrics.extractors import FeatureExtractor
 from neon.metrics.images import digest_source, npz_array_shape, read_image_source
 from neon.metrics.reference import images_for, reference_arrays, reference_from_outputs
-from neon.release import ReleaseSampling
-from neon.runtime import Run, log, plain
+from neon.runtime import Run, log
 from neon.stages import Evaluator, copy_weights
 
 

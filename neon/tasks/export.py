@@ -12,11 +12,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
-from neon.distributed import gather_strided, is_main, rank_world
-from neon.errors import NeonError
-from neon.io import atomic_path, file_sha256, save_state_dict, write_json, write_text
-from neon.module import HasNativeExport, release_sampling
-from neon.release import (
+from neon.core.collectives import gather_strided, is_main, rank_world
+from neon.core.contract import HasNativeExport, release_sampling
+from neon.core.errors import NeonError
+from neon.core.io import atomic_path, file_sha256, save_state_dict, write_json, write_text
+from neon.core.release_sampling import (
     UNCONDITIONAL,
     LabelSpec,
     check_label_count,
@@ -24,6 +24,8 @@ from neon.release import (
     label_spec,
     resolve_labels,
 )
+from neon.core.seeding import parse_seeds
+from neon.core.values import plain, positive_int
 from neon.release_export import (
     CARD,
     RECIPE,
@@ -39,8 +41,7 @@ from neon.release_export import (
     release_files,
     sha256_if_present,
 )
-from neon.runtime import Run, log, plain, positive_int
-from neon.seeding import parse_seeds
+from neon.runtime import Run, log
 from neon.stages import load_base
 
 

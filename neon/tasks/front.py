@@ -10,12 +10,13 @@ from typing import Any
 from omegaconf import DictConfig
 
 from neon.auto_w import check_auto
-from neon.checks import check_counts
-from neon.errors import NeonError
+from neon.core.config_checks import check_counts
+from neon.core.contract import NeonModule, diversity_warning
+from neon.core.errors import NeonError
+from neon.core.io import StateDict, load_state_dict
+from neon.core.values import plain
 from neon.heldout import check_heldout
-from neon.io import StateDict, load_state_dict
-from neon.module import NeonModule, diversity_warning
-from neon.runtime import Run, is_auto_w, log, merge_ws, plain
+from neon.runtime import Run, is_auto_w, log, merge_ws
 from neon.stages import (
     budgets_of,
     copy_weights,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from neon.errors import NeonError
-from neon.io import write_json
+from neon.core.errors import NeonError
+from neon.core.io import write_json
 from neon.merge import merge_files, merged_name
 from neon.report import w_label
 from neon.runtime import Run, merge_ws

@@ -9,15 +9,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from neon.distributed import is_main
-from neon.errors import NeonError
+from neon.core.collectives import is_main
+from neon.core.contract import HasNativeExport
+from neon.core.errors import NeonError
+from neon.core.io import StateDict, digest_state_dict, load_state_dict, write_json
+from neon.core.values import plain, positive_int
 from neon.heldout import heldout_figures
-from neon.io import StateDict, digest_state_dict, load_state_dict, write_json
 from neon.merge import WSpec
-from neon.module import HasNativeExport
 from neon.release_export import neon_run_card
 from neon.report import w_label, w_table, write_previews, write_w_curve
-from neon.runtime import Run, is_auto_w, log, merge_ws, plain, positive_int
+from neon.runtime import Run, is_auto_w, log, merge_ws
 from neon.stages import Evaluator, budgets_of, copy_weights, finetuned_weights
 from neon.synthetic_source import source_config, source_label
 from neon.tasks.compare import compare_mode, compare_output_space

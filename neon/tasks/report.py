@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.runtime import log
 from neon.sweep import write_report
 

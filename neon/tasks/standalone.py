@@ -9,9 +9,10 @@ from omegaconf import DictConfig
 
 from neon.callbacks import NeonMerge
 from neon.checkpoints import save_checkpoint_pair
-from neon.distributed import is_main
-from neon.io import StateDict, load_state_dict, save_state_dict, write_json
-from neon.runtime import Run, merge_ws, plain, positive_int
+from neon.core.collectives import is_main
+from neon.core.io import StateDict, load_state_dict, save_state_dict, write_json
+from neon.core.values import plain, positive_int
+from neon.runtime import Run, merge_ws
 from neon.stages import (
     THETA_R,
     budgets_of,

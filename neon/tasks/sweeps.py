@@ -8,13 +8,14 @@ import re
 from omegaconf import DictConfig
 
 from neon.auto_w import choose_w
-from neon.distributed import is_main
-from neon.errors import NeonError
+from neon.core.collectives import is_main
+from neon.core.errors import NeonError
+from neon.core.io import StateDict, write_json
+from neon.core.release_sampling import ReleaseSampling
+from neon.core.values import plain
 from neon.heldout import relative_gain
-from neon.io import StateDict, write_json
-from neon.release import ReleaseSampling
 from neon.report import search_table, w_label, write_guidance_curve
-from neon.runtime import Run, log, merge_ws, plain
+from neon.runtime import Run, log, merge_ws
 from neon.stages import Evaluator, budgets_of
 from neon.tasks.front import Front, build_front, validate
 

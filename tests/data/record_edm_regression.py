@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
+from neon.core.seeding import PerSampleRNG, StepNoise
 from neon.families.edm import heun_sampler
 from neon.families.edm.losses import denoising_loss
 from neon.families.edm.module import EDMModule, build_network
-from neon.seeding import PerSampleRNG, StepNoise
 
 OUT = Path(__file__).with_name("edm_regression.pt")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 
 # pipeline class → (its denoising network's component, that component's class, its frozen VAE component)
 PIPELINES = {"DDPMPipeline": ("unet", "UNet2DModel", None), "DDIMPipeline": ("unet", "UNet2DModel", None),

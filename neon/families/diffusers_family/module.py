@@ -13,18 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from neon.errors import NeonError
-from neon.families.diffusers_family.folder import (
-    FLOW_SCHEDULERS,
-    PipelineFolder,
-    check_scheduler,
-    read_pipeline_folder,
-)
-from neon.families.diffusers_family.objective import FlowWeighting, scheduler_loss
-from neon.families.diffusers_family.sampler import scheduler_sampler
-from neon.io import StateDict
-from neon.metrics.images import to_uint8
-from neon.module import (
+from neon.core.contract import (
     EMA,
     Batch,
     HasNativeExport,
@@ -35,8 +24,19 @@ from neon.module import (
     plain_kwargs,
     setting_above,
 )
+from neon.core.errors import NeonError
+from neon.core.io import StateDict
+from neon.core.seeding import PerSampleRNG, StepNoise
+from neon.families.diffusers_family.folder import (
+    FLOW_SCHEDULERS,
+    PipelineFolder,
+    check_scheduler,
+    read_pipeline_folder,
+)
+from neon.families.diffusers_family.objective import FlowWeighting, scheduler_loss
+from neon.families.diffusers_family.sampler import scheduler_sampler
+from neon.metrics.images import to_uint8
 from neon.readers import read_weights
-from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
 

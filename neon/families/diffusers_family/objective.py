@@ -11,9 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.seeding import StepNoise
 from neon.families.diffusers_family.folder import FLOW_SCHEDULERS
-from neon.seeding import StepNoise
 
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 

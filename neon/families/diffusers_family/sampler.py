@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 
 
 def _scheduler_of(scheduler, scheduler_class: str | None):

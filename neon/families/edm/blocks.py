@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from neon.core.seeding import StepNoise
 from neon.families.edm.precond import Preconditioner
-from neon.seeding import StepNoise
 
 
 def denoising_loss(net: Preconditioner, images: torch.Tensor, labels: torch.Tensor | None, noise: StepNoise,

@@ -11,13 +11,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from neon.errors import NeonError
-from neon.families.edm.losses import denoising_loss
-from neon.families.edm.precond import PRECONDS, Preconditioner
-from neon.families.edm.sampler import heun_sampler
-from neon.io import StateDict
-from neon.metrics.images import to_uint8
-from neon.module import (
+from neon.core.contract import (
     EMA,
     Batch,
     HasOutputTwin,
@@ -28,9 +22,15 @@ from neon.module import (
     plain_kwargs,
     setting_above,
 )
+from neon.core.errors import NeonError
+from neon.core.io import StateDict
+from neon.core.release_sampling import UNCONDITIONAL, Draw, LabelSpec, batch_labels, sizes_of
+from neon.core.seeding import PerSampleRNG, StepNoise
+from neon.families.edm.losses import denoising_loss
+from neon.families.edm.precond import PRECONDS, Preconditioner
+from neon.families.edm.sampler import heun_sampler
+from neon.metrics.images import to_uint8
 from neon.persistence import Snapshot, read_snapshot
-from neon.release import UNCONDITIONAL, Draw, LabelSpec, batch_labels, sizes_of
-from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.seeding import StepNoise
 from neon.families.edm.res_mlp import ResMLP
 from neon.families.edm.unets import ADMUNet, DDPMppUNet
-from neon.seeding import StepNoise
 
 # config and snapshot name of each backbone → our class
 BACKBONES: dict[str, type[nn.Module]] = {"SongUNet": DDPMppUNet, "DhariwalUNet": ADMUNet, "ResMLP": ResMLP}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.families.edm.blocks import (
     Dense,
     GroupNormFloor,

@@ -8,8 +8,8 @@ import math
 
 import torch
 
+from neon.core.seeding import StepNoise
 from neon.families.imm.network import IMMPrecond
-from neon.seeding import StepNoise
 
 
 def log_snr(t: torch.Tensor) -> torch.Tensor:

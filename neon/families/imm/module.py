@@ -15,17 +15,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from neon.errors import NeonError
+from neon.core.contract import (
+    EMA,
+    Batch,
+    HasOutputTwin,
+    HasReleaseCheckpoints,
+    HasReleaseSampling,
+    Sampler,
+    plain_kwargs,
+)
+from neon.core.errors import NeonError
+from neon.core.io import StateDict, dim_of
+from neon.core.release_sampling import UNCONDITIONAL, Draw, LabelSpec, RecordingLatent, batch_labels, sizes_of
+from neon.core.seeding import PerSampleRNG, StepNoise
 from neon.families.imm.loss import imm_loss
 from neon.families.imm.network import IMMPrecond
 from neon.families.imm.sampler import pushforward_sampler
 from neon.families.latent_family import LatentImageModule, check_architecture, check_class_ids
-from neon.io import StateDict, dim_of
-from neon.module import EMA, Batch, HasOutputTwin, HasReleaseCheckpoints, HasReleaseSampling, Sampler, plain_kwargs
 from neon.persistence import read_snapshot
 from neon.readers import read_weights
-from neon.release import UNCONDITIONAL, Draw, LabelSpec, RecordingLatent, batch_labels, sizes_of
-from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
 

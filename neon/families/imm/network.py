@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.families.transformer_parts import GeluMLP, TimeEmbedder
 
 # The DiT sizes of the released models (and of DiT's own table), by name.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.families.imm.network import IMMPrecond
 
 SUPPORTED_STEPS = (1, 2, 4, 8)  # the release's presets, and the step counts the reference protocol sweeps

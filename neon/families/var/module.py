@@ -15,16 +15,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from neon.cache import ArtifactCache
-from neon.errors import NeonError
+from neon.core.contract import Batch, HasOutputTwin, HasReleaseCheckpoints, HasReleaseSampling, Sampler, plain_kwargs
+from neon.core.errors import NeonError
+from neon.core.io import StateDict, check_state_fits, dim_of, load_state_dict, save_state_dict
+from neon.core.release_sampling import UNCONDITIONAL, Draw, LabelSpec, batch_labels, sizes_of
+from neon.core.seeding import PerSampleRNG, StepNoise
 from neon.families.latent_family import LatentImageModule, check_architecture, check_class_ids
 from neon.families.var.sampler import var_sampler
 from neon.families.var.tokenizer import train_vqvae
 from neon.families.var.transformer import VARTransformer
 from neon.families.var.vqvae import VQVAE
-from neon.io import StateDict, check_state_fits, dim_of, load_state_dict, save_state_dict
-from neon.module import Batch, HasOutputTwin, HasReleaseCheckpoints, HasReleaseSampling, Sampler, plain_kwargs
-from neon.release import UNCONDITIONAL, Draw, LabelSpec, batch_labels, sizes_of
-from neon.seeding import PerSampleRNG, StepNoise
 
 log = logging.getLogger("neon")
 

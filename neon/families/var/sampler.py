@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.seeding import PerSampleRNG
 from neon.families.var.transformer import VARTransformer
 from neon.families.var.vqvae import VQVAE
-from neon.seeding import PerSampleRNG
 
 Randomness = torch.Generator | PerSampleRNG
 

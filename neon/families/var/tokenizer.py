@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from neon.core.io import StateDict
 from neon.families.var.vqvae import VQVAE
-from neon.io import StateDict
 
 
 def quantize_with_loss(vae: VQVAE, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from neon.core.seeding import StepNoise
 from neon.families.transformer_parts import GeluMLP
-from neon.seeding import StepNoise
 
 LOG_100 = 4.605170249938965  # float32 log(100): the cap on the learned attention temperature
 

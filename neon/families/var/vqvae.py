@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 from neon.families.conv_autoencoder import Decoder, Encoder
 
 

@@ -11,15 +11,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from neon.errors import NeonError
+from neon.core.contract import (
+    EMA,
+    Batch,
+    HasOutputTwin,
+    HasReleaseCheckpoints,
+    HasReleaseSampling,
+    Sampler,
+    plain_kwargs,
+)
+from neon.core.errors import NeonError
+from neon.core.io import StateDict, dim_of
+from neon.core.release_sampling import RANDOM, UNCONDITIONAL, Draw, LabelSpec, RecordingLatent, batch_labels, sizes_of
+from neon.core.seeding import PerSampleRNG, StepNoise
 from neon.families.latent_family import LatentImageModule, check_architecture, check_class_ids
 from neon.families.xar.sampler import xar_sampler
 from neon.families.xar.transformer import XARTransformer
-from neon.io import StateDict, dim_of
-from neon.module import EMA, Batch, HasOutputTwin, HasReleaseCheckpoints, HasReleaseSampling, Sampler, plain_kwargs
 from neon.readers import WEIGHTS, read_weights
-from neon.release import RANDOM, UNCONDITIONAL, Draw, LabelSpec, RecordingLatent, batch_labels, sizes_of
-from neon.seeding import PerSampleRNG, StepNoise
 
 
 class XARModule(LatentImageModule, HasOutputTwin, HasReleaseSampling, HasReleaseCheckpoints):

@@ -8,9 +8,9 @@ import numbers
 
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.seeding import PerSampleRNG
 from neon.families.xar.transformer import XARTransformer
-from neon.seeding import PerSampleRNG
 
 # one generator for the whole batch (the release run on one device), a (start noise, step noise) pair
 # of generators (the release on a GPU: start noise on the CPU, step noise on the GPU), or one per sample

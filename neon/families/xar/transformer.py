@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
+from neon.core.seeding import PerSampleRNG
 from neon.families.transformer_parts import TimeEmbedder
-from neon.seeding import PerSampleRNG
 
 # How attention uses the KV cache: not at all (training: every cluster in one pass), refreshing it (a cluster's
 # first sampling step, which also feeds the clean previous cluster), reading it (the cluster's later steps).

@@ -10,7 +10,7 @@ from typing import Any, Union
 
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 
 RNG_MODES = ("per_seed", "release")
 RANDOM, UNCONDITIONAL, SORTED = "random", "unconditional", "sorted"

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 
 StateDict = dict[str, torch.Tensor]
 

@@ -9,9 +9,9 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from neon.errors import NeonError
-from neon.runtime import positive_int
-from neon.seeding import check_seed, parse_seeds
+from neon.core.errors import NeonError
+from neon.core.seeding import check_seed, parse_seeds
+from neon.core.values import positive_int
 
 
 def check_sample_count(n: int, dim: int, what: str, allow_small: bool) -> None:

@@ -16,11 +16,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from neon.errors import NeonError
-from neon.io import StateDict, check_state_fits
+from neon.core.errors import NeonError
+from neon.core.io import StateDict, check_state_fits
+from neon.core.release_sampling import Draw, LabelSpec
+from neon.core.seeding import StepNoise
 from neon.readers import read_weights
-from neon.release import Draw, LabelSpec
-from neon.seeding import StepNoise
 
 Batch = dict[str, torch.Tensor]
 Sampler = Callable[..., torch.Tensor]
@@ -260,12 +260,12 @@ def family_of(model_cfg: Mapping[str, Any]) -> type[NeonModule]:
         raise NeonError(f"model._target_ '{target}' cannot be imported ({exc}): give a family class such as "
                         "neon.families.edm.EDMModule") from None
     if not (isinstance(cls, type) and issubclass(cls, NeonModule)):
-        raise NeonError(f"model._target_ '{target}' is not a model family (a neon.module.NeonModule subclass)")
+        raise NeonError(f"model._target_ '{target}' is not a model family (a neon.core.contract.NeonModule subclass)")
     missing = sorted(getattr(cls, "__abstractmethods__", ()))
     missing += [name for name in ("family", "samplers") if getattr(cls, name) == getattr(NeonModule, name)]
     if missing:
         raise NeonError(f"model._target_ '{target}' lacks the family contract's {', '.join(missing)} "
-                        "(neon.module.NeonModule; see docs/adding-a-family.md)")
+                        "(neon.core.contract.NeonModule; see docs/adding-a-family.md)")
     return cls
 
 

@@ -1,15 +1,19 @@
-"""One seed per sample: random draws that do not depend on batch size, workers or processes."""
+"""One seed per sample: random draws that do not depend on batch size, workers or processes; and S drawn on a
+fixed count of torch threads (`fixed_threads`), so that its arithmetic does not depend on the machine either."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
-from neon.errors import NeonError
+from neon.core.errors import NeonError
 
 SEED_MAX = 2**32 - 1  # the range every seed of a run stays in (numpy's and most tools' limit)
+# torch's CPU threads while a sample of the synthetic set S is drawn (see `fixed_threads`)
+SAMPLING_THREADS = 1
 
 
 def check_seed(value: object, key: str) -> int:
@@ -124,3 +128,21 @@ class StepNoise:
         (dropout masks) that each process makes only for its own rows."""
         seeds = [mixed_seed(self.seed, self.step, stream, row) for row in range(self.rows.start, self.rows.stop)]
         return PerSampleRNG(seeds, self.device)
+
+
+@contextmanager
+def fixed_threads(n: int = SAMPLING_THREADS) -> Iterator[int]:
+    """torch's CPU threads set to `n` inside, this process's count restored on leaving.
+
+    A parallel matrix product or sum splits its work by thread count, so its last bits depend on that count;
+    arithmetic drawn under a fixed count does not. The default, one thread, is the only count that is the same
+    in every process: a DataLoader worker always runs one thread (torch sets it), and MKL may quietly use
+    fewer threads than asked for on a machine with fewer cores, so no larger count is reproducible."""
+    before = torch.get_num_threads()
+    if before != n:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

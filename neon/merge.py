@@ -17,7 +17,7 @@ import torch
 
 from neon.core.errors import NeonError
 from neon.core.io import StateDict, atomic_path
-from neon.readers import open_weights
+from neon.weights.readers import open_weights
 
 log = logging.getLogger("neon")
 
@@ -230,7 +230,7 @@ def merge_files(
     on_tensor: Callable[[str], None] | None = None,
     weights: str = "ema",
 ) -> Path:
-    """Stream θ_neon from two checkpoint files of any format `neon.readers` reads into `out_path`, holding
+    """Stream θ_neon from two checkpoint files of any format `neon.weights.readers` reads into `out_path`, holding
     about one tensor in memory (a pickle snapshot is first read whole, one at a time, and spilled beside
     `out_path`; a DEFLATE-compressed or legacy non-zip torch file cannot be mapped and is read whole);
     `weights` picks EMA or raw weights in training checkpoints.

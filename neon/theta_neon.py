@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from neon.checkpoints import save_checkpoint_pair
 from neon.core.io import StateDict, save_state_dict
 from neon.merge import WSpec, extrapolate
+from neon.weights.lightning_checkpoints import save_checkpoint_pair
 
 
 class NeonMerger:

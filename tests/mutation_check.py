@@ -114,14 +114,14 @@ MUTATIONS: list[Mutation] = [
              "for t, s in zip(times[:-1], times[:-1], strict=True):",
              ["tests/test_guards.py::test_imm_sampler_jumps_from_each_time_to_the_next"]),
     # --- the safe unpickler's allow-list
-    Mutation("unpickler allows any global", "neon/persistence.py",
+    Mutation("unpickler allows any global", "neon/weights/persistence.py",
              "if (module, name) in _ALLOWED:\n            return _ALLOWED[(module, name)]",
              "if (module, name) not in _ALLOWED:\n            return super(_SafeGlobals, self).find_class(module, name)\n"
              "        if (module, name) in _ALLOWED:\n            return _ALLOWED[(module, name)]",
              ["tests/test_guards.py::test_a_snapshot_naming_an_importable_global_is_refused_before_it_runs",
               "tests/test_persistence.py::test_a_global_outside_the_network_layers_is_refused"]),
     # --- readers: format detection from the first bytes
-    Mutation("safetensors detected by its header", "neon/readers.py",
+    Mutation("safetensors detected by its header", "neon/weights/readers.py",
              'if len(head) == 9 and head[8:9] == b"{"',
              'if len(head) == 9 and head[8:9] == b"}"',
              ["tests/test_readers.py::test_safetensors_are_read_as_safetensors_whatever_the_suffix"]),

@@ -16,7 +16,7 @@ import torch
 from neon.core.errors import NeonError
 from neon.core.seeding import StepNoise
 from neon.families.diffusers_family import DiffusersModule, scheduler_sampler
-from neon.release_export import folder_sha256
+from neon.weights.release_export import folder_sha256
 
 
 def tiny_unet(classes: int | None = None, **overrides):
@@ -252,7 +252,7 @@ def test_two_sharded_pipeline_networks_merge_by_streaming(tmp_path: Path):
     from safetensors.torch import load_file, save_file
 
     from neon.merge import extrapolate, merge_files
-    from neon.readers import open_weights
+    from neon.weights.readers import open_weights
 
     base = save_pipeline(tmp_path / "base", shard=60_000)
     aux = save_pipeline(tmp_path / "aux", shard=60_000)

@@ -14,7 +14,7 @@ from neon.core.seeding import PerSampleRNG, StepNoise
 from neon.families.edm import EDMModule, heun_sampler
 from neon.families.edm.losses import denoising_loss
 from neon.families.edm.module import build_network
-from neon.persistence import read_snapshot
+from neon.weights.persistence import read_snapshot
 from tests.edm_snapshot import TINY_DDPMPP, write_snapshot
 
 # The released CIFAR-10 DDPM++ network's constructor kwargs (edm-cifar10-32x32-cond-vp.pkl).

@@ -23,8 +23,8 @@ from neon.core.io import save_state_dict
 from neon.families.var.transformer import VARTransformer
 from neon.families.xar.transformer import XARTransformer
 from neon.merge import extrapolate
-from neon.readers import read_weights
 from neon.tasks.export import run_export
+from neon.weights.readers import read_weights
 from tests import test_var, test_xar
 from tests.edm_snapshot import write_snapshot
 

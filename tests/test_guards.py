@@ -148,7 +148,7 @@ class _Malicious:
 @pytest.mark.parametrize("spill", [False, True])
 def test_a_snapshot_naming_an_importable_global_is_refused_before_it_runs(tmp_path: Path, spill: bool):
     # unlike an unimportable module, a global that imports fine would be called by a plain unpickler
-    from neon.persistence import read_snapshot
+    from neon.weights.persistence import read_snapshot
 
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps({"ema": _Malicious()}, protocol=4))

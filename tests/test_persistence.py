@@ -1,4 +1,4 @@
-"""The one persistence-pickle reader (neon.persistence): a persistent network holding plain torch layers and
+"""The one persistence-pickle reader (neon.weights.persistence): a persistent network holding plain torch layers and
 timm layers (as IMM's DiT does) loads as data with no layer class imported; any other global is refused."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from neon.core.errors import NeonError
-from neon.persistence import read_snapshot
+from neon.weights.persistence import read_snapshot
 from tests.helpers import rss_anon_mb
 
 

@@ -1,4 +1,4 @@
-"""The one weights reader (`neon.readers`) behind model.checkpoint, neon-merge and task=merge: every release
+"""The one weights reader (`neon.weights.readers`) behind model.checkpoint, neon-merge and task=merge: every release
 format reads, and two released files merge directly."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from neon.core.errors import NeonError
 from neon.core.io import torch_mmap_able
 from neon.merge import extrapolate
 from neon.merge_cli import main as neon_merge
-from neon.persistence import read_snapshot
-from neon.readers import format_of, open_weights, read_weights
+from neon.weights.persistence import read_snapshot
+from neon.weights.readers import format_of, open_weights, read_weights
 from tests.edm_snapshot import write_snapshot
 
 

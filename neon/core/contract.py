@@ -20,7 +20,7 @@ from neon.core.errors import NeonError
 from neon.core.io import StateDict, check_state_fits
 from neon.core.release_sampling import Draw, LabelSpec
 from neon.core.seeding import StepNoise
-from neon.readers import read_weights
+from neon.weights.readers import read_weights
 
 Batch = dict[str, torch.Tensor]
 Sampler = Callable[..., torch.Tensor]
@@ -132,7 +132,7 @@ class NeonModule(nn.Module, metaclass=abc.ABCMeta):
         return x.detach().cpu().numpy()
 
     def read_checkpoint(self, path: str | Path) -> StateDict:
-        """Weights of the sampling network from a file of any format `neon.readers` reads."""
+        """Weights of the sampling network from a file of any format `neon.weights.readers` reads."""
         return read_weights(path)
 
     @classmethod
@@ -235,11 +235,11 @@ class HasNativeExport(abc.ABC):
 
 
 class HasReleaseCheckpoints(abc.ABC):
-    """Opt-in: the family reads its official releases' checkpoint formats (beyond `neon.readers`' own)."""
+    """Opt-in: the family reads its official releases' checkpoint formats (beyond `neon.weights.readers`' own)."""
 
     @abc.abstractmethod
     def read_checkpoint(self, path: str | Path) -> StateDict:
-        """Weights of the sampling network from a release file (or any file `neon.readers` reads)."""
+        """Weights of the sampling network from a release file (or any file `neon.weights.readers` reads)."""
 
 
 def release_sampling(module: NeonModule) -> HasReleaseSampling:

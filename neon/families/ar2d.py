@@ -14,7 +14,7 @@ from torch import nn
 from neon.core.contract import Batch, HasOutputTwin, HasReleaseCheckpoints, NeonModule, Sampler, setting_above
 from neon.core.io import StateDict, rename_keys
 from neon.core.seeding import PerSampleRNG, StepNoise
-from neon.readers import read_weights
+from neon.weights.readers import read_weights
 
 
 class ARGaussian2D(nn.Module):

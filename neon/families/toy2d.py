@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from neon.core.contract import Batch, HasOutputTwin, HasReleaseCheckpoints, NeonModule, Sampler, setting_below
 from neon.core.io import StateDict, rename_keys
 from neon.core.seeding import PerSampleRNG, StepNoise
-from neon.readers import read_weights
+from neon.weights.readers import read_weights
 
 
 def cosine_alpha_bar(steps: int, s: float = 0.008) -> torch.Tensor:

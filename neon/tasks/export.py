@@ -1,6 +1,6 @@
 """Files for other tools: samples in the ADM evaluation suite's layout (`task=sample`), and the loaded network
 as safetensors plus a YAML model config (`task=export`), or in the family's release layout with a model card
-and merge recipe (`task=export task.format=release`, neon/release_export.py)."""
+and merge recipe (`task=export task.format=release`, neon/weights/release_export.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ from neon.core.release_sampling import (
 )
 from neon.core.seeding import parse_seeds
 from neon.core.values import plain, positive_int
-from neon.release_export import (
+from neon.runtime import Run, log
+from neon.stages import load_base
+from neon.weights.release_export import (
     CARD,
     RECIPE,
     RunRecord,
@@ -41,8 +43,6 @@ from neon.release_export import (
     release_files,
     sha256_if_present,
 )
-from neon.runtime import Run, log
-from neon.stages import load_base
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -16,7 +16,6 @@ from neon.core.io import StateDict, digest_state_dict, load_state_dict, write_js
 from neon.core.values import plain, positive_int
 from neon.heldout import heldout_figures
 from neon.merge import WSpec
-from neon.release_export import neon_run_card
 from neon.report import w_label, w_table, write_previews, write_w_curve
 from neon.runtime import Run, is_auto_w, log, merge_ws
 from neon.stages import Evaluator, budgets_of, copy_weights, finetuned_weights
@@ -26,6 +25,7 @@ from neon.tasks.diagnose import cached_alignment, describe
 from neon.tasks.front import build_front, validate
 from neon.tasks.sweeps import auto_w
 from neon.theta_neon import NeonMerger
+from neon.weights.release_export import neon_run_card
 
 
 def score_ws(run: Run, evaluator: Evaluator, merge: NeonMerger, theta_s: StateDict, ws: list[WSpec],

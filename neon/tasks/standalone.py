@@ -8,7 +8,6 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from neon.callbacks import NeonMerge
-from neon.checkpoints import save_checkpoint_pair
 from neon.core.collectives import is_main
 from neon.core.io import StateDict, load_state_dict, save_state_dict, write_json
 from neon.core.values import plain, positive_int
@@ -24,6 +23,7 @@ from neon.stages import (
     synthetic_key,
 )
 from neon.tasks.front import validate
+from neon.weights.lightning_checkpoints import save_checkpoint_pair
 
 
 def run_pretrain(cfg: DictConfig) -> dict:

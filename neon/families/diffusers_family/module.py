@@ -36,7 +36,7 @@ from neon.families.diffusers_family.folder import (
 from neon.families.diffusers_family.objective import FlowWeighting, scheduler_loss
 from neon.families.diffusers_family.sampler import scheduler_sampler
 from neon.metrics.images import to_uint8
-from neon.readers import read_weights
+from neon.weights.readers import read_weights
 
 log = logging.getLogger("neon")
 

@@ -30,7 +30,7 @@ from neon.families.edm.losses import denoising_loss
 from neon.families.edm.precond import PRECONDS, Preconditioner
 from neon.families.edm.sampler import heun_sampler
 from neon.metrics.images import to_uint8
-from neon.persistence import Snapshot, read_snapshot
+from neon.weights.persistence import Snapshot, read_snapshot
 
 log = logging.getLogger("neon")
 

@@ -32,8 +32,8 @@ from neon.families.imm.loss import imm_loss
 from neon.families.imm.network import IMMPrecond
 from neon.families.imm.sampler import pushforward_sampler
 from neon.families.latent_family import LatentImageModule, check_architecture, check_class_ids
-from neon.persistence import read_snapshot
-from neon.readers import read_weights
+from neon.weights.persistence import read_snapshot
+from neon.weights.readers import read_weights
 
 log = logging.getLogger("neon")
 

@@ -27,7 +27,7 @@ from neon.core.seeding import PerSampleRNG, StepNoise
 from neon.families.latent_family import LatentImageModule, check_architecture, check_class_ids
 from neon.families.xar.sampler import xar_sampler
 from neon.families.xar.transformer import XARTransformer
-from neon.readers import WEIGHTS, read_weights
+from neon.weights.readers import WEIGHTS, read_weights
 
 
 class XARModule(LatentImageModule, HasOutputTwin, HasReleaseSampling, HasReleaseCheckpoints):

@@ -3,7 +3,7 @@ family reads, whole (`read_weights`) or a tensor at a time (`open_weights`).
 
 Formats, told apart by content (the suffix only separates persistence pickles from legacy torch pickles):
 - NVIDIA persistence pickles (EDM's `network-snapshot-*.pkl`, IMM's releases): their `ema` network, read
-  by `neon.persistence` without running any code;
+  by `neon.weights.persistence` without running any code;
 - torch files, read by torch's weights-only loader with the globals training checkpoints hold
   (`argparse.Namespace`, as in xAR's): a flat state dict (VAR's and xAR's releases), a Lightning checkpoint
   (`state_dict`, its `ema.`/`net.` network), a training checkpoint `{'model', 'model_ema', ...}` or the
@@ -148,7 +148,7 @@ class LazyWeights:
             self._where = {k: self.path for k in self._handles[self.path].keys()}
         elif kind == "snapshot":
             # a pickle cannot be mapped: its storages are spilled to files as it is read and mapped back
-            from neon.persistence import read_snapshot  # persistence reads StateDict from neon.core.io
+            from neon.weights.persistence import read_snapshot  # persistence reads StateDict from neon.core.io
 
             self._spill = tempfile.TemporaryDirectory(prefix=".neon-spill-", dir=spill_dir)
             self._tensors = read_snapshot(self.path, what=what, spill_dir=self._spill.name).state_dict

@@ -4,7 +4,7 @@ integer buffer, as a network's state dict):
 
   floor:      read both files and write one file of the same size, as raw bytes in 16 MiB chunks (no
               parsing, no arithmetic): what any merge must at least do;
-  neon-merge: `neon.merge.merge_files` (what `neon-merge BASE AUX --w 1 --out OUT` runs), safetensors out;
+  neon-merge: `neon.merging.extrapolate.merge_files` (what `neon-merge BASE AUX --w 1 --out OUT` runs), safetensors out;
   naive:      the authors' kind of script: torch.load both (.pt copies of the same tensors), (1+w)·θ_r − w·θ_s
               on every float tensor, torch.save.
 
@@ -127,7 +127,7 @@ def child(method: str, base: Path, aux: Path, out: Path) -> dict:
     import torch  # noqa: F401  (imported before the clock starts, as in every method)
 
     sys.path.insert(0, str(ROOT))
-    from neon.merge import merge_files
+    from neon.merging.extrapolate import merge_files
 
     run = {"floor": floor, "naive": naive,
            "neon-merge": lambda b, a, o: merge_files(b, a, W, o)}[method]

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from neon.core.errors import NeonError
-from neon.merge import WSpec
+from neon.merging.extrapolate import WSpec
 
 Score = Callable[[float], float]
 

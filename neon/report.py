@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from neon.core.io import StateDict, atomic_path, write_text
-from neon.merge import WSpec
+from neon.merging.extrapolate import WSpec
 
 
 def w_label(w: WSpec) -> str:

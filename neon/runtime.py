@@ -20,7 +20,7 @@ from neon.core.collectives import is_main
 from neon.core.errors import NeonError
 from neon.core.io import write_text
 from neon.core.values import plain
-from neon.merge import WSpec, check_w
+from neon.merging.extrapolate import WSpec, check_w
 
 if TYPE_CHECKING:  # Lightning takes seconds to import: only the stages that train import it
     import lightning as L

@@ -21,7 +21,7 @@ from neon.core.io import StateDict, digest_state_dict, load_state_dict, read_jso
 from neon.core.release_sampling import ReleaseSampling
 from neon.core.values import plain, positive_int
 from neon.data.batches import GlobalBatchSampler
-from neon.merge import check_finite_base, check_merge_pair, log_pattern_counts
+from neon.merging.extrapolate import check_finite_base, check_merge_pair, log_pattern_counts
 from neon.metrics.build import build_extractor, extractor_key
 from neon.metrics.evaluate import release_features, sample_features
 from neon.metrics.reference import Reference, load_reference
@@ -226,7 +226,7 @@ def finetuned_weights(run: Run, module: NeonModule, make_data: Callable[[], Any]
         with main_lock(str(folders[max(missing)]) + ".run.lock"):  # a concurrent job may be training it
             missing = missing_budgets()
             if missing:
-                from neon.callbacks import NeonMerge  # a Lightning callback: imported only to train
+                from neon.merging.callback import NeonMerge  # a Lightning callback: imported only to train
 
                 def keep(b: int, theta_s: StateDict) -> None:
                     run.cache.get_or_build("finetune", keys[b], lambda work: save_state_dict(theta_s, work / THETA_S))

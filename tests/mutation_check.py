@@ -63,11 +63,11 @@ class Mutation:
 
 MUTATIONS: list[Mutation] = [
     # --- the merge formula: θ_neon = (1 + w)·θ_r − w·θ_s as lerp(θ_r, θ_s, −w)
-    Mutation("merge sign of w", "neon/merge.py",
+    Mutation("merge sign of w", "neon/merging/extrapolate.py",
              "return torch.lerp(base.to(dtype), aux.to(dtype), -w).to(base.dtype)",
              "return torch.lerp(base.to(dtype), aux.to(dtype), w).to(base.dtype)",
              ["tests/test_merge.py::test_formula_on_float_tensors"]),
-    Mutation("NeonMerger merges θ_s with θ_r", "neon/theta_neon.py",
+    Mutation("NeonMerger merges θ_s with θ_r", "neon/merging/merger.py",
              "return extrapolate(self.base, theta_s, w)",
              "return extrapolate(theta_s, self.base, w)",
              ["tests/test_callbacks.py::test_budget_snapshots_hand_over_theta_s_and_write_theta_neon_at_each"]),

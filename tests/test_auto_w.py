@@ -10,7 +10,7 @@ import torch
 
 from neon.auto_w import choose_w, line_search, memoised
 from neon.core.errors import NeonError
-from neon.merge import extrapolate, w_for
+from neon.merging.extrapolate import extrapolate, w_for
 from tests.helpers import run_task, summary_of
 
 AUTO = {"start": 0.0, "step": 0.5, "w_min": 0.0, "w_max": 8.0, "tolerance": 0.1, "rounds": 1}

@@ -19,7 +19,7 @@ from neon.core.collectives import gather_strided
 from neon.core.errors import NeonError
 from neon.core.seeding import StepNoise
 from neon.data.batches import GlobalBatchSampler
-from neon.merge import extrapolate
+from neon.merging.extrapolate import extrapolate
 from tests.helpers import run_cli, run_task, seeded_cache, summary_of
 from tests.process_group import in_process_group
 from tests.summary_checks import check_neon_summary

@@ -251,7 +251,7 @@ def test_neon_runs_end_to_end_on_a_pipeline_folder(tmp_path: Path):
 def test_two_sharded_pipeline_networks_merge_by_streaming(tmp_path: Path):
     from safetensors.torch import load_file, save_file
 
-    from neon.merge import extrapolate, merge_files
+    from neon.merging.extrapolate import extrapolate, merge_files
     from neon.weights.readers import open_weights
 
     base = save_pipeline(tmp_path / "base", shard=60_000)

@@ -22,7 +22,7 @@ from neon.core.errors import NeonError
 from neon.core.io import save_state_dict
 from neon.families.var.transformer import VARTransformer
 from neon.families.xar.transformer import XARTransformer
-from neon.merge import extrapolate
+from neon.merging.extrapolate import extrapolate
 from neon.tasks.export import run_export
 from neon.weights.readers import read_weights
 from tests import test_var, test_xar

@@ -19,7 +19,7 @@ from neon.core.contract import NeonModule, check_sampler, check_samplers, family
 from neon.core.errors import NeonError
 from neon.core.io import save_state_dict
 from neon.core.seeding import StepNoise
-from neon.merge import extrapolate
+from neon.merging.extrapolate import extrapolate
 from neon.output_twin import build_twin
 from neon.runtime import model_spec
 

@@ -20,8 +20,8 @@ from neon.cli import CONF_DIR
 from neon.core.errors import NeonError
 from neon.core.io import load_state_dict, read_json, write_json
 from neon.families.toy2d import ToyDiffusion
-from neon.merge import extrapolate, merge_files
-from neon.merge_cli import main as neon_merge
+from neon.merging.extrapolate import extrapolate, merge_files
+from neon.merging.merge_command import main as neon_merge
 from neon.runtime import Run
 from neon.stages import RESUME, THETA_R, pretrain_into
 from neon.tasks.pipeline import run_neon

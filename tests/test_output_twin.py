@@ -17,7 +17,7 @@ from neon.core.seeding import PerSampleRNG
 from neon.families.ar2d import ARToy, temperature_sampler
 from neon.families.edm import EDMModule, heun_sampler
 from neon.families.toy2d import ToyDiffusion, ddim
-from neon.merge import extrapolate
+from neon.merging.extrapolate import extrapolate
 from neon.output_twin import CountedNet, OutputTwin, build_twin, timed_generate
 from neon.report import w_table
 from tests.helpers import TINY_TOY, cli_error, run_task, summary_of

@@ -114,7 +114,7 @@ def test_merging_two_snapshots_streams_their_storages(tmp_path: Path):
 
     from safetensors.torch import load_file
 
-    from neon.merge import merge_files
+    from neon.merging.extrapolate import merge_files
 
     # two snapshots of 16 layers × 16 MiB: a model is 256 MiB; the merge should hold a few layers at a time
     n, width = 16, 2048

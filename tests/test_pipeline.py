@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from neon.merge import extrapolate
+from neon.merging.extrapolate import extrapolate
 from tests.helpers import TINY_TOY, run_task, seeded_cache, summary_of
 from tests.summary_checks import check_neon_summary
 

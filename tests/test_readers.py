@@ -14,8 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from neon.core.errors import NeonError
 from neon.core.io import torch_mmap_able
-from neon.merge import extrapolate
-from neon.merge_cli import main as neon_merge
+from neon.merging.extrapolate import extrapolate
+from neon.merging.merge_command import main as neon_merge
 from neon.weights.persistence import read_snapshot
 from neon.weights.readers import format_of, open_weights, read_weights
 from tests.edm_snapshot import write_snapshot

@@ -17,7 +17,7 @@ from neon.families.var import VARModule, var_sampler
 from neon.families.var.sampler import draw_tokens, filter_top_k_top_p_
 from neon.families.var.transformer import VARTransformer
 from neon.families.var.vqvae import VQVAE
-from neon.merge import extrapolate
+from neon.merging.extrapolate import extrapolate
 from tests.helpers import run_task, summary_of
 from tests.summary_checks import check_search_summary
 

@@ -15,7 +15,7 @@ from neon.core.errors import NeonError
 from neon.core.seeding import StepNoise
 from neon.families.xar import KLAutoencoder, PixelLatent, XARModule, xar_sampler
 from neon.families.xar.transformer import TRAIN, XARTransformer
-from neon.merge import extrapolate
+from neon.merging.extrapolate import extrapolate
 from tests.helpers import run_task, summary_of
 from tests.summary_checks import check_search_summary
 

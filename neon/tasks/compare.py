@@ -15,7 +15,7 @@ from neon.core.contract import HasOutputTwin, family_of
 from neon.core.errors import NeonError
 from neon.core.io import StateDict
 from neon.core.values import plain
-from neon.merge import WSpec
+from neon.merging.extrapolate import WSpec
 from neon.output_twin import CountedNet, timed_generate
 from neon.report import w_label
 from neon.runtime import Run, log

@@ -16,6 +16,7 @@ from neon.core.errors import NeonError
 from neon.core.io import StateDict, load_state_dict
 from neon.core.values import plain
 from neon.heldout import check_heldout
+from neon.merging.merger import NeonMerger
 from neon.runtime import Run, is_auto_w, log, merge_ws
 from neon.stages import (
     budgets_of,
@@ -29,7 +30,6 @@ from neon.stages import (
 )
 from neon.synthetic_source import check_fits, folder_key, source_config, source_folder, source_label, source_run
 from neon.tasks.compare import compare_mode
-from neon.theta_neon import NeonMerger
 
 
 def validate(cfg: DictConfig) -> None:

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from neon.core.errors import NeonError
 from neon.core.io import write_json
-from neon.merge import merge_files, merged_name
+from neon.merging.extrapolate import merge_files, merged_name
 from neon.report import w_label
 from neon.runtime import Run, merge_ws
 

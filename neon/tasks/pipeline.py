@@ -15,7 +15,8 @@ from neon.core.errors import NeonError
 from neon.core.io import StateDict, digest_state_dict, load_state_dict, write_json
 from neon.core.values import plain, positive_int
 from neon.heldout import heldout_figures
-from neon.merge import WSpec
+from neon.merging.extrapolate import WSpec
+from neon.merging.merger import NeonMerger
 from neon.report import w_label, w_table, write_previews, write_w_curve
 from neon.runtime import Run, is_auto_w, log, merge_ws
 from neon.stages import Evaluator, budgets_of, copy_weights, finetuned_weights
@@ -24,7 +25,6 @@ from neon.tasks.compare import compare_mode, compare_output_space
 from neon.tasks.diagnose import cached_alignment, describe
 from neon.tasks.front import build_front, validate
 from neon.tasks.sweeps import auto_w
-from neon.theta_neon import NeonMerger
 from neon.weights.release_export import neon_run_card
 
 

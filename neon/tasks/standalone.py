@@ -7,10 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from neon.callbacks import NeonMerge
 from neon.core.collectives import is_main
 from neon.core.io import StateDict, load_state_dict, save_state_dict, write_json
 from neon.core.values import plain, positive_int
+from neon.merging.callback import NeonMerge
 from neon.runtime import Run, merge_ws
 from neon.stages import (
     THETA_R,

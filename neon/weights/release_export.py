@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from neon.core.errors import NeonError
 from neon.core.io import StateDict, file_sha256, read_json, save_state_dict, save_torch_state_dict, write_text
-from neon.merge import WSpec
+from neon.merging.extrapolate import WSpec
 from neon.report import w_label, w_table
 
 log = logging.getLogger("neon")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from neon.core.errors import NeonError
-from neon.merge import WSpec, check_w, merge_files
+from neon.merging.extrapolate import WSpec, check_w, merge_files
 
 
 def parse_w(text: str) -> WSpec:

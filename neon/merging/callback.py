@@ -1,4 +1,4 @@
-"""Lightning callbacks: NeonMerge, the merge (neon/theta_neon.py) at fit end and at fine-tune snapshots."""
+"""Lightning callbacks: NeonMerge, the merge (neon/merging/merger.py) at fit end and at fine-tune snapshots."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import lightning as L
 
 from neon.core.io import StateDict
-from neon.merge import WSpec, check_w, merged_name
-from neon.theta_neon import NeonMerger
+from neon.merging.extrapolate import WSpec, check_w, merged_name
+from neon.merging.merger import NeonMerger
 
 
 def neon_weights_of(module: L.LightningModule) -> StateDict:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from neon.core.io import StateDict, save_state_dict
-from neon.merge import WSpec, extrapolate
+from neon.merging.extrapolate import WSpec, extrapolate
 from neon.weights.lightning_checkpoints import save_checkpoint_pair
 
 

@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from neon.analysis.output_twin import OutputTwin, build_twin
 from neon.core.collectives import barrier, broadcast, is_main, main_lock
 from neon.core.contract import NeonModule, family_of
 from neon.core.errors import NeonError
@@ -26,7 +27,6 @@ from neon.metrics.build import build_extractor, extractor_key
 from neon.metrics.evaluate import release_features, sample_features
 from neon.metrics.reference import Reference, load_reference
 from neon.metrics.scores import compute_scores, summarize_seed_sets
-from neon.output_twin import OutputTwin, build_twin
 from neon.runtime import Run, is_auto_w, log, merge_ws, model_spec
 
 if TYPE_CHECKING:

@@ -141,7 +141,7 @@ MUTATIONS: list[Mutation] = [
              "arr[r * len(share[key]):(r + 1) * len(share[key])] = share[key]",
              ["tests/test_guards.py::test_strided_shares_interleave_back_into_item_order"]),
     # --- numbers that hold up: picks on the selection seeds, figures on disjoint held-out seeds
-    Mutation("held-out seeds are refused where they overlap the selection's", "neon/heldout.py",
+    Mutation("held-out seeds are refused where they overlap the selection's", "neon/analysis/heldout.py",
              "if a < end and first < b:", "if a < end and first < a:",
              ["tests/test_heldout.py::test_overlapping_heldout_seeds_are_one_line_before_any_work"]),
     Mutation("the picks are scored on the held-out seeds", "neon/tasks/pipeline.py",

@@ -15,7 +15,7 @@ def check_neon_summary(summary: dict, run_dir: Path | None = None) -> None:
     w_grid.csv, with several budgets) hold the same numbers."""
     grid = summary["grid"]
     assert grid and all(math.isfinite(g["fid"]) for g in grid), grid
-    from neon.report import w_label
+    from neon.analysis.run_report import w_label
 
     best = min(grid, key=lambda g: g["fid"])
     assert (summary["budget_steps"], w_label(summary["w"]), summary["fid_neon"]) == (best["budget_steps"], best["w"], best["fid"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from neon.auto_w import choose_w, line_search, memoised
+from neon.analysis.auto_w import choose_w, line_search, memoised
 from neon.core.errors import NeonError
 from neon.merging.extrapolate import extrapolate, w_for
 from tests.helpers import run_task, summary_of

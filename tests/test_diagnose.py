@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch import nn
 
+from neon.analysis.alignment import gradient_alignment, parameter_groups, prediction
+from neon.analysis.sweep_table import write_sweep_table
 from neon.core.contract import NeonModule, diversity_warning
 from neon.core.errors import NeonError
-from neon.diagnose import gradient_alignment, parameter_groups, prediction
-from neon.sweep import write_sweep_table
 from neon.tasks.front import validate
 from tests.helpers import TINY_TOY, run_task, seeded_cache, summary_of, task_config
 

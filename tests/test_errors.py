@@ -75,10 +75,10 @@ def test_metric_settings_a_user_can_get_wrong_are_one_line_errors(tmp_path: Path
 
     import numpy as np
 
+    from neon.analysis.sweep_table import SweepTable
     from neon.metrics.frechet import frechet_distance
     from neon.metrics.reference import Reference
     from neon.metrics.scores import compute_scores
-    from neon.sweep import SweepTable
 
     reference = Reference(mu=np.zeros(4), sigma=np.eye(4), source="test")
     features = {"pool": np.random.default_rng(0).normal(size=(16, 4))}

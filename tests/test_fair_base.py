@@ -7,7 +7,7 @@ import csv
 import json
 from pathlib import Path
 
-from neon.report import search_table
+from neon.analysis.run_report import search_table
 from tests.helpers import TINY_TOY, run_task, summary_of
 from tests.summary_checks import check_search_summary
 
@@ -59,8 +59,8 @@ def test_search_without_guidance_reports_no_tuned_base(tmp_path: Path, shared_ca
 
 
 def test_sweep_table_lists_search_jobs_with_the_tuned_base(tmp_path: Path):
+    from neon.analysis.sweep_table import write_sweep_table
     from neon.core.io import write_json
-    from neon.sweep import write_sweep_table
 
     jobs = {"0": {"task": "search", "fid_base": 5.0, "fid_base_tuned": 4.5, "fid_neon": 3.0, "w": 1.0,
                   "budget_steps": 4, "seconds": {"evaluate": 1.0}},
@@ -79,8 +79,8 @@ def test_sweep_table_lists_search_jobs_with_the_tuned_base(tmp_path: Path):
 def test_a_guidance_sweep_names_its_fair_base(tmp_path: Path):
     # `neon -m sampler.cfg=...`: each job scores θ_r at its own guidance; sweep.md names the best of those
     # beside the best θ_neon (a sweep whose θ_r scores are all equal has nothing to add)
+    from neon.analysis.sweep_table import write_sweep_table
     from neon.core.io import write_json
-    from neon.sweep import write_sweep_table
 
     for name, cfg, base, neon, w in (("0", 1.0, 5.0, 4.2, 0.5), ("1", 2.0, 4.4, 4.0, 1.0), ("2", 3.0, 4.9, 3.9, 1.5)):
         (tmp_path / name / ".hydra").mkdir(parents=True)

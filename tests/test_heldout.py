@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from neon.analysis.heldout import heldout_figures, mean_interval, relative_gain
+from neon.analysis.sweep_table import write_sweep_table
 from neon.core.errors import NeonError
 from neon.core.io import load_state_dict, write_json
-from neon.heldout import heldout_figures, mean_interval, relative_gain
 from neon.preflight import preflight
-from neon.sweep import write_sweep_table
 from tests.helpers import TINY_TOY, run_task, seeded_cache, task_config
 
 RUN = [*TINY_TOY, "+neon.control=true", "metrics.heldout_seed_offset=50000"]

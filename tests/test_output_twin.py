@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from neon.analysis.output_twin import CountedNet, OutputTwin, build_twin, timed_generate
+from neon.analysis.run_report import w_table
 from neon.core.io import StateDict
 from neon.core.seeding import PerSampleRNG
 from neon.families.ar2d import ARToy, temperature_sampler
 from neon.families.edm import EDMModule, heun_sampler
 from neon.families.toy2d import ToyDiffusion, ddim
 from neon.merging.extrapolate import extrapolate
-from neon.output_twin import CountedNet, OutputTwin, build_twin, timed_generate
-from neon.report import w_table
 from tests.helpers import TINY_TOY, cli_error, run_task, summary_of
 
 W = 0.7
@@ -205,8 +205,8 @@ class NoTwin(ToyDiffusion):
 
 
 def test_compare_settings_are_refused_in_one_line(tmp_path: Path):
+    from neon.analysis.output_twin import compare_mode
     from neon.core.errors import NeonError
-    from neon.tasks.compare import compare_mode
     from tests.helpers import task_config
 
     assert "neon.compare must be null or one of ['output'], got 'outputs'" in cli_error(["neon.compare=outputs"])

@@ -49,7 +49,7 @@ def _fake_job(folder: Path, lr: str, fids: list[float], control: float) -> None:
 def test_a_study_sweep_reports_its_swept_setting_and_the_control(tmp_path: Path):
     from omegaconf import OmegaConf
 
-    from neon.sweep import SweepTable
+    from neon.analysis.sweep_table import SweepTable
 
     _fake_job(tmp_path / "sw" / "0", "1e-5", [3.0, 2.5, 2.8], 3.1)
     _fake_job(tmp_path / "sw" / "1", "1e-4", [3.0, 3.4, 4.0], 3.3)

@@ -204,7 +204,7 @@ class NeonModule(nn.Module, metaclass=abc.ABCMeta):
 
 
 class HasOutputTwin:
-    """Opt-in: the output-space twin (`neon.compare=output`, neon/output_twin.py). `twin_outputs` names the
+    """Opt-in: the output-space twin (`neon.compare=output`, neon/analysis/output_twin.py). `twin_outputs` names the
     methods of the sampling network whose outputs are combined as (1 + w)·f(θ_r) − w·f(θ_s); `twin_state`
     those that only manage per-network state (caches) and run on both networks. Every other attribute a
     sampler reads must not depend on the weights (it is read from θ_r's copy)."""

@@ -7,42 +7,17 @@ import math
 from typing import Any
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from neon.analysis.output_twin import CountedNet, timed_generate
+from neon.analysis.run_report import w_label
 from neon.core.collectives import is_main
-from neon.core.contract import HasOutputTwin, family_of
-from neon.core.errors import NeonError
 from neon.core.io import StateDict
-from neon.core.values import plain
 from neon.merging.extrapolate import WSpec
-from neon.output_twin import CountedNet, timed_generate
-from neon.report import w_label
 from neon.runtime import Run, log
 from neon.stages import Evaluator
 
-COMPARISONS = ("output",)
 TIMING_REPEATS = 3  # interleaved; the fastest of each is kept (the machine's load only ever adds time)
-
-
-def compare_mode(cfg: DictConfig) -> str | None:
-    """`neon.compare` checked before any work: null, or 'output' for a family with an output-space twin and
-    scalar w (a block-wise w has no output-space counterpart)."""
-    mode = plain(cfg.neon.get("compare"))
-    if mode is None:
-        return None
-    if mode not in COMPARISONS:
-        raise NeonError(f"neon.compare must be null or one of {list(COMPARISONS)}, got {mode!r}")
-    family = family_of(cfg.model)
-    if not (issubclass(family, HasOutputTwin) and family.twin_outputs):
-        raise NeonError(f"neon.compare=output: the {family.family} family has no output-space twin "
-                        f"({family.__name__}.twin_outputs is empty); drop neon.compare")
-    w = plain(cfg.neon.w)
-    blockwise_auto = w == "auto" and (plain(cfg.neon.get("auto")) or {}).get("groups")
-    if blockwise_auto or isinstance(w, dict) or (isinstance(w, list) and any(isinstance(v, dict) for v in w)):
-        raise NeonError("neon.compare=output combines outputs with one scalar w: give neon.w as numbers (or auto "
-                        "without neon.auto.groups), not a block-wise mapping")
-    return mode
 
 
 def timing(run: Run, evaluator: Evaluator, theta_neon: StateDict, theta_r: StateDict, theta_s: StateDict,

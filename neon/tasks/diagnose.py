@@ -1,5 +1,5 @@
 """`task=diagnose`, and `neon.diagnose` inside `task=neon`: the anti-alignment diagnostic at θ_r (the estimator
-is `neon.diagnose`)."""
+is `neon.analysis.alignment`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from neon.analysis.alignment import gradient_alignment, parameter_groups, prediction
 from neon.core.collectives import is_main
 from neon.core.contract import NeonModule
 from neon.core.errors import NeonError
 from neon.core.io import read_json, write_json
 from neon.core.values import plain, positive_int
-from neon.diagnose import gradient_alignment, parameter_groups, prediction
 from neon.runtime import Run
 from neon.stages import load_base, synthetic_data
 from neon.tasks.front import cached_synthetic

@@ -9,13 +9,14 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from neon.auto_w import check_auto
+from neon.analysis.auto_w import check_auto
+from neon.analysis.heldout import check_heldout
+from neon.analysis.output_twin import compare_mode
 from neon.core.config_checks import check_counts
 from neon.core.contract import NeonModule, diversity_warning
 from neon.core.errors import NeonError
 from neon.core.io import StateDict, load_state_dict
 from neon.core.values import plain
-from neon.heldout import check_heldout
 from neon.merging.merger import NeonMerger
 from neon.runtime import Run, is_auto_w, log, merge_ws
 from neon.stages import (
@@ -29,7 +30,6 @@ from neon.stages import (
     synthetic_key,
 )
 from neon.synthetic_source import check_fits, folder_key, source_config, source_folder, source_label, source_run
-from neon.tasks.compare import compare_mode
 
 
 def validate(cfg: DictConfig) -> None:

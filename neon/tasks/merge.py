@@ -7,10 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from neon.analysis.run_report import w_label
 from neon.core.errors import NeonError
 from neon.core.io import write_json
 from neon.merging.extrapolate import merge_files, merged_name
-from neon.report import w_label
 from neon.runtime import Run, merge_ws
 
 

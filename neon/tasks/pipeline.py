@@ -9,19 +9,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from neon.analysis.heldout import heldout_figures
+from neon.analysis.output_twin import compare_mode
+from neon.analysis.run_report import w_label, w_table, write_previews, write_w_curve
 from neon.core.collectives import is_main
 from neon.core.contract import HasNativeExport
 from neon.core.errors import NeonError
 from neon.core.io import StateDict, digest_state_dict, load_state_dict, write_json
 from neon.core.values import plain, positive_int
-from neon.heldout import heldout_figures
 from neon.merging.extrapolate import WSpec
 from neon.merging.merger import NeonMerger
-from neon.report import w_label, w_table, write_previews, write_w_curve
 from neon.runtime import Run, is_auto_w, log, merge_ws
 from neon.stages import Evaluator, budgets_of, copy_weights, finetuned_weights
 from neon.synthetic_source import source_config, source_label
-from neon.tasks.compare import compare_mode, compare_output_space
+from neon.tasks.compare import compare_output_space
 from neon.tasks.diagnose import cached_alignment, describe
 from neon.tasks.front import build_front, validate
 from neon.tasks.sweeps import auto_w

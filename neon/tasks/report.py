@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from neon.analysis.sweep_table import write_report
 from neon.core.errors import NeonError
 from neon.runtime import log
-from neon.sweep import write_report
 
 
 def run_report(cfg: DictConfig) -> dict:

@@ -7,14 +7,14 @@ import re
 
 from omegaconf import DictConfig
 
-from neon.auto_w import choose_w
+from neon.analysis.auto_w import choose_w
+from neon.analysis.heldout import relative_gain
+from neon.analysis.run_report import search_table, w_label, write_guidance_curve
 from neon.core.collectives import is_main
 from neon.core.errors import NeonError
 from neon.core.io import StateDict, write_json
 from neon.core.release_sampling import ReleaseSampling
 from neon.core.values import plain
-from neon.heldout import relative_gain
-from neon.report import search_table, w_label, write_guidance_curve
 from neon.runtime import Run, log, merge_ws
 from neon.stages import Evaluator, budgets_of
 from neon.tasks.front import Front, build_front, validate

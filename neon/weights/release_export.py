@@ -15,10 +15,10 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from neon.analysis.run_report import w_label, w_table
 from neon.core.errors import NeonError
 from neon.core.io import StateDict, file_sha256, read_json, save_state_dict, save_torch_state_dict, write_text
 from neon.merging.extrapolate import WSpec
-from neon.report import w_label, w_table
 
 log = logging.getLogger("neon")
 

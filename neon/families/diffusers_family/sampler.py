@@ -38,7 +38,7 @@ def guided_prediction(net: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: 
                             "with; use guidance_scale=1")
         x = torch.cat([x, x])
         labels = torch.cat([labels, torch.full_like(labels, null_label)])
-    # return_dict=False: a plain tuple, which the output-space twin can combine (neon/output_twin.py)
+    # return_dict=False: a plain tuple, which the output-space twin can combine (neon/analysis/output_twin.py)
     out = net(x, t.expand(len(x)), class_labels=labels, return_dict=False)[0][:, :channels]
     if guided:
         cond, uncond = out.chunk(2)

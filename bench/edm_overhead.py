@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from neon.core.seeding import StepNoise
 from neon.families.edm import EDMModule, heun_sampler
-from neon.training import LightningNeon
+from neon.stages.training import LightningNeon
 
 NETWORKS = {
     "digits ResMLP 8x8": dict(precond="EDMPrecond", img_resolution=8, img_channels=1, label_dim=10, model_type="ResMLP",

@@ -6,7 +6,7 @@ would each paper row cost on this GPU?
 2. At the paper's sizes with random weights (the VAEs and tokenizers are random files of the release's
    layout written to a temporary folder): EDM DDPM++ CIFAR-10 (Heun-18), VAR-d16, xAR-B (40 steps, fp16
    autocast as the paper config samples), IMM-XL/2 (8 steps). Each model is composed from its paper
-   experiment (experiments/paper/*.yaml) and built by `neon.runtime.model_spec` as the CLI builds it.
+   experiment (experiments/paper/*.yaml) and built by `neon.stages.run.model_spec` as the CLI builds it.
    - sampling images/s: the framework's path for S (`neon.data.synthetic.generate_block`: one generator
      per image, class-balanced labels, 8-bit rounding, the copy to the CPU) against a bare call of the
      same sampler function on one batch of noise with one generator;
@@ -74,8 +74,8 @@ from neon.core.values import plain
 from neon.data.synthetic import generate_block  # noqa: E402
 from neon.families.var.vqvae import VQVAE  # noqa: E402
 from neon.metrics.inception import InceptionFeatures  # noqa: E402
-from neon.runtime import model_spec  # noqa: E402
-from neon.training import LightningNeon  # noqa: E402
+from neon.stages.run import model_spec  # noqa: E402
+from neon.stages.training import LightningNeon  # noqa: E402
 from tests.helpers import random_batch  # noqa: E402
 from tests.inception_weights import write_random_inception  # noqa: E402
 

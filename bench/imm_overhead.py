@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from neon.core.seeding import StepNoise
 from neon.families.imm import IMMModule, pushforward_sampler
 from neon.families.latents import PixelLatent
-from neon.training import LightningNeon
+from neon.stages.training import LightningNeon
 
 NET = dict(img_resolution=16, img_channels=4, num_classes=10, model_type=None, hidden_size=256, depth=4,
            num_heads=4, patch_size=2)

@@ -42,7 +42,7 @@ def write_inputs(folder: Path) -> dict[str, Path]:
 
     sys.path.insert(0, str(ROOT))
     from neon.core.io import save_state_dict
-    from neon.runtime import model_spec
+    from neon.stages.run import model_spec
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"paths.cache_dir={folder / 'cache'}"])

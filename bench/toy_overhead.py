@@ -18,7 +18,7 @@ import torch
 from neon.core.seeding import StepNoise
 from neon.data.batches import TensorItems, global_batch_loader
 from neon.families.toy2d import ToyDiffusion, ddim
-from neon.training import LightningNeon
+from neon.stages.training import LightningNeon
 
 
 def timed(fn) -> float:

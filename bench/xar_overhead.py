@@ -24,7 +24,7 @@ from neon.core.seeding import PerSampleRNG, StepNoise
 from neon.families.xar import PixelLatent, XARModule, xar_sampler
 from neon.families.xar.sampler import cluster_cfg, sde_drift
 from neon.families.xar.transformer import TRAIN
-from neon.training import LightningNeon
+from neon.stages.training import LightningNeon
 
 NET = dict(embed_dim=256, depth=2, num_heads=4, num_classes=10, channels=16, grid=8, cluster_grid=2,
            attn_dropout=0.0, proj_dropout=0.0)

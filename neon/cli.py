@@ -75,7 +75,7 @@ def _job(cfg: DictConfig, checked: bool = False) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     from neon.distributed import launch
-    from neon.runtime import current_stage
+    from neon.stages.run import current_stage
     from neon.threads import apply_threads
 
     quiet_libraries()

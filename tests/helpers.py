@@ -67,7 +67,7 @@ def cli_error(args: list[str]) -> str:
 
     from neon.core.errors import NeonError, user_error
     from neon.preflight import preflight
-    from neon.runtime import model_spec
+    from neon.stages.run import model_spec
 
     try:
         cfg = preflight(args).cfg
@@ -132,8 +132,8 @@ def seeded_cache(tmp_path: Path, shared_cache: Path, args: list[str]) -> Path:
     test which counts or corrupts its cache's S, θ_s or scores does not pretrain θ_r again."""
     import shutil
 
-    from neon.runtime import Run
-    from neon.stages import load_base
+    from neon.stages.base import load_base
+    from neon.stages.run import Run
 
     cfg, _ = task_config(args, tmp_path, "seed_cache", shared_cache)
     with command_threads(cfg):

@@ -77,11 +77,11 @@ MUTATIONS: list[Mutation] = [
              "torch.Generator(self.device).manual_seed(0) for s in seeds]",
              ["tests/test_synthetic.py::test_noise_of_a_seed_does_not_depend_on_its_batch"]),
     # --- cache checksums: a corrupt artifact is never reused
-    Mutation("cache compares checksums", "neon/cache.py",
+    Mutation("cache compares checksums", "neon/core/cache.py",
              "_sha256(folder / name) == digest for name, digest in sums.items()",
              "_sha256(folder / name) != '' for name, digest in sums.items()",
              ["tests/test_frechet_and_cache.py::test_corrupt_artifact_is_detected_and_rebuilt"]),
-    Mutation("θ_s reuse is verified", "neon/stages.py",
+    Mutation("θ_s reuse is verified", "neon/stages/finetune.py",
              'if not run.cache.verified("finetune", keys[b])]',
              'if not run.cache.path("finetune", keys[b]).exists()]',
              ["tests/test_guards.py::test_a_corrupt_theta_s_is_fine_tuned_again_not_reused"]),

@@ -14,7 +14,7 @@ from neon.data.gaussian2d import Gaussian2DDataModule
 from neon.families.toy2d import ToyDiffusion
 from neon.merging.callback import NeonMerge, merged_name
 from neon.merging.extrapolate import extrapolate
-from neon.training import LightningNeon
+from neon.stages.training import LightningNeon
 
 WS = [0.5, -1.0, {r"^blocks\.0\.": 2.0, "out": 0.25, "default": 1.0}]  # scalar, negative and block-wise w
 

@@ -21,7 +21,7 @@ import pytest
 from neon import cli
 from neon.core.errors import NeonError
 from neon.preflight import preflight
-from neon.runtime import Run, current_stage
+from neon.stages.run import Run, current_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD_LINES = {
@@ -105,11 +105,11 @@ def test_a_mapping_replaces_a_list_default():
 
 
 def test_current_stage_names_the_innermost_stage(tmp_path: Path, monkeypatch):
-    import neon.runtime
+    import neon.stages.run
 
     # this process's stage bookkeeping, fresh: an earlier test's error may have left a stage behind
-    monkeypatch.setattr(neon.runtime, "_ACTIVE_STAGES", [])
-    monkeypatch.setattr(neon.runtime, "_LEFT_BY_EXCEPTION", [])
+    monkeypatch.setattr(neon.stages.run, "_ACTIVE_STAGES", [])
+    monkeypatch.setattr(neon.stages.run, "_LEFT_BY_EXCEPTION", [])
     run = Run.__new__(Run)  # only the stage bookkeeping is used
     run.seconds = {}
     assert current_stage() == "start-up"

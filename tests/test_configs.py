@@ -12,7 +12,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from neon.cli import CONF_DIR
 from neon.core.contract import NeonModule
-from neon.runtime import model_spec
+from neon.stages.run import model_spec
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
 OPTIONS = [(g, str(f.relative_to(CONF_DIR / g).with_suffix(""))) for g in GROUPS for f in sorted((CONF_DIR / g).rglob("*.yaml"))]

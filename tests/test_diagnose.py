@@ -17,7 +17,7 @@ from neon.analysis.alignment import gradient_alignment, parameter_groups, predic
 from neon.analysis.sweep_table import write_sweep_table
 from neon.core.contract import NeonModule, diversity_warning
 from neon.core.errors import NeonError
-from neon.tasks.front import validate
+from neon.stages.front import validate
 from tests.helpers import TINY_TOY, run_task, seeded_cache, summary_of, task_config
 
 

@@ -182,7 +182,7 @@ def test_export_writes_the_pipeline_with_its_model_card(tmp_path: Path):
 def test_the_tiny_config_builds_through_hydra_and_exports(tmp_path: Path):
     from hydra.utils import instantiate
 
-    from neon.runtime import model_spec
+    from neon.stages.run import model_spec
     from tests.helpers import compose_config
 
     module = instantiate(model_spec(compose_config(["model=diffusers_tiny"])))  # nested settings as configs
@@ -337,7 +337,7 @@ def test_a_missing_pipeline_folder_is_named_on_the_command_line():
     from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
     from neon.core.errors import user_error
-    from neon.runtime import model_spec
+    from neon.stages.run import model_spec
     from tests.helpers import compose_config
 
     cfg = compose_config(["model=diffusers"])

@@ -21,7 +21,7 @@ from neon.core.errors import NeonError
 from neon.core.io import save_state_dict
 from neon.core.seeding import StepNoise
 from neon.merging.extrapolate import extrapolate
-from neon.runtime import model_spec
+from neon.stages.run import model_spec
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))

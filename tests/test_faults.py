@@ -22,8 +22,8 @@ from neon.core.io import load_state_dict, read_json, write_json
 from neon.families.toy2d import ToyDiffusion
 from neon.merging.extrapolate import extrapolate, merge_files
 from neon.merging.merge_command import main as neon_merge
-from neon.runtime import Run
-from neon.stages import RESUME, THETA_R, pretrain_into
+from neon.stages.base import RESUME, THETA_R, pretrain_into
+from neon.stages.run import Run
 from neon.tasks.pipeline import run_neon
 from tests.helpers import TINY_TOY, cli_command, run_cli, run_task, summary_of
 

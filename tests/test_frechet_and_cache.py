@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neon.cache import ArtifactCache
+from neon.core.cache import ArtifactCache
 from neon.metrics.frechet import feature_statistics, frechet_distance
 
 
@@ -35,7 +35,7 @@ def test_diverged_model_scores_infinity():
 
 
 class _ProbedLock:
-    """The cache's own lock (`cls`: neon.cache.FileLock) in the children below: one attempt first, which records
+    """The cache's own lock (`cls`: neon.core.cache.FileLock) in the children below: one attempt first, which records
     whether another process held the lock at that moment (`contended`), then the ordinary blocking wait."""
 
     def __init__(self, cls, path: str, probed, contended):
@@ -61,10 +61,10 @@ class _ProbedLock:
 def _build_under_probe(root: str, marker: str, result: str, probed, contended, building, release) -> None:
     import json
 
-    import neon.cache
+    import neon.core.cache
 
-    cls = neon.cache.FileLock
-    neon.cache.FileLock = lambda path: _ProbedLock(cls, path, probed, contended)
+    cls = neon.core.cache.FileLock
+    neon.core.cache.FileLock = lambda path: _ProbedLock(cls, path, probed, contended)
 
     def build(work: Path) -> None:
         with open(marker, "a") as f:
@@ -148,9 +148,9 @@ def test_corrupt_artifact_is_detected_and_rebuilt(tmp_path: Path):
 def _hold_lock_until_killed(lock_path: str, held) -> None:
     import threading
 
-    import neon.cache
+    import neon.core.cache
 
-    lock = neon.cache.FileLock(lock_path)  # the cache's lock; kept referenced: a collected one is released
+    lock = neon.core.cache.FileLock(lock_path)  # the cache's lock; kept referenced: a collected one is released
     lock.acquire()
     held.set()
     threading.Event().wait()  # never returns: the test kills this process
@@ -159,12 +159,12 @@ def _hold_lock_until_killed(lock_path: str, held) -> None:
 def test_lock_of_a_killed_job_does_not_block(tmp_path: Path, monkeypatch):
     from filelock import Timeout
 
-    import neon.cache
+    import neon.core.cache
 
     cache = ArtifactCache(tmp_path / "c")
     final = cache.path("thing", {"k": 4})
     final.parent.mkdir(parents=True)
-    lock, cls = str(final) + ".lock", neon.cache.FileLock
+    lock, cls = str(final) + ".lock", neon.core.cache.FileLock
     ctx = mp.get_context("spawn")
     held = ctx.Event()
     proc = ctx.Process(target=_hold_lock_until_killed, args=(lock, held))
@@ -177,6 +177,6 @@ def test_lock_of_a_killed_job_does_not_block(tmp_path: Path, monkeypatch):
         proc.kill()  # SIGKILL: the holder never releases the lock itself
         proc.join()
     # the cache's lock now makes one attempt only: it raises if the dead job's lock is still in the way
-    monkeypatch.setattr(neon.cache, "FileLock", lambda path: cls(path, timeout=0))
+    monkeypatch.setattr(neon.core.cache, "FileLock", lambda path: cls(path, timeout=0))
     folder, built = cache.get_or_build("thing", {"k": 4}, lambda work: (work / "x").write_text("1"))
     assert built and (folder / "x").read_text() == "1"

@@ -28,8 +28,8 @@ from neon.families.imm.network import Attention as IMMAttention
 from neon.families.var.transformer import SelfAttention as VARAttention
 from neon.families.xar import xar_sampler
 from neon.families.xar.transformer import Attention as XARAttention
-from neon.runtime import model_spec
-from neon.training import LightningNeon
+from neon.stages.run import model_spec
+from neon.stages.training import LightningNeon
 from tests.helpers import random_batch
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -98,8 +98,8 @@ def _finetune(*args, **kwargs):
 
 
 def test_a_corrupt_theta_s_is_fine_tuned_again_not_reused(tmp_path: Path, monkeypatch):
-    import neon.stages as stages
-    from neon.cache import ArtifactCache
+    import neon.stages.finetune as stages
+    from neon.core.cache import ArtifactCache
     from neon.core.io import save_state_dict
 
     monkeypatch.setattr(stages, "finetune_key", lambda run, base_digest, data_key, budget: {"budget": budget})

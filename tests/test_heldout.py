@@ -72,8 +72,8 @@ def test_neon_reports_its_picks_on_heldout_seeds(tmp_path: Path, shared_cache: P
     cfg, _ = task_config([*RUN, "metrics.seed_offset=50000"], tmp_path, "rescore", tmp_path / "fresh_cache")
     from hydra.utils import instantiate
 
-    from neon.runtime import Run, model_spec
-    from neon.stages import Evaluator
+    from neon.stages.evaluator import Evaluator
+    from neon.stages.run import Run, model_spec
 
     module = instantiate(model_spec(cfg))
     evaluator = Evaluator(Run.from_config(cfg), module)

@@ -11,8 +11,8 @@ import pytest
 from neon.core.errors import NeonError
 from neon.core.release_sampling import ReleaseSampling
 from neon.metrics.scores import summarize_seed_sets
-from neon.runtime import Run
-from neon.stages import Evaluator
+from neon.stages.evaluator import Evaluator
+from neon.stages.run import Run
 from tests.helpers import task_config
 
 TOY = ["experiment=toy2d", "metrics.num_samples=300", "metrics.block_size=300", "metrics.allow_small=true"]

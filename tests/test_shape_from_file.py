@@ -62,8 +62,8 @@ def test_a_snapshot_is_read_once_and_only_its_network_is_built(tmp_path: Path, r
     """θ_r from a snapshot of another architecture: the module is built once, with the snapshot's settings (the
     config's network, e.g. a 64×64 DDPM++, is never built), and the file is read once."""
     from neon.families.edm import module as edm_module
-    from neon.runtime import Run
-    from neon.stages import load_base
+    from neon.stages.base import load_base
+    from neon.stages.run import Run
 
     built, reads = [], []
     build, read = edm_module.build_network, edm_module.read_snapshot

@@ -12,8 +12,8 @@ import torch
 from hydra.utils import instantiate
 
 from neon.core.errors import NeonError
-from neon.runtime import model_spec
-from neon.synthetic_source import check_fits, source_folder
+from neon.stages.run import model_spec
+from neon.stages.synthetic_source import check_fits, source_folder
 from tests.helpers import cli_error, compose_config, run_cli, run_task, seeded_cache, summary_of
 
 # the EDM digits model, tiny, fine-tuned on S; the xAR digits model, tiny, draws S

@@ -2,7 +2,7 @@
 a family provides (network, loss, generation, image shape, class count, samplers and their
 diversity-seeking rule, optional checkpoint reader); `family_of` and `check_sampler` read it from a config.
 tests/test_family_contract.py holds every model config under conf/model/ to it. Lightning trains a family
-through `neon.training.LightningNeon`; tasks that only sample or score never import Lightning."""
+through `neon.stages.training.LightningNeon`; tasks that only sample or score never import Lightning."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ class NeonModule(nn.Module, metaclass=abc.ABCMeta):
     `spec_for_checkpoint` and `load_checkpoint` (checkpoints that bring their own architecture), and opt into
     the capabilities below by inheriting them: `HasOutputTwin`, `HasReleaseSampling`, `HasNativeExport`,
     `HasReleaseCheckpoints`. Run settings (the training noise's seed, the fine-tune's optimizer, ...) are the
-    run's, handed to the trainer (neon.training.TrainSettings), never written onto the family."""
+    run's, handed to the trainer (neon.stages.training.TrainSettings), never written onto the family."""
 
     family: ClassVar[str] = "model"
     samplers: ClassVar[Mapping[str, Sampler]] = {}

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from neon.cache import ArtifactCache
+from neon.core.cache import ArtifactCache
 from neon.core.io import save_state_dict, write_json
 from neon.data.digits import load_digits_tensors
 from neon.metrics.extractors import FeatureExtractor

@@ -9,8 +9,10 @@
 - `sweeps`: many points of (B, w, cfg): the reference search protocol, `neon.w=auto`
 - `report`: the tables and plots of a finished sweep (`task=report`)
 - `diagnose`: the anti-alignment diagnostic
-- `front`: what the pipeline and the searches share: θ_r, S and θ_s from the cache
 
-Lightning is imported only where a stage trains (neon/training.py), so sample, evaluate and export start at
-about `import torch`; merge and report do not import a model family either.
+What the pipeline, the searches and the diagnostic share, θ_r, S and θ_s from the cache, is a stage:
+`neon.stages.front`.
+
+Lightning is imported only where a stage trains (neon/stages/training.py), so sample, evaluate and export start
+at about `import torch`; merge and report do not import a model family either.
 """

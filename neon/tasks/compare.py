@@ -14,8 +14,8 @@ from neon.analysis.run_report import w_label
 from neon.core.collectives import is_main
 from neon.core.io import StateDict
 from neon.merging.extrapolate import WSpec
-from neon.runtime import Run, log
-from neon.stages import Evaluator
+from neon.stages.evaluator import Evaluator
+from neon.stages.run import Run, log
 
 TIMING_REPEATS = 3  # interleaved; the fastest of each is kept (the machine's load only ever adds time)
 

@@ -16,9 +16,10 @@ from neon.core.contract import NeonModule
 from neon.core.errors import NeonError
 from neon.core.io import read_json, write_json
 from neon.core.values import plain, positive_int
-from neon.runtime import Run
-from neon.stages import load_base, synthetic_data
-from neon.tasks.front import cached_synthetic
+from neon.stages.base import load_base
+from neon.stages.front import cached_synthetic
+from neon.stages.run import Run
+from neon.stages.synthesize import synthetic_data
 
 
 def endless(loader: Iterable[dict]) -> Iterator[dict]:

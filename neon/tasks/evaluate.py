@@ -21,8 +21,9 @@ from neon.metrics.evaluate import features_of_images
 from neon.metrics.extractors import FeatureExtractor
 from neon.metrics.images import digest_source, npz_array_shape, read_image_source
 from neon.metrics.reference import images_for, reference_arrays, reference_from_outputs
-from neon.runtime import Run, log
-from neon.stages import Evaluator, copy_weights
+from neon.stages.base import copy_weights
+from neon.stages.evaluator import Evaluator
+from neon.stages.run import Run, log
 
 
 def check_sample_file(samples: str | Path, extractor: FeatureExtractor, metrics_cfg: DictConfig) -> int:

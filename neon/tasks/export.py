@@ -26,8 +26,8 @@ from neon.core.release_sampling import (
 )
 from neon.core.seeding import parse_seeds
 from neon.core.values import plain, positive_int
-from neon.runtime import Run, log
-from neon.stages import load_base
+from neon.stages.base import load_base
+from neon.stages.run import Run, log
 from neon.weights.release_export import (
     CARD,
     RECIPE,

@@ -11,7 +11,7 @@ from neon.analysis.run_report import w_label
 from neon.core.errors import NeonError
 from neon.core.io import write_json
 from neon.merging.extrapolate import merge_files, merged_name
-from neon.runtime import Run, merge_ws
+from neon.stages.run import Run, merge_ws
 
 
 def run_merge(cfg: DictConfig) -> dict:

@@ -19,12 +19,14 @@ from neon.core.io import StateDict, digest_state_dict, load_state_dict, write_js
 from neon.core.values import plain, positive_int
 from neon.merging.extrapolate import WSpec
 from neon.merging.merger import NeonMerger
-from neon.runtime import Run, is_auto_w, log, merge_ws
-from neon.stages import Evaluator, budgets_of, copy_weights, finetuned_weights
-from neon.synthetic_source import source_config, source_label
+from neon.stages.base import copy_weights
+from neon.stages.evaluator import Evaluator
+from neon.stages.finetune import budgets_of, finetuned_weights
+from neon.stages.front import build_front, validate
+from neon.stages.run import Run, is_auto_w, log, merge_ws
+from neon.stages.synthetic_source import source_config, source_label
 from neon.tasks.compare import compare_output_space
 from neon.tasks.diagnose import cached_alignment, describe
-from neon.tasks.front import build_front, validate
 from neon.tasks.sweeps import auto_w
 from neon.weights.release_export import neon_run_card
 

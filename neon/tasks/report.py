@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 
 from neon.analysis.sweep_table import write_report
 from neon.core.errors import NeonError
-from neon.runtime import log
+from neon.stages.run import log
 
 
 def run_report(cfg: DictConfig) -> dict:

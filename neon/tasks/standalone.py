@@ -11,18 +11,11 @@ from neon.core.collectives import is_main
 from neon.core.io import StateDict, load_state_dict, save_state_dict, write_json
 from neon.core.values import plain, positive_int
 from neon.merging.callback import NeonMerge
-from neon.runtime import Run, merge_ws
-from neon.stages import (
-    THETA_R,
-    budgets_of,
-    finetune_module,
-    load_base,
-    pretrain_into,
-    synthesize_into,
-    synthetic_data,
-    synthetic_key,
-)
-from neon.tasks.front import validate
+from neon.stages.base import THETA_R, load_base, pretrain_into
+from neon.stages.finetune import budgets_of, finetune_module
+from neon.stages.front import validate
+from neon.stages.run import Run, merge_ws
+from neon.stages.synthesize import synthesize_into, synthetic_data, synthetic_key
 from neon.weights.lightning_checkpoints import save_checkpoint_pair
 
 

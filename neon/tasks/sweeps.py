@@ -15,9 +15,10 @@ from neon.core.errors import NeonError
 from neon.core.io import StateDict, write_json
 from neon.core.release_sampling import ReleaseSampling
 from neon.core.values import plain
-from neon.runtime import Run, log, merge_ws
-from neon.stages import Evaluator, budgets_of
-from neon.tasks.front import Front, build_front, validate
+from neon.stages.evaluator import Evaluator
+from neon.stages.finetune import budgets_of
+from neon.stages.front import Front, build_front, validate
+from neon.stages.run import Run, log, merge_ws
 
 
 def auto_w(run: Run, front: Front, budgets: list[int]) -> dict:

@@ -14,7 +14,7 @@ from hydra.utils import get_method
 from torch import nn
 from torch.nn import functional as F
 
-from neon.cache import ArtifactCache
+from neon.core.cache import ArtifactCache
 from neon.core.contract import Batch, HasOutputTwin, HasReleaseCheckpoints, HasReleaseSampling, Sampler, plain_kwargs
 from neon.core.errors import NeonError
 from neon.core.io import StateDict, check_state_fits, dim_of, load_state_dict, save_state_dict

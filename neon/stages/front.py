@@ -18,18 +18,11 @@ from neon.core.errors import NeonError
 from neon.core.io import StateDict, load_state_dict
 from neon.core.values import plain
 from neon.merging.merger import NeonMerger
-from neon.runtime import Run, is_auto_w, log, merge_ws
-from neon.stages import (
-    budgets_of,
-    copy_weights,
-    finetuned_weights,
-    load_base,
-    log_merge_plan,
-    synthesize_into,
-    synthetic_data,
-    synthetic_key,
-)
-from neon.synthetic_source import check_fits, folder_key, source_config, source_folder, source_label, source_run
+from neon.stages.base import copy_weights, load_base
+from neon.stages.finetune import budgets_of, finetuned_weights, log_merge_plan
+from neon.stages.run import Run, is_auto_w, log, merge_ws
+from neon.stages.synthesize import synthesize_into, synthetic_data, synthetic_key
+from neon.stages.synthetic_source import check_fits, folder_key, source_config, source_folder, source_label, source_run
 
 
 def validate(cfg: DictConfig) -> None:

@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from neon.core.errors import NeonError
-from neon.runtime import Run
+from neon.stages.run import Run
 
 
 def compose_model(name: str, overrides: list[str]) -> DictConfig:

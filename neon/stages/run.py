@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from neon.cache import ArtifactCache
+from neon.core.cache import ArtifactCache
 from neon.core.collectives import is_main
 from neon.core.errors import NeonError
 from neon.core.io import write_text

@@ -19,8 +19,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from neon.data.synthetic import write_synthetic_set
-from neon.distributed import free_port
 from neon.families.edm import EDMModule, heun_sampler
+from neon.launch.distributed import free_port
 
 NETWORK = dict(precond="EDMPrecond", img_resolution=8, img_channels=1, label_dim=10, model_type="ResMLP", hidden=128,
                num_blocks=3, noise_channels=64)

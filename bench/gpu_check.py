@@ -66,13 +66,13 @@ from omegaconf import DictConfig  # noqa: E402
 from timing import Repeat  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from neon.cli import CONF_DIR  # noqa: E402
 from neon.core.contract import NeonModule  # noqa: E402
 from neon.core.io import atomic_path, write_json  # noqa: E402
 from neon.core.seeding import StepNoise  # noqa: E402
 from neon.core.values import plain
 from neon.data.synthetic import generate_block  # noqa: E402
 from neon.families.var.vqvae import VQVAE  # noqa: E402
+from neon.launch.cli import CONF_DIR  # noqa: E402
 from neon.metrics.inception import InceptionFeatures  # noqa: E402
 from neon.stages.run import model_spec  # noqa: E402
 from neon.stages.training import LightningNeon  # noqa: E402

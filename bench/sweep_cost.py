@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CODE = "import sys; from neon.cli import main; sys.argv[0] = 'neon'; main()"
+CODE = "import sys; from neon.launch.cli import main; sys.argv[0] = 'neon'; main()"
 WS = (0.2, 0.4, 0.6, 0.8, 1.0)
 FAMILIES = {  # experiment, budgets, the swept sampler key and its two settings, metric settings
     "toy": ("toy2d", (20, 50, 100), "sampler.score_scale", (1.05, 1.1),

@@ -23,7 +23,7 @@ def pytest_configure(config) -> None:
     if workers > 1 and not os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
         import torch
 
-        from neon.threads import machine_cores
+        from neon.launch.threads import machine_cores
 
         threads = max(1, machine_cores() // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)

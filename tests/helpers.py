@@ -31,7 +31,7 @@ def cli_command(args: list[str], tmp_path: Path, run_dir: str = "run", env: dict
     private one under tmp_path."""
     cache_dir = tmp_path / "cache" if cache is None else cache
     full_env = dict(os.environ, NEON_CACHE_DIR=str(cache_dir), PYTHONWARNINGS="ignore", **(env or {}))
-    code = "import sys; from neon.cli import main; sys.argv[0] = 'neon'; main()"
+    code = "import sys; from neon.launch.cli import main; sys.argv[0] = 'neon'; main()"
     return dict(args=[sys.executable, "-c", code, *args, f"hydra.run.dir={tmp_path / run_dir}"], cwd=tmp_path,
                 env=full_env, capture_output=True, text=True)
 
@@ -51,7 +51,7 @@ def compose_config(args: list[str]):
     """The config `neon ARGS` would run, composed in-process with Hydra's compose API (sweeps are not expanded)."""
     from hydra import compose, initialize_config_dir
 
-    from neon.cli import CONF_DIR, _register_resolvers
+    from neon.launch.cli import CONF_DIR, _register_resolvers
 
     _register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -60,13 +60,13 @@ def compose_config(args: list[str]):
 
 def cli_error(args: list[str]) -> str:
     """The one-line message `neon ARGS` stops with before any work, found in-process: the command's pre-flight
-    (neon.preflight.preflight, as neon.cli.main calls it), then θ_r's checkpoint load. Fails the test if neither
+    (neon.launch.preflight.preflight, as neon.launch.cli.main calls it), then θ_r's checkpoint load. Fails the test if neither
     refuses ARGS."""
     import pytest
     from hydra.utils import instantiate
 
     from neon.core.errors import NeonError, user_error
-    from neon.preflight import preflight
+    from neon.launch.preflight import preflight
     from neon.stages.run import model_spec
 
     try:
@@ -99,7 +99,7 @@ def command_threads(cfg) -> Iterator[None]:
     keys), restored afterwards: other tests in this process keep theirs (bit-for-bit records depend on it)."""
     import torch
 
-    from neon.threads import apply_threads
+    from neon.launch.threads import apply_threads
 
     before = torch.get_num_threads()
     apply_threads(cfg)
@@ -115,9 +115,9 @@ def run_task(args: list[str], tmp_path: Path, run_dir: str = "run", cache: Path 
     the process: no interpreter start, no Hydra run (so no cli.log: read the `neon` logger with caplog)."""
     from hydra.utils import get_method
 
-    from neon.cli import quiet_libraries
     from neon.core.contract import check_samplers
-    from neon.distributed import launch
+    from neon.launch.distributed import launch
+    from neon.launch.loggers import quiet_libraries
 
     quiet_libraries()
     cfg, choices = task_config(args, tmp_path, run_dir, cache)

@@ -131,7 +131,7 @@ MUTATIONS: list[Mutation] = [
              "np.trace(sigma1) + np.trace(sigma2) - tr_covmean)",
              ["tests/test_frechet_and_cache.py::test_frechet_distance_closed_forms"]),
     # --- CPU threads shared among processes
-    Mutation("threads shared among processes", "neon/threads.py",
+    Mutation("threads shared among processes", "neon/launch/threads.py",
              "return max(1, cores // processes), why",
              "return max(1, cores), why",
              ["tests/test_threads.py::test_ddp_ranks_spawned_here_share_the_cores"]),

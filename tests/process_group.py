@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from neon.distributed import free_port
+from neon.launch.distributed import free_port
 
 
 def _rank_main(rank: int, world: int, port: int, fn: Callable, args: tuple) -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from neon import cli
 from neon.core.errors import NeonError
-from neon.preflight import preflight
+from neon.launch import cli
+from neon.launch.preflight import preflight
 from neon.stages.run import Run, current_stage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +137,7 @@ def commands_in_markdown(text: str) -> set[str]:
 
 def commands_in_code(source: str) -> set[str]:
     """`neon ...` in a notebook's code cell: shell lines (`!neon ...`), string literals, and calls of
-    neon.notebook.neon whose arguments are all literals (calls built from variables run in test_notebooks)."""
+    neon.launch.notebook.neon whose arguments are all literals (calls built from variables run in test_notebooks)."""
     found = {line.strip()[1:] for line in source.splitlines() if re.match(rf"!{NEON} ", line.strip())}
     tree = ast.parse("\n".join("" if line.lstrip().startswith(("!", "%")) else line for line in source.splitlines()))
     for node in ast.walk(tree):
@@ -239,7 +239,7 @@ def test_interrupt_at_each_stage_then_the_rerun_resumes(tmp_path: Path, monkeypa
     through the command's own entry point): exit 130 with the stage named; each rerun reuses what finished."""
     from contextlib import contextmanager
 
-    from neon import cli
+    from neon.launch import cli
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NEON_CACHE_DIR", str(tmp_path / "cache"))

@@ -10,8 +10,8 @@ from hydra.utils import get_method, instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from neon.cli import CONF_DIR
 from neon.core.contract import NeonModule
+from neon.launch.cli import CONF_DIR
 from neon.stages.run import model_spec
 
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")

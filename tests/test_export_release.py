@@ -17,11 +17,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from neon.cli import CONF_DIR
 from neon.core.errors import NeonError
 from neon.core.io import save_state_dict
 from neon.families.var.transformer import VARTransformer
 from neon.families.xar.transformer import XARTransformer
+from neon.launch.cli import CONF_DIR
 from neon.merging.extrapolate import extrapolate
 from neon.tasks.export import run_export
 from neon.weights.readers import read_weights

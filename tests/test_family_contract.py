@@ -15,11 +15,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from neon.analysis.output_twin import build_twin
-from neon.cli import CONF_DIR
 from neon.core.contract import NeonModule, check_sampler, check_samplers, family_of
 from neon.core.errors import NeonError
 from neon.core.io import save_state_dict
 from neon.core.seeding import StepNoise
+from neon.launch.cli import CONF_DIR
 from neon.merging.extrapolate import extrapolate
 from neon.stages.run import model_spec
 

@@ -16,10 +16,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file, save_file
 
-from neon.cli import CONF_DIR
 from neon.core.errors import NeonError
 from neon.core.io import load_state_dict, read_json, write_json
 from neon.families.toy2d import ToyDiffusion
+from neon.launch.cli import CONF_DIR
 from neon.merging.extrapolate import extrapolate, merge_files
 from neon.merging.merge_command import main as neon_merge
 from neon.stages.base import RESUME, THETA_R, pretrain_into

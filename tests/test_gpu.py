@@ -18,16 +18,16 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
-from neon.cli import CONF_DIR
 from neon.core.collectives import broadcast, gather_strided, interleave, rank_world
 from neon.core.contract import NeonModule
 from neon.core.seeding import PerSampleRNG, StepNoise
-from neon.distributed import free_port, init_process_group
 from neon.families.edm import heun_sampler
 from neon.families.imm.network import Attention as IMMAttention
 from neon.families.var.transformer import SelfAttention as VARAttention
 from neon.families.xar import xar_sampler
 from neon.families.xar.transformer import Attention as XARAttention
+from neon.launch.cli import CONF_DIR
+from neon.launch.distributed import free_port, init_process_group
 from neon.stages.run import model_spec
 from neon.stages.training import LightningNeon
 from tests.helpers import random_batch

@@ -14,7 +14,7 @@ from neon.analysis.heldout import heldout_figures, mean_interval, relative_gain
 from neon.analysis.sweep_table import write_sweep_table
 from neon.core.errors import NeonError
 from neon.core.io import load_state_dict, write_json
-from neon.preflight import preflight
+from neon.launch.preflight import preflight
 from tests.helpers import TINY_TOY, run_task, seeded_cache, task_config
 
 RUN = [*TINY_TOY, "+neon.control=true", "metrics.heldout_seed_offset=50000"]

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from neon.cli import CONF_DIR
 from neon.families.imm import IMMModule, pushforward_sampler
 from neon.families.latents import PixelLatent
 from neon.families.xar import XARModule, xar_sampler
+from neon.launch.cli import CONF_DIR
 from neon.stages.run import Run
 from neon.tasks.export import run_sample
 from tests import test_imm, test_xar

@@ -146,7 +146,7 @@ def test_no_message_suggests_lifting_the_weights_only_check(tmp_path: Path, caps
 def test_task_merge_reads_snapshot_pickles(tmp_path: Path):
     from hydra import compose, initialize_config_dir
 
-    from neon.cli import CONF_DIR
+    from neon.launch.cli import CONF_DIR
     from neon.tasks.merge import run_merge
 
     write_snapshot(tmp_path / "base.pkl", seed=0)
@@ -218,7 +218,7 @@ def test_neon_merge_reads_deflated_and_legacy_torch_files(tmp_path: Path, capsys
 def test_task_merge_reads_a_deflated_checkpoint(tmp_path: Path):
     from hydra import compose, initialize_config_dir
 
-    from neon.cli import CONF_DIR
+    from neon.launch.cli import CONF_DIR
     from neon.tasks.merge import run_merge
 
     base, aux = _state(0), _state(7)

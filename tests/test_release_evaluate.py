@@ -13,11 +13,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from neon.cli import CONF_DIR
 from neon.core.errors import NeonError
 from neon.core.release_sampling import ReleaseSampling, label_spec, resolve_labels
 from neon.families.var import VARModule
 from neon.families.var.sampler import var_sampler
+from neon.launch.cli import CONF_DIR
 from neon.metrics.reference import Reference
 from neon.metrics.scores import compute_scores
 from neon.tasks.evaluate import run_evaluate

@@ -13,7 +13,6 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from neon.cli import CONF_DIR
 from neon.core.errors import NeonError
 from neon.core.release_sampling import label_spec
 from neon.families.edm import EDMModule
@@ -22,6 +21,7 @@ from neon.families.latents import PixelLatent
 from neon.families.var import VARModule
 from neon.families.var.sampler import var_sampler
 from neon.families.xar import XARModule, xar_sampler
+from neon.launch.cli import CONF_DIR
 from neon.tasks.export import run_sample
 from tests import test_imm, test_var, test_xar
 from tests.edm_snapshot import TINY_DDPMPP, write_snapshot

@@ -12,9 +12,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from neon.cli import CONF_DIR
 from neon.core.errors import NeonError
 from neon.families.edm import EDMModule
+from neon.launch.cli import CONF_DIR
 from tests.edm_snapshot import TINY_DDPMPP, write_snapshot
 
 DIGITS_NET = dict(precond="EDMPrecond", img_resolution=8, img_channels=1, label_dim=10, model_type="ResMLP", hidden=32,

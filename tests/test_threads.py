@@ -8,10 +8,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import neon.threads as threads
+import neon.launch.threads as threads
 from neon.core.errors import NeonError
 from neon.core.seeding import fixed_threads
-from neon.threads import apply_threads, choose_threads
+from neon.launch.threads import apply_threads, choose_threads
 
 
 def config(threads_value=None, ddp: bool = True, devices: int = 1, strategy: str | None = None):

@@ -22,7 +22,7 @@ def compose_model(name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from neon.cli import CONF_DIR
+    from neon.launch.cli import CONF_DIR
 
     args = [f"model={name}", *overrides]
     if GlobalHydra.instance().is_initialized():

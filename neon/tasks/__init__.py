@@ -1,5 +1,5 @@
 """Task entry points, one module per kind of task; `conf/task/<name>.yaml` names each task's function
-(`entry`), which `neon.cli` calls in the processes the trainer asks for.
+(`entry`), which `neon.launch.cli` calls in the processes the trainer asks for.
 
 - `pipeline`: `task=neon`, every stage chained through the artifact cache
 - `standalone`: one stage alone on paths the user gives (pretrain, synthesize, finetune)

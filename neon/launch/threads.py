@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from neon.core.errors import NeonError
-from neon.distributed import external_launch, processes_wanted
+from neon.launch.layout import external_launch, processes_wanted
 
 log = logging.getLogger("neon")
 

@@ -1,5 +1,5 @@
 """The checks `neon` makes before any work, in one place. `preflight` reads the overrides, composes the config
-once and checks it; the command (neon.cli.main) runs that composition, and the tests call the same function, so
+once and checks it; the command (neon.launch.cli.main) runs that composition, and the tests call the same function, so
 a bad command line stops in one line before any network is built or any file written."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from neon.core.errors import NeonError
 
-HYDRA_TASK_NAME = "cli"  # Hydra's job name, as `@hydra.main` in neon/cli.py names it: the log is cli.log
+HYDRA_TASK_NAME = "cli"  # Hydra's job name, as `@hydra.main` in neon/launch/cli.py names it: the log is cli.log
 MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
@@ -26,7 +26,7 @@ def config_dir() -> Path:
     """The folder of the YAML configs: $NEON_CONFIG_DIR, the source tree's conf/, or the installed copy."""
     candidates = [
         os.environ.get("NEON_CONFIG_DIR"),
-        Path(__file__).resolve().parent.parent / "conf",
+        Path(__file__).resolve().parents[2] / "conf",  # neon/launch/preflight.py: the checkout's conf/
         Path(sys.prefix) / "share" / "neon" / "conf",
     ]
     for c in candidates:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 import hydra
@@ -16,15 +14,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
 
 from neon.core.errors import NeonError, user_error
-from neon.preflight import CONF_DIR, check_job, hydra_context, preflight
-
-
-def finish_loggers() -> None:
-    """Close the job's wandb run, if any."""
-    # one wandb run per job: close it so the next job of a sweep starts its own
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+from neon.launch.loggers import finish_loggers, quiet_libraries
+from neon.launch.preflight import CONF_DIR, check_job, hydra_context, preflight
 
 
 def _sweep_group() -> str | None:
@@ -58,25 +49,13 @@ def _register_resolvers() -> None:
     OmegaConf.register_new_resolver("neon_wandb_offline", _wandb_offline, replace=True)
 
 
-def quiet_libraries() -> None:
-    """Silence library chatter that says nothing about the run."""
-    # Lightning's start-up banners (accelerators, tips) and a deprecation inside Lightning itself
-    # say nothing about the run; the log keeps what does.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
-    # frozen parts (VAR's tokenizer) stay in eval mode on purpose
-    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-
-
 def _job(cfg: DictConfig, checked: bool = False) -> float | None:
     """One job: its checks (unless the pre-flight made them on this very config), threads, then the task."""
     from hydra.core.hydra_config import HydraConfig
 
-    from neon.distributed import launch
+    from neon.launch.distributed import launch
+    from neon.launch.threads import apply_threads
     from neon.stages.run import current_stage
-    from neon.threads import apply_threads
 
     quiet_libraries()
     try:

@@ -17,23 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from neon.core.collectives import broadcast
 from neon.core.errors import NeonError
+from neon.launch.layout import external_launch, processes_wanted
 
 log = logging.getLogger("neon")
 
 
-# ------------------------------------------------------------------ how many processes, and who starts them
-
-
-def processes_wanted(trainer: DictConfig) -> int:
-    """Processes the trainer config asks for: devices × nodes under a DDP strategy, else 1."""
-    if "ddp" not in str(trainer.get("strategy") or ""):
-        return 1
-    devices, nodes = trainer.get("devices", 1), int(trainer.get("num_nodes", 1) or 1)
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
-    if not isinstance(devices, int) or devices < 1:
-        raise NeonError(f"trainer.devices must be a number of devices per node with a DDP strategy, got {devices!r}")
-    return devices * nodes
+# ------------------------------------------------------------------ who starts the processes, and how they meet
 
 
 def free_port() -> int:
@@ -41,27 +30,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def external_launch() -> dict[str, Any] | None:
-    """The process layout set by an outside launcher (torchrun, submitit with tasks_per_node > 1, srun),
-    or None when this is a lone process."""
-    env = os.environ
-    if {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"} <= env.keys() and int(env["WORLD_SIZE"]) > 1:
-        world = int(env["WORLD_SIZE"])
-        return {"rank": int(env["RANK"]), "world": world, "local_rank": int(env.get("LOCAL_RANK", env["RANK"])),
-                "local_world": int(env.get("LOCAL_WORLD_SIZE", world)), "node": int(env.get("GROUP_RANK", 0)),
-                "addr": env["MASTER_ADDR"], "port": int(env["MASTER_PORT"])}
-    if int(env.get("SUBMITIT_LOCAL_NTASKS", "1")) > 1 or int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
-        from submitit import JobEnvironment
-        from submitit.helpers import TorchDistributedEnvironment
-
-        job = JobEnvironment()
-        # submitit knows the hosts of both its local and its SLURM jobs; the port is derived from the job id
-        te = TorchDistributedEnvironment()
-        return {"rank": te.rank, "world": te.world_size, "local_rank": te.local_rank,
-                "local_world": te.local_world_size, "node": job.node, "addr": te.master_addr, "port": te.master_port}
-    return None
 
 
 def init_process_group(layout: dict[str, Any], accelerator: str) -> None:
@@ -107,7 +75,7 @@ def _spawn(entry: Callable[[DictConfig], Any], cfg: DictConfig, world: int) -> A
     resolved = OmegaConf.to_container(cfg, resolve=True)
     log_files = [h.baseFilename for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     queue = mp.get_context("spawn").SimpleQueue()
-    from neon.threads import launcher_jobs
+    from neon.launch.threads import launcher_jobs
 
     jobs = launcher_jobs()[0]  # the children have no Hydra context to find it in
     context = mp.start_processes(_spawned_rank, args=(entry, resolved, world, jobs, free_port(), log_files, queue),
@@ -144,9 +112,9 @@ def _run_rank(entry: Callable[[DictConfig], Any], cfg: DictConfig, layout: dict[
 
 def _spawned_rank(rank: int, entry, resolved: dict, world: int, jobs: int, port: int, log_files: list[str],
                   queue) -> None:
-    from neon.cli import finish_loggers, quiet_libraries
     from neon.core.errors import user_error
-    from neon.threads import apply_threads
+    from neon.launch.loggers import finish_loggers, quiet_libraries
+    from neon.launch.threads import apply_threads
 
     # a fresh interpreter: set up logging and threads as the parent job did
     handlers: list[logging.Handler] = [logging.StreamHandler()]

@@ -34,7 +34,7 @@ def check_neon_summary(summary: dict, run_dir: Path | None = None) -> None:
 
 def check_search_summary(summary: dict, ws: list[float], refine_step: float = 0.1,
                          final_num_samples: int | None = None) -> list[dict]:
-    """task=search (neon/tasks/sweeps.py run_search): its points in the order it scores them. The coarse grid,
+    """task=search (neon/tasks/search.py run_search): its points in the order it scores them. The coarse grid,
     each (cfg, budget) line a prefix of the sorted `ws` stopped at its first FID above the line's best by more
     than the tolerance; then w ± refine_step around the coarse best; the pick is the best of those three, at the
     search's sample count (fid_search), then scored at `final_num_samples` (fid_neon) beside θ_r there

@@ -111,7 +111,7 @@ def test_paper_configs_state_the_sampling_mode_of_their_numbers(path: Path):
 
 
 def test_search_scores_in_release_mode(tmp_path: Path, var_eval):
-    from neon.tasks.sweeps import run_search
+    from neon.tasks.search import run_search
 
     overrides, _, _ = var_eval
     release = ["sample.rng=release", "sample.release_seed=3", "sample.batch_size=4", "sample.labels=sorted"]

@@ -17,7 +17,7 @@ from neon.core.errors import NeonError
 from neon.core.io import atomic_path
 from neon.core.seeding import fixed_threads
 from neon.data.batches import TensorItems, global_batch_loader
-from neon.data.blocks import generate_block
+from neon.data.sample_blocks import generate_block
 
 
 def _blocks(lo: int, hi: int, block_size: int) -> Iterator[range]:

@@ -13,7 +13,7 @@ from neon.core.collectives import gather_strided, rank_world
 from neon.core.contract import NeonModule, Sampler, release_sampling
 from neon.core.errors import NeonError
 from neon.core.release_sampling import ReleaseSampling, check_label_count, resolve_labels
-from neon.data.blocks import generate_block
+from neon.data.sample_blocks import generate_block
 from neon.metrics.extractors import FeatureExtractor
 
 

@@ -6,7 +6,7 @@
 - `merge`: θ_neon streamed from two checkpoint files (`task=merge`)
 - `export`: files for other tools (sample, export)
 - `evaluate`: scores and reference statistics (evaluate, reference)
-- `sweeps`: many points of (B, w, cfg): the reference search protocol, `neon.w=auto`
+- `search`: many points of (B, w, cfg): the reference search protocol (`task=search`), `neon.w=auto`
 - `report`: the tables and plots of a finished sweep (`task=report`)
 - `diagnose`: the anti-alignment diagnostic
 

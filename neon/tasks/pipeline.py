@@ -27,7 +27,7 @@ from neon.stages.run import Run, is_auto_w, log, merge_ws
 from neon.stages.synthetic_source import source_config, source_label
 from neon.tasks.compare import compare_output_space
 from neon.tasks.diagnose import cached_alignment, describe
-from neon.tasks.sweeps import auto_w
+from neon.tasks.search import search_auto_w
 from neon.weights.release_export import neon_run_card
 
 
@@ -77,7 +77,7 @@ def run_neon(cfg: DictConfig) -> dict:
     evaluator = Evaluator(run, module)
     auto = None
     if ws is None:  # the line search picks w and B on the proxy; the grid below scores θ_r and that point
-        auto = auto_w(run, front, budgets)
+        auto = search_auto_w(run, front, budgets)
         ws, budgets = [0.0] + ([auto["w"]] if auto["w"] != 0.0 else []), [auto["budget_steps"]]
     grid = {b: score_ws(run, evaluator, merge, front.theta_s(b), ws, f"B={b}") for b in budgets}  # budget → per w
     best_b, best = min(((b, i) for b in budgets for i in range(len(ws))), key=lambda bi: grid[bi[0]][bi[1]]["fid"])

@@ -258,7 +258,7 @@ class DiffusersModule(NeonModule, HasOutputTwin, HasNativeExport, HasReleaseChec
 
     def write_native(self, state: StateDict, out: Path) -> Path:
         """θ (e.g. θ_neon) as a pipeline folder `DiffusionPipeline.from_pretrained` loads."""
-        from neon.families.diffusers_family.export import write_pipeline
+        from neon.families.diffusers_family.pipeline_writer import write_pipeline
 
         net = copy.deepcopy(self.own_sampling_net)
         net.load_state_dict(state)

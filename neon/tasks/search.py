@@ -21,7 +21,7 @@ from neon.stages.front import Front, build_front, validate
 from neon.stages.run import Run, log, merge_ws
 
 
-def auto_w(run: Run, front: Front, budgets: list[int]) -> dict:
+def search_auto_w(run: Run, front: Front, budgets: list[int]) -> dict:
     """`neon.w=auto`: the line search of `neon.auto` at every budget on the proxy FID; the best (B, w) and
     every proxy point, with the number of distinct proxy evaluations it cost."""
     a = plain(run.cfg.neon.auto)

@@ -60,8 +60,8 @@ def compose_config(args: list[str]):
 
 def cli_error(args: list[str]) -> str:
     """The one-line message `neon ARGS` stops with before any work, found in-process: the command's pre-flight
-    (neon.launch.preflight.preflight, as neon.launch.cli.main calls it), then θ_r's checkpoint load. Fails the test if neither
-    refuses ARGS."""
+    (neon.launch.preflight.preflight, as neon.launch.cli.main calls it), then θ_r's checkpoint load. Fails the
+    test if neither refuses ARGS."""
     import pytest
     from hydra.utils import instantiate
 

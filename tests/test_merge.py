@@ -166,7 +166,8 @@ def test_neon_merge_command(tmp_path: Path):
     base, aux = make_pair()
     save_file(base, tmp_path / "base.safetensors")
     save_file(aux, tmp_path / "aux.safetensors")
-    cmd = [sys.executable, "-m", "neon.merging.merge_command", str(tmp_path / "base.safetensors"), str(tmp_path / "aux.safetensors")]
+    cmd = [sys.executable, "-m", "neon.merging.merge_command", str(tmp_path / "base.safetensors"),
+           str(tmp_path / "aux.safetensors")]
     ok = subprocess.run([*cmd, "--w", "0.8", "-o", str(tmp_path / "out.safetensors")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert torch.equal(load_file(tmp_path / "out.safetensors")["w"], extrapolate(base, aux, 0.8)["w"])

@@ -22,7 +22,7 @@ def compose_model(name: str, overrides: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from neon.launch.cli import CONF_DIR
+    from neon.launch.preflight import CONF_DIR  # the config folder, found as the command finds it
 
     args = [f"model={name}", *overrides]
     if GlobalHydra.instance().is_initialized():

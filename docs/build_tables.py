@@ -105,7 +105,43 @@ def provenance(name: str, p: dict) -> str:
             f"{p['finished'][:10]}.</sub>")
 
 
+PAPER_ROW = re.compile(r"^# Paper row: (?P<title>.+?), FID (?P<base>\d+(?:\.\d+)?) → (?P<neon>\d+(?:\.\d+)?)")
+FILES = re.compile(r"(model\.checkpoint|model\.vae_checkpoint|metrics\.reference|metrics\.inception_weights)=(\S+)")
+
+
+def paper_rows(root: Path) -> str:
+    """The paper's table from experiments/paper/*.yaml: each file's header names its row, the paper's FIDs and
+    the command with the files it needs; its settings give S, the fine-tune's budget and the evaluation."""
+    import yaml
+
+    rows = [("paper row", "experiment", "files it needs", "paper FID θ_r → θ_neon", "S", "fine-tune budgets (steps × batch)",
+             "task")]
+    for path in sorted((root / "experiments" / "paper").glob("*.yaml")):
+        text = path.read_text()
+        head = PAPER_ROW.search(text.split("\n", 1)[1])
+        if head is None:
+            raise SystemExit(f"build_tables: {path} has no '# Paper row: TITLE, FID A → B' header line")
+        cfg = yaml.safe_load(text) or {}
+        neon = cfg.get("neon", {})
+        budgets = neon.get("budget_steps")
+        budgets = budgets if isinstance(budgets, list) else [budgets]
+        files = ", ".join(f"`{f}`" for _, f in FILES.findall(text.split("\ndefaults:", 1)[0]))
+        rows.append((head["title"], f"`paper/{path.stem}`", files, f"{head['base']} → {head['neon']}",
+                     f"{neon.get('n_synthetic', '—'):,}", f"{', '.join(map(str, budgets))} × {neon.get('batch_size', '—')}",
+                     "`task=search`" if "override /task: search" in text else "`task=neon`"))
+    return table(rows)
+
+
+# blocks generated from the repository's own files rather than from a recorded run: (name, view) → text
+FROM_FILES: dict[tuple[str, str], Callable[[], str]] = {
+    ("paper", "rows"): lambda: (paper_rows(ROOT) + "\n\n<sub>From experiments/paper/*.yaml (the paper's FIDs as "
+                                "the paper states them).</sub>\n"),
+}
+
+
 def render(name: str, view: str, results: Path) -> str:
+    if (name, view) in FROM_FILES:
+        return FROM_FILES[(name, view)]()
     path = results / f"{name}.json"
     if not path.is_file():
         raise SystemExit(f"build_tables: no recorded result {path} (python docs/record.py {name} RUN_DIR)")

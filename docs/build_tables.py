@@ -94,7 +94,24 @@ def w_curve(r: dict) -> str:
     return table(rows)
 
 
-VIEWS: dict[str, Callable[[dict], str]] = {"headline": headline, "heldout": heldout, "w_curve": w_curve}
+def startup(r: dict) -> str:
+    """bench/startup_vs_edm.py: the two whole processes side by side, best and median of the rounds."""
+    import statistics
+
+    s = r["settings"]
+    rows = [("process", f"best of {s['repeats']} (s)", "median (s)")]
+    for name, times in r["seconds"].items():
+        rows.append((f"`{name}`", f"{min(times):.2f}", f"{statistics.median(times):.2f}"))
+    medians = {k: statistics.median(v) for k, v in r["seconds"].items()}
+    return (table(rows) + f"\n\n`neon task=sample` takes {r['neon_minus_generate_s']:+.2f} s over `generate.py` "
+            f"(best against best; medians {medians['neon task=sample'] - medians['generate.py']:+.2f} s), "
+            f"{r['neon_over_generate']:.3f}× its time, for {s['images']} images of an {s['snapshot']} snapshot with "
+            f"{s['sampler']}, {s['threads']} thread per process; the images differ by at most "
+            f"{r['max_uint8_difference']} (uint8).")
+
+
+VIEWS: dict[str, Callable[[dict], str]] = {"headline": headline, "heldout": heldout, "w_curve": w_curve,
+                                           "startup": startup}
 
 
 def provenance(name: str, p: dict) -> str:

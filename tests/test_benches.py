@@ -125,3 +125,23 @@ def test_eval_speed_times_each_side_by_side_process_to_its_own_exit(tmp_path: Pa
     times = bench.finish(started)
     assert times["quick"][0] <= state["quick_done_at"] < state["go_at"] <= times["slow"][0], (times, state)
     assert times["quick"][1].strip() == "{}" and times["slow"][1].strip() == "slow"
+
+
+def test_startup_vs_edm_compares_the_images_and_refuses_a_folder_without_generate_py(tmp_path: Path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    bench = load_script("startup_vs_edm")
+    with pytest.raises(SystemExit):
+        bench.main(["--edm-repo", str(tmp_path)])
+    assert "holds no generate.py: give a local clone of NVlabs/edm" in capsys.readouterr().err
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    (tmp_path / "official").mkdir()
+    for seed, image in enumerate(images):  # generate.py's layout: one PNG per seed
+        Image.fromarray(image).save(tmp_path / "official" / f"{seed:06d}.png")
+    changed = images.copy()
+    changed[1, 2, 3, 0] = (int(images[1, 2, 3, 0]) + 100) % 256  # one value of one image moved
+    np.savez(tmp_path / "neon.npz", arr_0=images)
+    assert bench.same_images(tmp_path, 3) == 0
+    np.savez(tmp_path / "neon.npz", arr_0=changed)
+    assert bench.same_images(tmp_path, 3) == abs(int(changed[1, 2, 3, 0]) - int(images[1, 2, 3, 0])) > 0

@@ -110,8 +110,24 @@ def startup(r: dict) -> str:
             f"{r['max_uint8_difference']} (uint8).")
 
 
+def suite(r: dict) -> str:
+    """bench/suite_time.py: each pytest run's counts and wall time against its budget."""
+    rows = [("run", "passed", "failed", "skipped", "wall time", "budget")]
+    for run in r["runs"].values():
+        rows.append((f"`{run['command']}`", run["passed"], run["failures"] + run["errors"], run["skipped"],
+                     f"{run['wall_s']:.0f} s", f"{run['budget_s']} s"))
+    return table(rows)
+
+
+def suite_line(r: dict) -> str:
+    """The whole suite in one sentence."""
+    whole = r["runs"]["whole"]
+    return (f"The suite: {whole['passed']} tests passed ({whole['skipped']} skipped without a GPU) in "
+            f"{whole['wall_s'] / 60:.1f} min on {r['settings']['cores']} CPU cores.")
+
+
 VIEWS: dict[str, Callable[[dict], str]] = {"headline": headline, "heldout": heldout, "w_curve": w_curve,
-                                           "startup": startup}
+                                           "startup": startup, "suite": suite, "suite_line": suite_line}
 
 
 def provenance(name: str, p: dict) -> str:

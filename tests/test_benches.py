@@ -145,3 +145,13 @@ def test_startup_vs_edm_compares_the_images_and_refuses_a_folder_without_generat
     assert bench.same_images(tmp_path, 3) == 0
     np.savez(tmp_path / "neon.npz", arr_0=changed)
     assert bench.same_images(tmp_path, 3) == abs(int(changed[1, 2, 3, 0]) - int(images[1, 2, 3, 0])) > 0
+
+
+def test_suite_time_reads_the_counts_of_a_junit_report(tmp_path: Path):
+    bench = load_script("suite_time")
+    report = tmp_path / "junit.xml"
+    report.write_text('<testsuites><testsuite name="a" tests="7" failures="1" errors="0" skipped="2"/>'
+                      '<testsuite name="b" tests="3" failures="0" errors="1" skipped="0"/></testsuites>')
+    assert bench.counts(report) == {"tests": 10, "failures": 1, "errors": 1, "skipped": 2}
+    report.write_text('<testsuite name="a" tests="4" failures="0" errors="0" skipped="1"/>')
+    assert bench.counts(report) == {"tests": 4, "failures": 0, "errors": 0, "skipped": 1}

@@ -126,7 +126,31 @@ def suite_line(r: dict) -> str:
             f"{whole['wall_s'] / 60:.1f} min on {r['settings']['cores']} CPU cores.")
 
 
-VIEWS: dict[str, Callable[[dict], str]] = {"headline": headline, "heldout": heldout, "w_curve": w_curve,
+def sweep(r: dict) -> str:
+    """A recorded multirun: one row per job (the settings that differ between jobs), its picks and figures on the
+    selection seeds and on the held-out seeds, the seed noise and the diagnostic's cosine; then the best job,
+    picked on the selection seeds, with its held-out figures."""
+    jobs = r["sweep"]
+    keyed = [dict(o.split("=", 1) for o in j["overrides"] if "=" in o) for j in jobs]
+    keys = [k for k in sorted({k for o in keyed for k in o}) if len({o.get(k) for o in keyed}) > 1]
+    rows = [(*keys, "w (B)", "θ_r sel.", "θ_neon sel.", "θ_r held-out", "θ_neon held-out", "gain held-out",
+             "control held-out", "seed noise", "cosine")]
+    for job, over in zip(jobs, keyed, strict=True):
+        s = job["summary"]
+        noise, diag = s.get("fid_noise") or {}, s.get("diagnosis") or {}
+        rows.append((*(over.get(k, "") for k in keys), f"{s['w']} ({s['budget_steps']})", fid(s["fid_base"]),
+                     fid(s["fid_neon"]), fid(s.get("fid_base_heldout")), fid(s.get("fid_neon_heldout")),
+                     pct(s.get("gain_heldout")), fid(s.get("fid_control_heldout")), pct(noise.get("relative")),
+                     "—" if diag.get("cosine") is None else f"{diag['cosine']:+.3f}"))
+    best = min(zip(jobs, keyed, strict=True), key=lambda jk: jk[0]["summary"]["fid_neon"])
+    s = best[0]["summary"]
+    where = ", ".join(f"{k}={best[1].get(k, '')}" for k in keys) or f"job {best[0]['job']}"
+    return (table(rows) + f"\n\nBest job on the selection seeds: {where} (w = {s['w']}, B = {s['budget_steps']}); "
+            f"on its held-out seeds ({s.get('seeds_heldout')}) θ_r {fid(s.get('fid_base_heldout'))} → θ_neon "
+            f"{fid(s.get('fid_neon_heldout'))}, a gain of {pct(s.get('gain_heldout'))}.")
+
+
+VIEWS: dict[str, Callable[[dict], str]] = {"sweep": sweep, "headline": headline, "heldout": heldout, "w_curve": w_curve,
                                            "startup": startup, "suite": suite, "suite_line": suite_line}
 
 

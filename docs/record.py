@@ -73,17 +73,36 @@ def run_threads(run: Path | None, config: dict | None, result: dict) -> tuple[in
     return torch.get_num_threads(), "torch.get_num_threads() at record time: the run did not record it"
 
 
+def sweep_result(sweep: Path) -> tuple[dict, Path, str | None]:
+    """A multirun's jobs (overrides and summary each) and its sweep.md; a job folder (for the threads and the
+    config) and the sweep's command from its multirun.yaml."""
+    jobs = sorted((p.parent for p in sweep.glob("*/summary.json")), key=lambda p: (len(p.name), p.name))
+    result = {"sweep": [{"job": j.name, "overrides": yaml.safe_load((j / ".hydra" / "overrides.yaml").read_text()),
+                         "summary": json.loads((j / "summary.json").read_text())} for j in jobs],
+              "sweep_md": (sweep / "sweep.md").read_text() if (sweep / "sweep.md").is_file() else None}
+    multirun = sweep / "multirun.yaml"
+    task = (yaml.safe_load(multirun.read_text()) or {}).get("hydra", {}).get("overrides", {}).get("task") \
+        if multirun.is_file() else None
+    return result, jobs[0], (shlex.join(["neon", "-m", *task]) if task else None)
+
+
 def provenance(source: Path, command: str | None) -> tuple[dict, dict]:
-    """The result (summary.json or the bench's JSON) and its provenance."""
+    """The result (summary.json, a sweep's jobs or the bench's JSON) and its provenance."""
     run = source if source.is_dir() else None
-    result_path = run / "summary.json" if run else source
-    if not result_path.is_file():
-        raise SystemExit(f"record: {result_path} does not exist (give a run folder with summary.json or a JSON file)")
-    result = json.loads(result_path.read_text())
+    sweep_command = None
+    if run is not None and not (run / "summary.json").is_file() and any(run.glob("*/summary.json")):
+        result, run, sweep_command = sweep_result(source)  # a multirun folder: its jobs, read from one job
+        result_path = run / "summary.json"
+    else:
+        result_path = run / "summary.json" if run else source
+        if not result_path.is_file():
+            raise SystemExit(f"record: {result_path} does not exist (give a run folder with summary.json, a "
+                             "sweep folder or a JSON file)")
+        result = json.loads(result_path.read_text())
     config, config_source = None, None
     if run and (run / "config_resolved.yaml").is_file():
         config, config_source = yaml.safe_load((run / "config_resolved.yaml").read_text()), "config_resolved.yaml"
-    recorded = run_command(run) if run else None
+    recorded = sweep_command or (run_command(run) if run else None)
     if command is None and recorded is None:
         raise SystemExit(f"record: {source} does not record its command: give --command \"...\"")
     threads, threads_source = run_threads(run, config, result)
@@ -95,7 +114,7 @@ def provenance(source: Path, command: str | None) -> tuple[dict, dict]:
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return result, {
         "command": command if command is not None else recorded,
-        "command_source": "--command" if command is not None else ".hydra/overrides.yaml",
+        "command_source": "--command" if command is not None else "multirun.yaml" if sweep_command else ".hydra/overrides.yaml",
         "config": config, "config_source": config_source,
         "commit": git("rev-parse", "HEAD"),
         "dirty": bool(status), "dirty_files": [line[3:] for line in status.splitlines()],
@@ -125,7 +144,7 @@ def record(name: str, source: Path, command: str | None = None, results: Path = 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", help="the record's name: docs/results/NAME.json")
-    parser.add_argument("source", type=Path, help="a run folder (summary.json) or a bench's JSON file")
+    parser.add_argument("source", type=Path, help="a run folder (summary.json), a sweep folder or a bench's JSON file")
     parser.add_argument("--command", help="the command that made it (default: the run's .hydra/overrides.yaml)")
     parser.add_argument("--results", type=Path, default=RESULTS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -93,3 +93,27 @@ def test_the_pages_hold_no_development_history():
              for i, line in enumerate(p.read_text().splitlines(), 1) if history.search(line)]
     assert not found, "history belongs in CHANGELOG.md:\n" + "\n".join(found)
     assert (ROOT / "CHANGELOG.md").is_file()
+
+
+def test_a_sweep_is_recorded_with_its_jobs_and_rendered_with_its_heldout_figures(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    figures = {"0": (4.0, 3.0, 4.2, 3.6), "1": (4.0, 3.2, 4.2, 3.1)}  # job 0 best on selection, job 1 held out
+    for job, lr in (("0", "1e-4"), ("1", "1e-5")):
+        (sweep / job / ".hydra").mkdir(parents=True)
+        (sweep / job / ".hydra" / "overrides.yaml").write_text(f"- experiment=study/var\n- neon.optimizer.lr={lr}\n")
+        (sweep / job / "cli.log").write_text("[x][neon][INFO] - threads: 2 (2 cores / 1 process)\n")
+        base, neon, base_h, neon_h = figures[job]
+        (sweep / job / "summary.json").write_text(json.dumps({
+            "task": "neon", "fid_base": base, "fid_neon": neon, "w": 1.0, "budget_steps": 75,
+            "fid_base_heldout": base_h, "fid_neon_heldout": neon_h, "gain_heldout": 1 - neon_h / base_h,
+            "fid_control_heldout": base_h, "seeds_heldout": "4000000-4002999", "fid_noise": {"relative": 0.05}}))
+    (sweep / "multirun.yaml").write_text("hydra:\n  overrides:\n    task:\n    - experiment=study/var\n")
+    saved = json.loads(record.record("study", sweep, results=tmp_path / "results").read_text())
+    assert [j["job"] for j in saved["result"]["sweep"]] == ["0", "1"]
+    assert saved["provenance"]["command"] == "neon -m experiment=study/var"
+    assert saved["provenance"]["threads"] == 2
+    text = build_tables.VIEWS["sweep"](saved["result"])
+    assert text.splitlines()[0].startswith("| neon.optimizer.lr | w (B) |")
+    assert "| 1e-4 | 1.0 (75) | 4 | 3 | 4.2 | 3.6 | 14.3% | 4.2 | 5.0% | — |" in text
+    assert text.endswith("Best job on the selection seeds: neon.optimizer.lr=1e-4 (w = 1.0, B = 75); on its held-out "
+                         "seeds (4000000-4002999) θ_r 4.2 → θ_neon 3.6, a gain of 14.3%.")

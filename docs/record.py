@@ -19,6 +19,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -127,11 +128,37 @@ def provenance(source: Path, command: str | None) -> tuple[dict, dict]:
     }
 
 
+def portable(obj: Any, folders: dict[str, str]) -> Any:
+    """`obj` with every path under one of `folders` (machine path → label such as <run>) written from its label,
+    so that a record names no folder of the machine that made it."""
+    if isinstance(obj, dict):
+        return {k: portable(v, folders) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, folders) for v in obj]
+    if isinstance(obj, str):
+        for folder, label in folders.items():
+            if obj == folder or obj.startswith(folder.rstrip("/") + "/"):
+                return label + obj[len(folder.rstrip("/")):]
+    return obj
+
+
+def machine_folders(source: Path, config: dict | None) -> dict[str, str]:
+    """The run's (or sweep's) folder and its artifact cache, the longest first."""
+    found = {str(source.resolve()): "<sweep>" if not (source / "summary.json").is_file() and source.is_dir()
+             else "<run>" if source.is_dir() else "<bench>"}
+    cache = ((config or {}).get("paths") or {}).get("cache_dir")
+    if cache:
+        found[str(cache)] = "<cache>"
+    return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
+
+
 def record(name: str, source: Path, command: str | None = None, results: Path = RESULTS) -> Path:
     """Write results/NAME.json (under a temporary name, then renamed) and return its path."""
     if not re.fullmatch(r"[\w.-]+", name):
         raise SystemExit(f"record: NAME {name!r} must be letters, digits, '_', '-' or '.'")
     result, prov = provenance(source, command)
+    folders = machine_folders(source, prov["config"])
+    result, prov = portable(result, folders), portable(prov, folders)
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"{name}.json"
     tmp = out.with_name(f".{out.name}.tmp")

@@ -117,3 +117,19 @@ def test_a_sweep_is_recorded_with_its_jobs_and_rendered_with_its_heldout_figures
     assert "| 1e-4 | 1.0 (75) | 4 | 3 | 4.2 | 3.6 | 14.3% | 4.2 | 5.0% | — |" in text
     assert text.endswith("Best job on the selection seeds: neon.optimizer.lr=1e-4 (w = 1.0, B = 75); on its held-out "
                          "seeds (4000000-4002999) θ_r 4.2 → θ_neon 3.6, a gain of 14.3%.")
+
+
+def test_a_record_names_no_folder_of_the_machine_that_made_it(tmp_path: Path):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- seed=1\n")
+    (run / "config_resolved.yaml").write_text(f"seed: 1\npaths:\n  cache_dir: {cache}\n")
+    (run / "summary.json").write_text(json.dumps({"artifacts": {
+        "theta_neon": str(run / "theta_neon.safetensors"), "theta_r": str(cache / "pretrain" / "k" / "theta_r.safetensors"),
+        "other": "/opt/elsewhere/file"}}))
+    saved = json.loads(record.record("probe", run, results=tmp_path / "results").read_text())
+    assert saved["result"]["artifacts"] == {"theta_neon": "<run>/theta_neon.safetensors",
+                                            "theta_r": "<cache>/pretrain/k/theta_r.safetensors",
+                                            "other": "/opt/elsewhere/file"}
+    assert saved["provenance"]["config"]["paths"]["cache_dir"] == "<cache>"
+    assert str(tmp_path) not in json.dumps(saved)

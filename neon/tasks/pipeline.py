@@ -60,6 +60,12 @@ def score_heldout(run: Run, module, front, merge: NeonMerger, theta_s: StateDict
     return figures
 
 
+def selection_seeds(evaluator: Evaluator) -> str:
+    """The seeds every pick was made on: 'first-last' over all of metrics.seed_sets' sets."""
+    sets = evaluator.seed_sets()
+    return f"{sets[0][0]}-{sets[-1][-1]}"
+
+
 def run_neon(cfg: DictConfig) -> dict:
     """synthesize → fine-tune → merge → evaluate (pretraining first when no model.checkpoint is given)."""
     validate(cfg)
@@ -127,7 +133,7 @@ def run_neon(cfg: DictConfig) -> dict:
         "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, fids, strict=True)],
         "grid": [{"budget_steps": b, "w": w_label(w), "fid": r["fid"]} for b in budgets for w, r in zip(ws, grid[b], strict=True)],
         **(heldout or {}),
-        "seeds_selection": f"{evaluator.seed_sets()[0][0]}-{evaluator.seed_sets()[-1][-1]}",
+        "seeds_selection": selection_seeds(evaluator),
         "fid_noise": noise,
         "control": None if control is None else {
             "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, control, strict=True)],

@@ -4,6 +4,7 @@ line before any work, and nothing exits 0 with a wrong result."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -194,6 +195,20 @@ def test_blockwise_w_needs_default_and_logs_its_matches(tmp_path: Path, capsys, 
     text = caplog.text
     assert "'^enc' (w = 1) decides 2 tensors" in text and "'default' (w = 0) decides 1 tensor" in text
     assert "pattern '^zzz' (w = 2) matches no tensor" in text
+
+
+def test_neon_merge_prints_its_pattern_counts_and_leaves_the_callers_logging_alone(tmp_path: Path, capsys):
+    save_file({"enc.a": torch.ones(2), "dec.c": torch.ones(2)}, tmp_path / "r.safetensors")
+    save_file({"enc.a": torch.zeros(2), "dec.c": torch.zeros(2)}, tmp_path / "s.safetensors")
+    root, neon_logger = logging.getLogger(), logging.getLogger("neon")
+    before = (list(root.handlers), root.level, list(neon_logger.handlers), neon_logger.level)
+    neon_merge([str(tmp_path / "r.safetensors"), str(tmp_path / "s.safetensors"), "--w", '{"^enc": 1, "default": 0}',
+                "-o", str(tmp_path / "o.safetensors")])
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "o.safetensors")  # stdout: the output path alone
+    assert "neon-merge: block-wise w: '^enc' (w = 1) decides 1 tensor" in err
+    # a handler left on a stream the caller closes would fail every later log line (and lower the logger's level)
+    assert (list(root.handlers), root.level, list(neon_logger.handlers), neon_logger.level) == before
 
 
 # ---------------------------------------------------------------- counts, sizes, unreadable files

@@ -47,14 +47,23 @@ def main(argv: list[str] | None = None) -> None:
                         help="in training checkpoints holding both, merge the EMA ('model_ema') or raw ('model') weights")
     parser.add_argument("--overwrite", action="store_true", help="allow -o to name one of the inputs (replaces it)")
     args = parser.parse_args(argv)
-    # the block-wise pattern counts (and warnings) go to stderr; the output path alone to stdout
-    logging.basicConfig(level=logging.INFO, format="neon-merge: %(message)s", stream=sys.stderr)
+    # the block-wise pattern counts (and warnings) go to stderr; the output path alone to stdout. The handler
+    # sits on neon's logger for this call only: main() called in-process leaves the caller's logging as it was
+    logger = logging.getLogger("neon")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("neon-merge: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         check_output(args.out, [args.base, args.aux], args.overwrite)
         out = merge_files(args.base, args.aux, parse_w(args.w), args.out, weights=args.weights)
     except NeonError as exc:
         print(f"neon-merge: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     print(out)
 
 

@@ -69,7 +69,7 @@ class NeonModule(nn.Module, metaclass=abc.ABCMeta):
     `network_kwargs` (families built from constructor settings), `optimizer_params()` (parameter groups),
     `spec_for_checkpoint` and `load_checkpoint` (checkpoints that bring their own architecture), and opt into
     the capabilities below by inheriting them: `HasOutputTwin`, `HasReleaseSampling`, `HasNativeExport`,
-    `HasReleaseCheckpoints`. Run settings (the training noise's seed, the fine-tune's optimizer, ...) are the
+    `HasReleaseCheckpoints`, `HasLikelihood`. Run settings (the training noise's seed, the fine-tune's optimizer, ...) are the
     run's, handed to the trainer (neon.stages.training.TrainSettings), never written onto the family."""
 
     family: ClassVar[str] = "model"
@@ -240,6 +240,16 @@ class HasReleaseCheckpoints(abc.ABC):
     @abc.abstractmethod
     def read_checkpoint(self, path: str | Path) -> StateDict:
         """Weights of the sampling network from a release file (or any file `neon.weights.readers` reads)."""
+
+
+class HasLikelihood(abc.ABC):
+    """Opt-in: an exact likelihood (autoregressive families), so that metrics can score θ on real held-out data:
+    the population risk Neon's theorem is about (`metrics.compute: [nll]`)."""
+
+    @abc.abstractmethod
+    def token_nll(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """(summed negative log-likelihood in nats, number of tokens predicted) of the sequences `x` [N, L] under
+        the sampling network, every token predicted from the ones before it."""
 
 
 def release_sampling(module: NeonModule) -> HasReleaseSampling:

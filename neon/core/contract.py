@@ -69,8 +69,8 @@ class NeonModule(nn.Module, metaclass=abc.ABCMeta):
     `network_kwargs` (families built from constructor settings), `optimizer_params()` (parameter groups),
     `spec_for_checkpoint` and `load_checkpoint` (checkpoints that bring their own architecture), and opt into
     the capabilities below by inheriting them: `HasOutputTwin`, `HasReleaseSampling`, `HasNativeExport`,
-    `HasReleaseCheckpoints`, `HasLikelihood`. Run settings (the training noise's seed, the fine-tune's optimizer, ...) are the
-    run's, handed to the trainer (neon.stages.training.TrainSettings), never written onto the family."""
+    `HasReleaseCheckpoints`, `HasLikelihood`. Run settings (the training noise's seed, the fine-tune's optimizer,
+    ...) are the run's, handed to the trainer (neon.stages.training.TrainSettings), never written onto the family."""
 
     family: ClassVar[str] = "model"
     samplers: ClassVar[Mapping[str, Sampler]] = {}

@@ -28,6 +28,7 @@ BAD_LINES = {
     "regex key quoted as the old README had it": (["experiment=toy2d", r"neon.w={'^model\.blocks': 1.9, default: 1.5}"],
                                                   "write a mapping with unquoted keys"),
     "unclosed list": (["neon.w=[0,1"], "close every bracket"),
+    "no rounds": (["experiment=toy2d", "neon.rounds=0"], "neon.rounds must be a positive integer, got 0"),
     "negative seed": (["experiment=toy2d", "seed=-1"], "seed=-1 is not a seed"),
     "fractional seed": (["seed=1.5"], "seed=1.5 is not a seed"),
     "negative seed offset": (["metrics.seed_offset=-4"], "metrics.seed_offset=-4 is not a seed"),

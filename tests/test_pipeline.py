@@ -127,3 +127,18 @@ def test_the_control_is_fine_tuned_from_theta_r_whatever_was_evaluated_last(tmp_
         summary = run_task([*grid, f"neon.w=[0.0,0.5,{last}]", "+neon.control=true"], folder, cache=cache)
         controls.append(summary["control"]["w_curve"][:2])
     assert controls[0] == controls[1]
+
+
+@pytest.mark.slow
+def test_rounds_start_each_round_from_the_last_theta_neon(tmp_path: Path, shared_cache: Path):
+    cache = seeded_cache(tmp_path, shared_cache, TINY_TOY)
+    summary = run_task([*TINY_TOY, "neon.rounds=2"], tmp_path, cache=cache)
+    first, second = (summary_of(tmp_path, f"run/round_{k}") for k in (1, 2))
+    # round 2's θ_r is round 1's θ_neon file, so its θ_r scores exactly what round 1's pick scored, on both seed sets
+    assert second["artifacts"]["theta_r"] == first["artifacts"]["theta_neon"]
+    assert second["fid_base"] == first["fid_neon"] and second["fid_base_heldout"] == first["fid_neon_heldout"]
+    assert second["artifacts"]["synthetic"] != first["artifacts"]["synthetic"]  # S drawn again, from θ_neon
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["rounds"][1]["fid_neon_heldout"] == second["fid_neon_heldout"] == summary["fid_neon_heldout"]
+    assert summary["gain_rounds_heldout"] == pytest.approx(1 - second["fid_neon_heldout"] / first["fid_base_heldout"])
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["rounds"] == summary["rounds"]

@@ -61,6 +61,10 @@ def heldout_figures(base: dict[str, Any], neon: dict[str, Any], control: dict[st
         "fid_control_heldout": None if control is None else control["fid"],
         "seeds_heldout": base["seeds"],
     }
+    if "nll" in base:  # metrics.compute [nll]: θ's likelihood of the report half of the real held-out data
+        out.update({"nll_base_heldout": base["nll"], "nll_neon_heldout": neon["nll"],
+                    "nll_control_heldout": None if control is None else control["nll"],
+                    "bpb_base_heldout": base["bpb"], "bpb_neon_heldout": neon["bpb"]})
     if "seed_sets" in base:  # metrics.seed_sets > 1: the spread over sets, and the gain's interval
         for name, score in (("base", base), ("neon", neon), ("control", control)):
             if score is not None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from neon.core.contract import HasTextSamples
 from neon.core.io import StateDict, atomic_path, write_text
 from neon.merging.extrapolate import WSpec
 
@@ -121,11 +122,13 @@ def w_table(summary: dict) -> str:
     its headline lines."""
     control = summary.get("control")
     output = summary.get("output_space")
-    rows = [("w", "FID θ_neon", "gain vs θ_r", *(("FID control",) if control else ()),
+    nll = "nll" in summary["w_curve"][0]  # metrics.compute [nll]: θ's held-out likelihood beside the FID
+    rows = [("w", "FID θ_neon", "gain vs θ_r", *(("NLL θ_neon",) if nll else ()), *(("FID control",) if control else ()),
              *(("FID output-space",) if output else ()))]
     for i, point in enumerate(summary["w_curve"]):
         gain = 1 - point["fid"] / summary["fid_base"] if summary["fid_base"] else 0.0
-        row = (point["w"], f"{point['fid']:.4g}", f"{100 * gain:+.1f}%" if math.isfinite(gain) else "n/a")
+        row = (point["w"], f"{point['fid']:.4g}", f"{100 * gain:+.1f}%" if math.isfinite(gain) else "n/a",
+               *((f"{point['nll']:.4f}",) if nll else ()))
         if control:
             row += (f"{control['w_curve'][i]['fid']:.4g}",)
         if output:
@@ -168,6 +171,9 @@ def heldout_line(summary: dict) -> str:
             text += f" (95% interval {100 * interval[0]:+.1f}% … {100 * interval[1]:+.1f}%)"
     if summary.get("fid_control_heldout") is not None:
         text += f" | control {fid('fid_control_heldout')} at w = {summary['control']['w']}"
+    if summary.get("nll_base_heldout") is not None:
+        text += (f" | held-out text NLL θ_r {summary['nll_base_heldout']:.4f} → θ_neon "
+                 f"{summary['nll_neon_heldout']:.4f} nats/token")
     return text
 
 
@@ -182,6 +188,14 @@ def write_previews(out: Path, module: Any, sampler: Any, theta_r: StateDict, the
     base_x, _ = module.generate(seeds, sampler)
     module.load_neon_weights(theta_neon, source="θ_neon")
     neon_x, _ = module.generate(seeds, sampler)
+    if isinstance(module, HasTextSamples):  # token sequences: their text, one sample per seed
+        def write(path: Path, x: Any, title: str) -> Path:
+            texts = module.decode_samples(x)
+            write_text(path, f"# {title}\n\n" + "".join(f"--- seed {i}\n{t}\n" for i, t in enumerate(texts)))
+            return path
+
+        return {"samples/theta_r": write(out / "samples_theta_r.txt", base_x, "θ_r"),
+                "samples/theta_neon": write(out / "samples_theta_neon.txt", neon_x, f"θ_neon ({neon_label})")}
     return {"samples/theta_r": write_sample_grid(out / "samples_theta_r.png", base_x, "θ_r"),
             "samples/theta_neon": write_sample_grid(out / "samples_theta_neon.png", neon_x,
                                                     f"θ_neon ({neon_label})")}

@@ -69,7 +69,7 @@ class NeonModule(nn.Module, metaclass=abc.ABCMeta):
     `network_kwargs` (families built from constructor settings), `optimizer_params()` (parameter groups),
     `spec_for_checkpoint` and `load_checkpoint` (checkpoints that bring their own architecture), and opt into
     the capabilities below by inheriting them: `HasOutputTwin`, `HasReleaseSampling`, `HasNativeExport`,
-    `HasReleaseCheckpoints`, `HasLikelihood`. Run settings (the training noise's seed, the fine-tune's optimizer,
+    `HasReleaseCheckpoints`, `HasLikelihood`, `HasTextSamples`. Run settings (the training noise's seed, the fine-tune's optimizer,
     ...) are the run's, handed to the trainer (neon.stages.training.TrainSettings), never written onto the family."""
 
     family: ClassVar[str] = "model"
@@ -121,6 +121,11 @@ class NeonModule(nn.Module, metaclass=abc.ABCMeta):
     def diversity_seeking(cls, settings: Mapping[str, Any]) -> list[str]:
         """The settings of one of the family's samplers that are diversity-seeking, each as 'key = value (why)'."""
         return []
+
+    @classmethod
+    def check_sampler_settings(cls, settings: Mapping[str, Any], key: str) -> None:
+        """Refuse, in one line naming `key`.<setting>, sampler settings the family's samplers cannot use (a
+        negative temperature); called by the pre-flight, before any work (by default: nothing to refuse)."""
 
     def config_overrides(self) -> dict:
         """Model-config entries that differ from the config because a checkpoint set them: the network's
@@ -252,6 +257,14 @@ class HasLikelihood(abc.ABC):
         the sampling network, every token predicted from the ones before it."""
 
 
+class HasTextSamples(abc.ABC):
+    """Opt-in: samples are token sequences, shown as text (previews write `.txt`, not an image grid)."""
+
+    @abc.abstractmethod
+    def decode_samples(self, x: torch.Tensor) -> list[str]:
+        """The text of each sampled sequence in `x` [N, L]."""
+
+
 def release_sampling(module: NeonModule) -> HasReleaseSampling:
     """`module` as a family with release-mode sampling, or a one-line error naming the way out."""
     if not isinstance(module, HasReleaseSampling):
@@ -317,6 +330,10 @@ def check_samplers(cfg: Mapping[str, Any], choices: Mapping[str, Any] | None = N
     evaluation = (cfg.get("metrics") or {}).get("sampler") or {}
     if evaluation.get("_target_") not in (None, sampler.get("_target_")):
         check_sampler(model, evaluation, choices.get("model"), None)
+    family = family_of(model)
+    family.check_sampler_settings(dict(sampler), "sampler")
+    if evaluation:  # the evaluation sampler: the run's with metrics.sampler's entries over it
+        family.check_sampler_settings({**dict(sampler), **dict(evaluation)}, "metrics.sampler")
 
 
 def diversity_warning(model_cfg: Mapping[str, Any], sampler_cfg: Mapping[str, Any]) -> str | None:

@@ -4,6 +4,7 @@ statistics, cached by the weights' digest and the metric settings."""
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 
 from neon.analysis.output_twin import OutputTwin, build_twin
 from neon.core.collectives import is_main
-from neon.core.contract import NeonModule
+from neon.core.contract import HasLikelihood, NeonModule
 from neon.core.errors import NeonError
 from neon.core.io import StateDict, digest_state_dict, read_json, write_json
 from neon.core.release_sampling import ReleaseSampling
@@ -30,8 +31,12 @@ class Evaluator:
     Results are cached by the weights' digest and the metric settings."""
 
     def __init__(self, run: Run, module: NeonModule, seed_offset: int | None = None, num_samples: int | None = None,
-                 sampler_overrides: dict | None = None, release: ReleaseSampling | None = None):
+                 sampler_overrides: dict | None = None, release: ReleaseSampling | None = None,
+                 nll_part: str = "selection"):
         self.run = run
+        # metrics.compute [nll]: which half of the real held-out data θ is scored on ('selection' where picks
+        # are made, 'report' for the held-out figures), as the seeds are split for the sample metrics
+        self.nll_part = nll_part
         self.release = release  # sample.rng=release: the family's official seeding instead of one generator per image
         self.module = module
         m = run.cfg.metrics
@@ -39,25 +44,48 @@ class Evaluator:
         first = int(m.seed_offset if seed_offset is None else seed_offset)
         self.seeds = list(range(first, first + self.num_samples))
         self.metrics = list(m.get("compute") or ["fid"])
-        self.extractor = build_extractor(m, self.metrics)
+        self.sample_metrics = [name for name in self.metrics if name != "nll"]  # "nll" scores θ, not its samples
+        self.extractor = build_extractor(m, self.sample_metrics)
         self.sampler_cfg = OmegaConf.merge(run.cfg.sampler, m.get("sampler") or {}, sampler_overrides or {})
         self._reference: Reference | None = None
+        self._data: Any = None
+
+    def data(self) -> Any:
+        """The run's data module (built once, on first use)."""
+        if self._data is None:
+            self._data = instantiate(self.run.cfg.data)
+        return self._data
 
     def reference(self) -> Reference:
         """metrics.reference (an EDM or ADM .npz), else the data module's own reference."""
         if self._reference is None:
             ref = self.run.cfg.metrics.get("reference")
-            self._reference = (load_reference(ref, self.extractor) if ref
-                               else instantiate(self.run.cfg.data).reference(self.extractor))
+            self._reference = load_reference(ref, self.extractor) if ref else self.data().reference(self.extractor)
         return self._reference
+
+    def heldout_nll(self) -> dict[str, float]:
+        """θ's negative log-likelihood of real held-out data (this evaluator's half): nats per token and bits
+        per byte. Needs a family with a likelihood and a data module with held-out windows (data=text)."""
+        if not isinstance(self.module, HasLikelihood):
+            raise NeonError(f"metrics.compute asks for nll, but {self.module.family} has no likelihood: drop nll")
+        data = self.data()
+        if not hasattr(data, "heldout_windows"):
+            raise NeonError(f"metrics.compute asks for nll, but data={type(data).__name__} holds no held-out text: "
+                            "use data=text or drop nll")
+        windows = data.heldout_windows(self.nll_part).to(self.module.device)
+        total, count = self.module.token_nll(windows)
+        nats = float(total) / count
+        # bits per byte: the tokenizer's bytes per token turn nats/token into a tokenizer-free figure
+        return {"nll": nats, "bpb": nats * count / (math.log(2) * data.byte_count(self.nll_part))}
 
     def key(self, digest: str) -> dict[str, Any]:
         m = self.run.cfg.metrics
         return {
             "weights": digest, "family": self.run.cfg.model._target_, "sampler": plain(self.sampler_cfg),
-            **extractor_key(m, self.metrics), "seeds": [self.seeds[0], len(self.seeds)], "metrics": self.metrics,
+            **extractor_key(m, self.sample_metrics), "seeds": [self.seeds[0], len(self.seeds)], "metrics": self.metrics,
             "block_size": m.block_size, "reference": plain(m.get("reference")) or plain(self.run.cfg.data),
             **({"release": self.release.key()} if self.release else {}),
+            **({"nll_part": self.nll_part} if "nll" in self.metrics else {}),
         }
 
     def trace(self) -> dict[str, Any]:
@@ -67,14 +95,15 @@ class Evaluator:
     def _trace_of(self, seeds: list[int]) -> dict[str, Any]:
         # one seed set's trace (no set count: that set's result is shared by runs with any count)
         return {"num_samples": len(seeds), "seeds": f"{seeds[0]}-{seeds[-1]}",
-                **extractor_key(self.run.cfg.metrics, self.metrics), "metrics": self.metrics,
+                **extractor_key(self.run.cfg.metrics, self.sample_metrics), "metrics": self.metrics,
+                **({"nll_part": self.nll_part} if "nll" in self.metrics else {}),
                 "reference": plain(self.run.cfg.metrics.get("reference")) or "data",
                 "rng": self.release.key() if self.release else "per_seed"}
 
     def score_features(self, features: dict[str, np.ndarray]) -> dict[str, Any]:
         """The configured metrics of these features against the reference."""
         m = self.run.cfg.metrics
-        return compute_scores(features, self.reference(), self.metrics, isc_splits=int(m.get("isc_splits", 10)),
+        return compute_scores(features, self.reference(), self.sample_metrics, isc_splits=int(m.get("isc_splits", 10)),
                               pr_k=int(m.get("pr_k", 3)), allow_small=bool(m.get("allow_small", False)),
                               kid_subsets=int(m.get("kid_subsets", 100)),
                               kid_subset_size=int(m.get("kid_subset_size", 1000)))
@@ -134,13 +163,14 @@ class Evaluator:
             with context:
                 feats = release_features(self.module, sampler, seeds, self.release, self.extractor, progress) \
                     if self.release else sample_features(self.module, sampler, seeds, self.extractor, block, progress)
+                nll = self.heldout_nll() if "nll" in self.metrics and is_main() else {}
             if not is_main():
                 return
             if self.run.cfg.metrics.get("keep_features", True):
                 np.savez(work / "features.npz", **{k: v.astype(np.float32) for k, v in feats.items()})
             extra = {"output_twin": key["output_twin"]} if "output_twin" in key else {}
             write_json(work / "result.json",
-                       {**self.score_features(feats), "digest": digest, **extra, **self._trace_of(seeds)})
+                       {**self.score_features(feats), **nll, "digest": digest, **extra, **self._trace_of(seeds)})
 
         # collective: under DDP every rank samples its share of the seeds
         folder, _ = self.run.cache.get_or_build("eval", key, build, collective=True)

@@ -20,7 +20,7 @@ from neon.core.values import plain
 from neon.merging.merger import NeonMerger
 from neon.stages.base import copy_weights, load_base
 from neon.stages.finetune import budgets_of, finetuned_weights, log_merge_plan
-from neon.stages.run import Run, is_auto_w, log, merge_ws
+from neon.stages.run import Run, is_auto_w, log, merge_ws, rounds_of
 from neon.stages.synthesize import synthesize_into, synthetic_data, synthetic_key
 from neon.stages.synthetic_source import check_fits, folder_key, source_config, source_folder, source_label, source_run
 
@@ -43,6 +43,7 @@ def check_settings(cfg: DictConfig) -> DictConfig | None:
     else:
         merge_ws(cfg)
     budgets_of(cfg)
+    rounds_of(cfg)
     compare_mode(cfg)
     check_counts(cfg)
     check_heldout(cfg)

@@ -19,7 +19,7 @@ from neon.core.cache import ArtifactCache
 from neon.core.collectives import is_main
 from neon.core.errors import NeonError
 from neon.core.io import write_text
-from neon.core.values import plain
+from neon.core.values import plain, positive_int
 from neon.merging.extrapolate import WSpec, check_w
 
 if TYPE_CHECKING:  # Lightning takes seconds to import: only the stages that train import it
@@ -40,6 +40,12 @@ def model_spec(cfg: DictConfig) -> dict[str, Any]:
     return {k: OmegaConf.to_container(model[k], resolve=True, throw_on_missing=True)
             if isinstance(model[k], (DictConfig, ListConfig)) else model[k]
             for k in model if k not in MODEL_META_KEYS}
+
+
+def rounds_of(cfg: DictConfig) -> int:
+    """neon.rounds: how many times Neon runs, each from the last θ_neon (absent or null: once)."""
+    rounds = cfg.neon.get("rounds")
+    return 1 if rounds is None else positive_int(rounds, "neon.rounds")
 
 
 def is_auto_w(cfg: DictConfig) -> bool:
@@ -111,7 +117,7 @@ class Run:
         self.logger.log_metrics({f"summary/{k}": v for k, v in summary.items()}, step=len(rows))
         if hasattr(self.logger, "log_image"):
             for key, path in (images or {}).items():
-                if Path(path).exists():
+                if Path(path).exists() and Path(path).suffix == ".png":  # text previews stay files in the run folder
                     self.logger.log_image(key, images=[str(path)])
         self.logger.save()
 

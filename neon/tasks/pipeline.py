@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import copy
 import math
+from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from tqdm.auto import tqdm
 
-from neon.analysis.heldout import heldout_figures
+from neon.analysis.heldout import heldout_figures, relative_gain
 from neon.analysis.output_twin import compare_mode
 from neon.analysis.run_report import w_label, w_table, write_previews, write_w_curve
 from neon.core.collectives import is_main
@@ -23,7 +25,7 @@ from neon.stages.base import copy_weights
 from neon.stages.evaluator import Evaluator
 from neon.stages.finetune import budgets_of, finetuned_weights
 from neon.stages.front import build_front, validate
-from neon.stages.run import Run, is_auto_w, log, merge_ws
+from neon.stages.run import Run, is_auto_w, log, merge_ws, rounds_of
 from neon.stages.synthetic_source import source_config, source_label
 from neon.tasks.compare import compare_output_space
 from neon.tasks.diagnose import cached_alignment, describe
@@ -40,15 +42,22 @@ def score_ws(run: Run, evaluator: Evaluator, merge: NeonMerger, theta_s: StateDi
             merged = merge.merged(theta_s, w)
         with run.stage("evaluate"):
             results.append(evaluator.score(merged))
-        log.info("%s w = %s: FID %.6g", label, w_label(w), results[-1]["fid"])
+        log.info("%s w = %s: FID %.6g%s", label, w_label(w), results[-1]["fid"],
+                 f", NLL {results[-1]['nll']:.6g}" if "nll" in results[-1] else "")
     return results
+
+
+def curve_point(w: WSpec, score: dict) -> dict:
+    """One point of a w-curve: w, FID and, where scored, the held-out NLL (metrics.compute [nll])."""
+    return {"w": w_label(w), "fid": score["fid"], **({"nll": score["nll"]} if "nll" in score else {})}
 
 
 def score_heldout(run: Run, module, front, merge: NeonMerger, theta_s: StateDict, w: WSpec,
                   control_s: StateDict | None, control_w: WSpec | None) -> dict:
     """θ_r, θ_neon at the picked (w, B) and the control at its own picked w, scored on the held-out seeds."""
     m = run.cfg.metrics
-    heldout = Evaluator(run, module, seed_offset=m.heldout_seed_offset, num_samples=m.get("heldout_num_samples"))
+    heldout = Evaluator(run, module, seed_offset=m.heldout_seed_offset, num_samples=m.get("heldout_num_samples"),
+                        nll_part="report")
     with run.stage("evaluate"):
         base = heldout.score(front.theta_r)
         neon = heldout.score(merge.merged(theta_s, w))
@@ -67,7 +76,11 @@ def selection_seeds(evaluator: Evaluator) -> str:
 
 
 def run_neon(cfg: DictConfig) -> dict:
-    """synthesize → fine-tune → merge → evaluate (pretraining first when no model.checkpoint is given)."""
+    """synthesize → fine-tune → merge → evaluate (pretraining first when no model.checkpoint is given);
+    neon.rounds > 1: again from each round's θ_neon."""
+    rounds = rounds_of(cfg)
+    if rounds > 1:
+        return run_rounds(cfg, rounds)
     validate(cfg)
     compare = compare_mode(cfg)
     run = Run.from_config(cfg)
@@ -89,9 +102,10 @@ def run_neon(cfg: DictConfig) -> dict:
     best_b, best = min(((b, i) for b in budgets for i in range(len(ws))), key=lambda bi: grid[bi[0]][bi[1]]["fid"])
     fids = [r["fid"] for r in grid[best_b]]
     with run.stage("evaluate"):
-        fid_base = next((f for w, f in zip(ws, fids, strict=True) if w == 0.0), None)
-        if fid_base is None:
-            fid_base = evaluator.score(front.theta_r)["fid"]
+        base = next((r for w, r in zip(ws, grid[best_b], strict=True) if w == 0.0), None)
+        if base is None:
+            base = evaluator.score(front.theta_r)
+        fid_base = base["fid"]
         if not math.isfinite(fid_base):  # no gain can be measured against it: not a result to report
             raise NeonError(f"θ_r '{front.base_path}' scores FID {fid_base}: its samples are not finite; check θ_r and "
                             "the sampler settings (metrics.sampler)")
@@ -110,7 +124,8 @@ def run_neon(cfg: DictConfig) -> dict:
                                        front.base_digest,
                                        {"real_data": plain(cfg.data), "start": "theta_r"}, [best_b])[best_b]
         control_s = load_state_dict(c_path)
-        control = [r["fid"] for r in score_ws(run, evaluator, merge, control_s, ws, "control")]
+        control_scores = score_ws(run, evaluator, merge, control_s, ws, "control")
+        control = [r["fid"] for r in control_scores]
 
     heldout = None
     if cfg.metrics.get("heldout_seed_offset") is not None:  # the picks above, scored on seeds they were not chosen on
@@ -130,13 +145,14 @@ def run_neon(cfg: DictConfig) -> dict:
         "fid_neon": fids[best],
         "w": ws[best],
         "budget_steps": best_b,
-        "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, fids, strict=True)],
+        **({"nll_base": base["nll"], "nll_neon": grid[best_b][best]["nll"]} if "nll" in base else {}),
+        "w_curve": [curve_point(w, r) for w, r in zip(ws, grid[best_b], strict=True)],
         "grid": [{"budget_steps": b, "w": w_label(w), "fid": r["fid"]} for b in budgets for w, r in zip(ws, grid[b], strict=True)],
         **(heldout or {}),
         "seeds_selection": selection_seeds(evaluator),
         "fid_noise": noise,
         "control": None if control is None else {
-            "w_curve": [{"w": w_label(w), "fid": f} for w, f in zip(ws, control, strict=True)],
+            "w_curve": [curve_point(w, r) for w, r in zip(ws, control_scores, strict=True)],
             "fid_best": min(control), "w": ws[control.index(min(control))]},
         "auto_w": auto,
         "output_space": output_space,
@@ -182,3 +198,35 @@ def run_neon(cfg: DictConfig) -> dict:
     log.info("FID base %.6g → neon %.6g at w = %s, B = %d (%s)", fid_base, fids[best], w_label(ws[best]), best_b,
              run.out)
     return summary
+
+
+def run_rounds(cfg: DictConfig, rounds: int) -> dict:
+    """Neon applied `rounds` times, each round's θ_neon the next round's θ_r (in <run>/round_<k>/): does a second
+    self-training correction still help, or is Neon a one-time correction? The run's summary is the last round's,
+    with every round's headline under `rounds`."""
+    out = Path(cfg.paths.output_dir)
+    headlines: list[dict] = []
+    summary: dict = {}
+    for k in range(1, rounds + 1):
+        round_cfg = copy.deepcopy(cfg)
+        with open_dict(round_cfg):
+            round_cfg.neon.rounds = 1
+            round_cfg.paths.output_dir = str(out / f"round_{k}")
+            if k > 1:
+                round_cfg.model.checkpoint = summary["artifacts"]["theta_neon"]
+        log.info("Neon round %d of %d (θ_r: %s)", k, rounds, round_cfg.model.get("checkpoint") or "pretrained")
+        summary = run_neon(round_cfg)
+        headlines.append({"round": k, "w": summary["w"], "budget_steps": summary["budget_steps"],
+                          **{key: summary.get(key) for key in ROUND_FIGURES if key in summary}})
+    summary = {**summary, "rounds": headlines}
+    first, last = headlines[0], headlines[-1]
+    if first.get("fid_base_heldout") is not None:  # the original θ_r against the last θ_neon, held out
+        summary["gain_rounds_heldout"] = relative_gain(first["fid_base_heldout"], last["fid_neon_heldout"])
+    if is_main():
+        write_json(out / "summary.json", summary)
+    return summary
+
+
+# what `neon.rounds` keeps of each round: the held-out figures (FID and, for text, NLL) and the selection's
+ROUND_FIGURES = ("fid_base", "fid_neon", "fid_base_heldout", "fid_neon_heldout", "gain_heldout", "nll_base_heldout",
+                 "nll_neon_heldout")

@@ -1,5 +1,5 @@
-"""FID (and the other Fréchet distances: sFID, FD-DINOv2), Inception Score, KID and precision/recall from
-one pass of features. The IS, KID and
+"""FID (and the other Fréchet distances: sFID, FD-DINOv2), Inception Score, KID and precision/recall (and,
+for text, MAUVE, distinct-n and self-BLEU: neon.metrics.text) from one pass of features. The IS, KID and
 precision/recall arithmetic is torch-fidelity's own (called, not re-implemented), so the numbers are the
 library's."""
 
@@ -15,6 +15,7 @@ from neon.core.config_checks import check_sample_count
 from neon.core.errors import NeonError
 from neon.metrics.frechet import FRECHET_METRICS, feature_statistics, frechet_distance
 from neon.metrics.reference import Reference
+from neon.metrics.text import distinct_n, mauve, self_bleu
 
 
 def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]:
@@ -59,9 +60,10 @@ def kernel_distance(generated: np.ndarray, real: np.ndarray, subsets: int = 100,
 def compute_scores(features: dict[str, np.ndarray], reference: Reference, metrics: Iterable[str] = ("fid",),
                    isc_splits: int = 10, pr_k: int = 3, allow_small: bool = False, kid_subsets: int = 100,
                    kid_subset_size: int = 1000) -> dict[str, float | None]:
-    """The requested metrics ('fid', 'sfid', 'fd_dinov2', 'isc', 'kid', 'pr') of generated features against a
-    reference; a Fréchet distance from fewer samples than feature dimensions is an error unless `allow_small`
-    (then a warning)."""
+    """The requested metrics ('fid', 'sfid', 'fd_dinov2', 'isc', 'kid', 'pr'; for text also 'mauve', 'distinct'
+    giving distinct_1 … distinct_4, and 'self_bleu', the last two from the samples' tokens) of generated features
+    against a reference; a Fréchet distance from fewer samples than feature dimensions is an error unless
+    `allow_small` (then a warning)."""
     pool = features["pool"]
     out: dict[str, float | None] = {"num_samples": int(len(pool))}
     for name in metrics:
@@ -93,8 +95,26 @@ def compute_scores(features: dict[str, np.ndarray], reference: Reference, metric
             else:
                 out["kid_mean"], out["kid_std"] = kernel_distance(pool, reference.features, kid_subsets,
                                                                   kid_subset_size, allow_small)
+        elif name == "mauve":
+            if reference.features is None:
+                warnings.warn(f"mauve needs real features; reference '{reference.source}' has only statistics",
+                              stacklevel=2)
+                out["mauve"] = None
+            else:
+                out["mauve"] = mauve(reference.features, pool)
+        elif name in ("distinct", "self_bleu"):
+            if "tokens" not in features:
+                raise NeonError(f"metrics.compute asks for {name}, which reads the samples' tokens, but the extractor "
+                                "gave none: it needs a text extractor (metrics=text)")
+            tokens = np.rint(features["tokens"]).astype(np.int64)
+            if name == "self_bleu":
+                out["self_bleu"] = self_bleu(tokens) if len(tokens) > 1 else None
+            else:
+                for n in range(1, 5):  # None where the samples are shorter than n
+                    out[f"distinct_{n}"] = distinct_n(tokens, n) if tokens.shape[1] >= n and len(tokens) else None
         else:
-            raise NeonError(f"metrics.compute: unknown metric '{name}': use fid, sfid, fd_dinov2, isc, kid or pr")
+            raise NeonError(f"metrics.compute: unknown metric '{name}': use fid, sfid, fd_dinov2, isc, kid or pr "
+                            "(or, for text: mauve, distinct, self_bleu)")
     return out
 
 

@@ -143,10 +143,16 @@ def seeded_cache(tmp_path: Path, shared_cache: Path, args: list[str]) -> Path:
     return cache
 
 
-def random_batch(module, n: int) -> dict[str, torch.Tensor]:
-    """Images in [-1, 1] of the module's shape, with class labels when it is conditional."""
+def random_batch(module, n: int = 4) -> dict[str, torch.Tensor]:
+    """Images in [-1, 1] of the module's shape (byte ids for text families), with class labels when it is
+    conditional."""
+    from neon.core.contract import HasTextSamples
+
     g = torch.Generator().manual_seed(1)
-    batch = {"x": torch.rand(n, *module.image_shape, generator=g) * 2 - 1}
+    if isinstance(module, HasTextSamples):
+        batch = {"x": torch.randint(256, (n, *module.image_shape), generator=g)}
+    else:
+        batch = {"x": torch.rand(n, *module.image_shape, generator=g) * 2 - 1}
     if module.num_classes:
         batch["label"] = torch.randint(module.num_classes, (n,), generator=g)
     return batch

@@ -22,11 +22,12 @@ from neon.core.seeding import StepNoise
 from neon.launch.cli import CONF_DIR
 from neon.merging.extrapolate import extrapolate
 from neon.stages.run import model_spec
+from tests.helpers import random_batch
 
 MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
 # built and run in full; every other model is release-size and is built on the meta device
-TINY = {"toy2d", "ar2d", "edm_digits", "imm_tiny", "var_tiny", "xar_tiny", "diffusers_tiny", "example_flow"}
+TINY = {"toy2d", "ar2d", "edm_digits", "imm_tiny", "var_tiny", "xar_tiny", "diffusers_tiny", "example_flow", "lm_tiny"}
 # small release networks without a VAE that need a checkpoint: tests/test_pixel_configs.py samples them
 PIXELS = {"imm_pixels", "xar_pixels"}
 # built from a local pipeline folder (tests/test_diffusers.py builds and loads tiny ones)
@@ -140,14 +141,6 @@ def build_tiny(name: str, tmp_path: Path) -> tuple[NeonModule, object]:
     torch.manual_seed(0)
     module = instantiate(model_spec(cfg))
     return module, cfg
-
-
-def random_batch(module: NeonModule, n: int = 4) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    batch = {"x": torch.rand(n, *module.image_shape, generator=g) * 2 - 1}
-    if module.num_classes:
-        batch["label"] = torch.randint(module.num_classes, (n,), generator=g)
-    return batch
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -182,6 +184,12 @@ class TextDataModule(L.LightningDataModule):
         self.num_classes = 0
         self.windows, self.heldout, self.corpus_name, self.corpus_digest = corpus_windows(
             path, self.context, self.heldout_fraction, self.split_seed)
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        """The pre-flight (neon.stages.front.check_data): the module built once, so that a missing, empty or
+        binary corpus, or a context longer than it, is one line before any work (reading a corpus is cheap)."""
+        cls(**settings)
 
     def train_dataloader(self) -> DataLoader:
         return global_batch_loader(TensorItems({"x": self.windows}), self.batch_size, self.seed, self.num_workers)

@@ -15,7 +15,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neon.core.contract import EMA, Batch, HasLikelihood, NeonModule, Sampler, plain_kwargs, setting_above
+from neon.core.contract import (
+    EMA,
+    Batch,
+    HasLikelihood,
+    HasTextSamples,
+    NeonModule,
+    Sampler,
+    plain_kwargs,
+    setting_above,
+)
 from neon.core.errors import NeonError
 from neon.core.seeding import PerSampleRNG, StepNoise
 
@@ -121,17 +130,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_lm_sampler(settings: Mapping[str, Any]) -> None:
-    """Refuse, in one line naming the key, a temperature, top_k or top_p outside its range (before any work)."""
+def check_lm_sampler(settings: Mapping[str, Any], key: str = "sampler") -> None:
+    """Refuse, in one line naming `key`.<setting>, a temperature, top_k or top_p outside its range (before any
+    work)."""
     temperature, top_k, top_p = (settings.get("temperature", 1.0), settings.get("top_k", 0),
                                  settings.get("top_p", 1.0))
     if not _is_number(temperature) or temperature < 0:
-        raise NeonError(f"sampler.temperature={temperature!r} is not a temperature: use a number ≥ 0 (0: greedy; "
-                        "below 1 mode-seeking, e.g. sampler.temperature=0.8)")
+        raise NeonError(f"{key}.temperature={temperature!r} is not a temperature: use a number ≥ 0 (0: greedy; "
+                        f"below 1 mode-seeking, e.g. {key}.temperature=0.8)")
     if not isinstance(top_k, Integral) or isinstance(top_k, bool) or top_k < 0:
-        raise NeonError(f"sampler.top_k={top_k!r} is not a top-k: use an integer ≥ 0 (0: no top-k filter)")
+        raise NeonError(f"{key}.top_k={top_k!r} is not a top-k: use an integer ≥ 0 (0: no top-k filter)")
     if not _is_number(top_p) or not 0 < top_p <= 1:
-        raise NeonError(f"sampler.top_p={top_p!r} is not a top-p: use a number in (0, 1] (1: no nucleus filter)")
+        raise NeonError(f"{key}.top_p={top_p!r} is not a top-p: use a number in (0, 1] (1: no nucleus filter)")
 
 
 def next_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
@@ -176,7 +186,7 @@ def sample_tokens(net: nn.Module, uniforms: torch.Tensor, temperature: float = 1
     return out
 
 
-class TinyLM(NeonModule, HasLikelihood):
+class TinyLM(NeonModule, HasLikelihood, HasTextSamples):
     """The tiny language model family: a batch {"x": LongTensor [B, L]} holds byte ids in [0, 256), L ≤ context;
     the network reads [BOS, x[:, :-1]] and predicts x. Unconditional; an EMA copy samples when `ema_decay` is set."""
 
@@ -202,6 +212,15 @@ class TinyLM(NeonModule, HasLikelihood):
     def diversity_seeking(cls, settings: Mapping[str, Any]) -> list[str]:
         """A temperature above 1 flattens every next-token distribution (top_k = 0, top_p = 1 filter nothing)."""
         return setting_above(settings, "temperature", 1, "temperature > 1")
+
+    @classmethod
+    def check_sampler_settings(cls, settings: Mapping[str, Any], key: str) -> None:
+        """A negative temperature, a top-k below 0 or a top-p outside (0, 1]: one line before any work."""
+        check_lm_sampler(settings, key)
+
+    def decode_samples(self, x: torch.Tensor) -> list[str]:
+        """Sampled byte ids as text (bytes that are not UTF-8 shown as U+FFFD)."""
+        return [bytes(row).decode("utf-8", errors="replace") for row in x.long().cpu().tolist()]
 
     def optimizer_params(self) -> list[dict[str, Any]]:
         """Weight decay on the matrices (embeddings included), none on LayerNorm gains and biases."""

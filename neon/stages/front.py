@@ -47,7 +47,17 @@ def check_settings(cfg: DictConfig) -> DictConfig | None:
     compare_mode(cfg)
     check_counts(cfg)
     check_heldout(cfg)
+    check_data(cfg.data)
     return source_config(cfg)  # S drawn by another model: its config composes (one line naming it if not)
+
+
+def check_data(data_cfg: DictConfig) -> None:
+    """A data module's own pre-flight, where its class has one (`check_settings`: data=text reads its corpus)."""
+    from hydra.utils import get_class
+
+    hook = getattr(get_class(data_cfg._target_), "check_settings", None)
+    if hook is not None:
+        hook({k: v for k, v in plain(data_cfg).items() if k != "_target_"})
 
 
 def cached_synthetic(run: Run, module: NeonModule, base_digest: str) -> tuple[dict[str, Any], Path | None]:

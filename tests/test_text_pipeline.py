@@ -43,6 +43,9 @@ def test_text_run_reports_heldout_nll_from_the_report_half(tmp_path: Path):
         assert summary[key] > 0, key
     assert [p["w"] for p in summary["w_curve"]] == ["0", "0.5"] and all("nll" in p for p in summary["w_curve"])
     assert summary["scores_neon"]["nll_part"] == "selection" and "distinct_2" in summary["scores_neon"]
+    # metrics=text picks w on the selection half's NLL, not on the sample metric
+    assert summary["select"] == "nll"
+    assert summary["nll_neon"] == min(p["nll"] for p in summary["w_curve"])
 
     # θ_r's NLL, computed here from its file on each half of the held-out text: the pick's half, the report's half
     cfg, _ = task_config(args, tmp_path)
@@ -68,6 +71,7 @@ def test_text_run_reports_heldout_nll_from_the_report_half(tmp_path: Path):
     ("sampler.temperature=-1", "sampler.temperature=-1 is not a temperature"),
     ("metrics.sampler.top_k=-2", "metrics.sampler.top_k=-2 is not a top-k"),
     ("data.context=100000", "data.context=100000 is too long for corpus"),
+    ("metrics.compute=[fid]", "metrics.select=nll is not among metrics.compute ['fid']"),
 ])
 def test_bad_text_settings_are_one_line_before_any_work(override: str, message: str):
     assert message in cli_error(["experiment=text", override])

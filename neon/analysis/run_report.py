@@ -136,8 +136,9 @@ def w_table(summary: dict) -> str:
         rows.append(row)
     lines = [markdown_table(rows)]
     noise = summary.get("fid_noise")
-    tail = [f"selection seeds {summary['seeds_selection']} (w and B picked here):" if summary.get("seeds_selection")
-            else "", f"FID θ_r = {summary['fid_base']:.4g}"]
+    by = "" if summary.get("select", "fid") == "fid" else f" by {summary['select'].upper()}"
+    tail = [f"selection seeds {summary['seeds_selection']} (w and B picked here{by}):"
+            if summary.get("seeds_selection") else "", f"FID θ_r = {summary['fid_base']:.4g}"]
     if noise:
         tail.append(f"(with other sample seeds {noise['fid_base_reseeded']:.4g}: seed noise {100 * noise['relative']:.1f}%)")
     tail.append(f"→ best θ_neon {summary['fid_neon']:.4g} at w = {summary['w']}")

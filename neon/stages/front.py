@@ -20,7 +20,7 @@ from neon.core.values import plain
 from neon.merging.merger import NeonMerger
 from neon.stages.base import copy_weights, load_base
 from neon.stages.finetune import budgets_of, finetuned_weights, log_merge_plan
-from neon.stages.run import Run, is_auto_w, log, merge_ws, rounds_of
+from neon.stages.run import Run, is_auto_w, log, merge_ws, rounds_of, selection_metric
 from neon.stages.synthesize import synthesize_into, synthetic_data, synthetic_key
 from neon.stages.synthetic_source import check_fits, folder_key, source_config, source_folder, source_label, source_run
 
@@ -46,6 +46,7 @@ def check_settings(cfg: DictConfig) -> DictConfig | None:
     rounds_of(cfg)
     compare_mode(cfg)
     check_counts(cfg)
+    selection_metric(cfg)
     check_heldout(cfg)
     check_data(cfg.data)
     return source_config(cfg)  # S drawn by another model: its config composes (one line naming it if not)

@@ -48,6 +48,17 @@ def rounds_of(cfg: DictConfig) -> int:
     return 1 if rounds is None else positive_int(rounds, "neon.rounds")
 
 
+def selection_metric(cfg: DictConfig) -> str:
+    """metrics.select: the score every pick (w, B, the control's w) minimises on the selection seeds: 'fid' (the
+    default), or 'nll' (θ's likelihood of the selection half of the held-out text; metrics=text)."""
+    select = cfg.metrics.get("select") or "fid"
+    computed = list(cfg.metrics.get("compute") or ["fid"])
+    if select != "fid" and select not in computed:
+        raise NeonError(f"metrics.select={select} is not among metrics.compute {computed}: pick by fid, or add "
+                        f"{select} to metrics.compute")
+    return select
+
+
 def is_auto_w(cfg: DictConfig) -> bool:
     """Whether w is chosen by the line search (`neon.w=auto`) rather than given."""
     return plain(cfg.neon.w) == "auto"

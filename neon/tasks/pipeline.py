@@ -25,7 +25,7 @@ from neon.stages.base import copy_weights
 from neon.stages.evaluator import Evaluator
 from neon.stages.finetune import budgets_of, finetuned_weights
 from neon.stages.front import build_front, validate
-from neon.stages.run import Run, is_auto_w, log, merge_ws, rounds_of
+from neon.stages.run import Run, is_auto_w, log, merge_ws, rounds_of, selection_metric
 from neon.stages.synthetic_source import source_config, source_label
 from neon.tasks.compare import compare_output_space
 from neon.tasks.diagnose import cached_alignment, describe
@@ -99,7 +99,8 @@ def run_neon(cfg: DictConfig) -> dict:
         auto = search_auto_w(run, front, budgets)
         ws, budgets = [0.0] + ([auto["w"]] if auto["w"] != 0.0 else []), [auto["budget_steps"]]
     grid = {b: score_ws(run, evaluator, merge, front.theta_s(b), ws, f"B={b}") for b in budgets}  # budget → per w
-    best_b, best = min(((b, i) for b in budgets for i in range(len(ws))), key=lambda bi: grid[bi[0]][bi[1]]["fid"])
+    select = selection_metric(cfg)
+    best_b, best = min(((b, i) for b in budgets for i in range(len(ws))), key=lambda bi: grid[bi[0]][bi[1]][select])
     fids = [r["fid"] for r in grid[best_b]]
     with run.stage("evaluate"):
         base = next((r for w, r in zip(ws, grid[best_b], strict=True) if w == 0.0), None)
@@ -126,10 +127,11 @@ def run_neon(cfg: DictConfig) -> dict:
         control_s = load_state_dict(c_path)
         control_scores = score_ws(run, evaluator, merge, control_s, ws, "control")
         control = [r["fid"] for r in control_scores]
+        control_best = min(range(len(ws)), key=lambda i: control_scores[i][select])
 
     heldout = None
     if cfg.metrics.get("heldout_seed_offset") is not None:  # the picks above, scored on seeds they were not chosen on
-        control_w = None if control is None else ws[control.index(min(control))]
+        control_w = None if control is None else ws[control_best]
         heldout = score_heldout(run, module, front, merge, front.theta_s(best_b), ws[best], control_s, control_w)
 
     output_space = None
@@ -145,6 +147,7 @@ def run_neon(cfg: DictConfig) -> dict:
         "fid_neon": fids[best],
         "w": ws[best],
         "budget_steps": best_b,
+        "select": select,
         **({"nll_base": base["nll"], "nll_neon": grid[best_b][best]["nll"]} if "nll" in base else {}),
         "w_curve": [curve_point(w, r) for w, r in zip(ws, grid[best_b], strict=True)],
         "grid": [{"budget_steps": b, "w": w_label(w), "fid": r["fid"]} for b in budgets for w, r in zip(ws, grid[b], strict=True)],
@@ -153,7 +156,7 @@ def run_neon(cfg: DictConfig) -> dict:
         "fid_noise": noise,
         "control": None if control is None else {
             "w_curve": [curve_point(w, r) for w, r in zip(ws, control_scores, strict=True)],
-            "fid_best": min(control), "w": ws[control.index(min(control))]},
+            "fid_best": control[control_best], "w": ws[control_best]},
         "auto_w": auto,
         "output_space": output_space,
         "diagnosis": diagnosis,

@@ -13,6 +13,7 @@ def quiet_libraries() -> None:
     # Lightning's start-up banners (accelerators, tips) and a deprecation inside Lightning itself
     # say nothing about the run; the log keeps what does.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # MAUVE's k-means library: which CPU build it loads
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")

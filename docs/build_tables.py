@@ -150,8 +150,92 @@ def sweep(r: dict) -> str:
             f"{fid(s.get('fid_neon_heldout'))}, a gain of {pct(s.get('gain_heldout'))}.")
 
 
+def nll(x: float | None) -> str:
+    return "—" if x is None else f"{x:.4f}"
+
+
+def nats(base: float | None, other: float | None) -> str:
+    """The change θ_r → other in nats per token (negative: θ_neon is the likelier model of real text)."""
+    return "—" if base is None or other is None else f"{other - base:+.4f}"
+
+
+def text_heldout(r: dict) -> str:
+    """A text run: θ_r, θ_neon and the control on the half of the held-out text the picks were made on and on the
+    half that reports them: NLL (nats per token), bits per byte, and the Fréchet distance of samples at τ = 1."""
+    control = r.get("control")
+    ctl_sel = control and next(p for p in control["w_curve"] if float(p["w"]) == float(control["w"]))
+    rows = [("held-out text (sample seeds)", "NLL θ_r", f"NLL θ_neon (w = {r['w']}, B = {r['budget_steps']})", "Δ nats",
+             *((f"NLL control (w = {control['w']})", "Δ nats") if control else ()), "FD θ_r", "FD θ_neon")]
+    rows.append((f"selection half ({r['seeds_selection']}): picks made here", nll(r["nll_base"]), nll(r["nll_neon"]),
+                 nats(r["nll_base"], r["nll_neon"]),
+                 *((nll(ctl_sel["nll"]), nats(r["nll_base"], ctl_sel["nll"])) if control else ()),
+                 fid(r["fid_base"]), fid(r["fid_neon"])))
+    rows.append((f"report half ({r['seeds_heldout']}): reported", nll(r["nll_base_heldout"]),
+                 nll(r["nll_neon_heldout"]), nats(r["nll_base_heldout"], r["nll_neon_heldout"]),
+                 *((nll(r["nll_control_heldout"]), nats(r["nll_base_heldout"], r["nll_control_heldout"]))
+                   if control else ()), fid(r["fid_base_heldout"]), fid(r["fid_neon_heldout"])))
+    text = table(rows)
+    text += (f"\n\nBits per byte on the report half: θ_r {r['bpb_base_heldout']:.4f}, θ_neon {r['bpb_neon_heldout']:.4f}. "
+             f"FD: the Fréchet distance between {r['metric']['num_samples']:,} samples at τ = 1 and the real held-out "
+             "text in the text encoder's features.")
+    if r.get("fid_noise"):
+        text += f" The FD's own seed noise: {pct(r['fid_noise']['relative'])}."
+    if r.get("seconds"):
+        order = sorted(r["seconds"], key=lambda k: STAGES.index(k) if k in STAGES else len(STAGES))
+        text += "\n\nSeconds per stage (the run's `seconds`): " + ", ".join(
+            f"{stage} {r['seconds'][stage]:.1f} s" for stage in order) + f"; {sum(r['seconds'].values()):.0f} s in all."
+    return text
+
+
+def text_w_curve(r: dict) -> str:
+    """A text run's w-curve on the selection half: NLL and FD for every w (and the control's)."""
+    control = r.get("control")
+    rows = [("w", "NLL θ_neon", "Δ nats vs θ_r", "FD θ_neon", *(("NLL control",) if control else ()))]
+    for i, point in enumerate(r["w_curve"]):
+        rows.append((point["w"], nll(point["nll"]), nats(r["nll_base"], point["nll"]), fid(point["fid"]),
+                     *((nll(control["w_curve"][i]["nll"]),) if control else ())))
+    return table(rows)
+
+
+def text_sweep(r: dict) -> str:
+    """A recorded text multirun: per job (the settings that differ), the diagnostic's cosine at θ_r on its S, the w
+    picked on the selection half and the held-out NLL of θ_r and θ_neon at that w; and the NLL-best w on the
+    selection half with both signs in the grid."""
+    jobs = r["sweep"]
+    keyed = [dict(o.split("=", 1) for o in j["overrides"] if "=" in o) for j in jobs]
+    keys = [k for k in sorted({k for o in keyed for k in o}) if len({o.get(k) for o in keyed}) > 1]
+    rows = [(*keys, "cosine at θ_r", "predicts", "picked w (B)", "NLL θ_r held-out", "NLL θ_neon held-out", "Δ nats",
+             "FD θ_r held-out", "FD θ_neon held-out")]
+    for job, over in zip(jobs, keyed, strict=True):
+        s = job["summary"]
+        cosine = (s.get("diagnosis") or {}).get("cosine")
+        rows.append((*(over.get(k, "") for k in keys), "—" if cosine is None else f"{cosine:+.3f}",
+                     "—" if cosine is None else ("w > 0" if cosine < 0 else "w ≤ 0"),
+                     f"{s['w']} ({s['budget_steps']})", nll(s.get("nll_base_heldout")), nll(s.get("nll_neon_heldout")),
+                     nats(s.get("nll_base_heldout"), s.get("nll_neon_heldout")), fid(s.get("fid_base_heldout")),
+                     fid(s.get("fid_neon_heldout"))))
+    return table(rows)
+
+
+def rounds(r: dict) -> str:
+    """neon.rounds: each round's picked w and its held-out figures, each round starting from the last θ_neon."""
+    text_run = r["rounds"][0].get("nll_base_heldout") is not None
+    rows = [("round", "w (B)", "FID θ_r held-out", "FID θ_neon held-out", "gain",
+             *(("NLL θ_r held-out", "NLL θ_neon held-out") if text_run else ()))]
+    for k in r["rounds"]:
+        rows.append((k["round"], f"{k['w']} ({k['budget_steps']})", fid(k.get("fid_base_heldout")),
+                     fid(k.get("fid_neon_heldout")), pct(k.get("gain_heldout")),
+                     *((nll(k.get("nll_base_heldout")), nll(k.get("nll_neon_heldout"))) if text_run else ())))
+    first, last = r["rounds"][0], r["rounds"][-1]
+    return (table(rows) + f"\n\nAfter {len(r['rounds'])} rounds, held out: the original θ_r "
+            f"{fid(first.get('fid_base_heldout'))} → {fid(last.get('fid_neon_heldout'))} "
+            f"({pct(r.get('gain_rounds_heldout'))}).")
+
+
 VIEWS: dict[str, Callable[[dict], str]] = {"sweep": sweep, "headline": headline, "heldout": heldout, "w_curve": w_curve,
-                                           "startup": startup, "suite": suite, "suite_line": suite_line}
+                                           "startup": startup, "suite": suite, "suite_line": suite_line,
+                                           "text_heldout": text_heldout, "text_w_curve": text_w_curve,
+                                           "text_sweep": text_sweep, "rounds": rounds}
 
 
 def provenance(name: str, p: dict) -> str:

@@ -172,6 +172,9 @@ def as_typed(command: str) -> list[str]:
     return [a[1:-1] if a.startswith("[") and a.endswith("]") and "=" in a else a for a in args]
 
 
+PLACEHOLDER = re.compile(r"=([A-Z][A-Z0-9_]*[A-Z0-9])(?=\s|$)")
+
+
 def test_every_documented_command_parses_as_typed():
     commands = documented_commands()
     assert len(commands) > 20
@@ -182,7 +185,9 @@ def test_every_documented_command_parses_as_typed():
         try:
             preflight(args)
         except NeonError as exc:
-            failures.append(f"{where}: {command}: {exc}")
+            # a path the reader fills in is written in capitals (DIR, MY_CORPUS): refusing it as missing is right
+            if not any(f"'{name}'" in str(exc) for name in PLACEHOLDER.findall(command)):
+                failures.append(f"{where}: {command}: {exc}")
     assert not failures, "\n".join(failures)
 
 

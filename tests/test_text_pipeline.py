@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file
 
 from neon.stages.run import model_spec
-from tests.helpers import cli_error, run_task, task_config
+from tests.helpers import cli_error, run_cli, run_task, summary_of, task_config
 
 WORDS = "the a model samples its own text and learns from it again while a reader checks each line".split()
 
@@ -82,3 +82,24 @@ def test_binary_and_empty_corpora_are_named_before_any_work(tmp_path: Path):
     (tmp_path / "empty.txt").write_text("")
     assert f"data.path file '{tmp_path / 'bin'}' is binary" in cli_error(["experiment=text", f"data.path={tmp_path / 'bin'}"])
     assert "is empty" in cli_error(["experiment=text", f"data.path={tmp_path / 'empty.txt'}"])
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_text_run(tmp_path: Path):
+    corpus = tiny_corpus(tmp_path / "corpus")
+    args = [*tiny_text(corpus), "neon.synthetic.block_size=16", "neon.synthetic.shard_size=32", "preview_samples=0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    run_task(args, one)
+    theta_r = next((one / "cache" / "pretrain").glob("*/theta_r.safetensors"))
+    proc = run_cli([*args, "trainer=ddp", "trainer.devices=2", f"model.checkpoint={theta_r}"], two)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = summary_of(one), summary_of(two)
+    # one generator per sequence: the ranks' shares of S are the one-process S, token for token
+    shards = [sorted((d / "cache" / "synthetic").glob("*/shard_*.pt")) for d in (one, two)]
+    assert len(shards[0]) == len(shards[1]) == 2
+    for x, y in zip(*shards, strict=True):
+        assert torch.equal(torch.load(x, weights_only=True)["x"], torch.load(y, weights_only=True)["x"])
+    assert b["nll_base"] == pytest.approx(a["nll_base"], rel=1e-9)  # θ_r itself: the same weights, scored once
+    for pa, pb in zip(a["w_curve"], b["w_curve"], strict=True):
+        assert pb["nll"] == pytest.approx(pa["nll"], rel=1e-5) and pb["fid"] == pytest.approx(pa["fid"], rel=1e-3)

@@ -155,3 +155,20 @@ def test_suite_time_reads_the_counts_of_a_junit_report(tmp_path: Path):
     assert bench.counts(report) == {"tests": 10, "failures": 1, "errors": 1, "skipped": 2}
     report.write_text('<testsuite name="a" tests="4" failures="0" errors="0" skipped="1"/>')
     assert bench.counts(report) == {"tests": 4, "failures": 0, "errors": 0, "skipped": 1}
+
+
+@pytest.mark.slow
+def test_lm_sampling_bench_times_both_samplers_and_both_fine_tunes(tmp_path: Path, capsys):
+    bench = load_script("lm_sampling")
+    bench.main(["--quick", "--threads", "1", "--json", str(tmp_path / "lm.json")])
+    result = json.loads((tmp_path / "lm.json").read_text())
+    for key in ("sampling", "sampling_filtered"):
+        s = result[key]
+        assert positive(s["ours_tokens_per_s"]) and positive(s["generate_tokens_per_s"]), key
+        assert s["ratio"] == s["ours_tokens_per_s"] / s["generate_tokens_per_s"], key
+    assert result["sampling"]["settings"] == bench.SETTINGS
+    assert result["sampling_filtered"]["settings"] == bench.FILTERED
+    f = result["finetune"]
+    assert positive(f["ours_steps_per_s"]) and positive(f["bare_steps_per_s"]) and positive(f["fit_ratio"])
+    assert f["ratio"] == pytest.approx(f["ours_steps_per_s"] / f["bare_steps_per_s"])
+    assert "generate" in capsys.readouterr().out

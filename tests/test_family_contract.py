@@ -30,8 +30,8 @@ SAMPLERS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
 TINY = {"toy2d", "ar2d", "edm_digits", "imm_tiny", "var_tiny", "xar_tiny", "diffusers_tiny", "example_flow", "lm_tiny"}
 # small release networks without a VAE that need a checkpoint: tests/test_pixel_configs.py samples them
 PIXELS = {"imm_pixels", "xar_pixels"}
-# built from a local pipeline folder (tests/test_diffusers.py builds and loads tiny ones)
-FOLDERS = {"diffusers"}
+# built from a local folder (tests/test_diffusers.py and tests/test_hf_causal_lm.py build and load tiny ones)
+FOLDERS = {"diffusers", "hf_causal_lm"}
 # fewer sampler steps where the family's sampler takes many (the contract does not depend on the count)
 QUICK_SAMPLER = {"edm_digits": ["sampler.num_steps=4"], "xar_tiny": ["sampler.num_steps=4"],
                  "imm_tiny": ["sampler.num_steps=2"], "diffusers_tiny": ["sampler.num_inference_steps=4"]}

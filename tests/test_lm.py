@@ -239,3 +239,34 @@ def test_lm_tiny_config_builds_the_configured_network(tmp_path: Path):
     assert (net.vocab_size, net.width, net.depth, net.heads, net.bos) == (257, 128, 4, 4, 256)
     assert net.positions.shape == (65, 128) and net.tokens.weight.shape == (257, 128)
     assert module.config_overrides() == {"network": dict(cfg.model.network)}
+
+
+def test_the_cpu_sort_is_torchs_stable_descending_sort():
+    from neon.families.lm import descending, next_tokens
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        x = torch.randn(3, int(torch.randint(1, 900, (1,), generator=g)), generator=g) * 10
+        if trial % 3 == 1:
+            x = x.round()  # ties
+        if trial % 5 == 2:
+            x[:, ::3], x[:, 1::5] = -0.0, 0.0  # −0.0 ties with 0.0
+        if trial % 7 == 3:
+            x[:, ::4], x[:, 2::9] = float("-inf"), float("inf")
+        x = x.to((torch.float32, torch.bfloat16, torch.float16)[trial % 3])
+        values, order = x.sort(dim=-1, descending=True, stable=True)
+        ours = descending(x)
+        assert torch.equal(ours[1], order) and torch.equal(ours[0], values) and ours[0].dtype == x.dtype, trial
+    # the tokens are those of the float64 sort of logits / τ, filtered or not
+    logits, u = torch.randn(64, 300, generator=g).round(decimals=1), torch.rand(64, generator=g)
+    for temperature, top_k, top_p in ((0.8, 0, 1.0), (1.3, 20, 0.9), (0.5, 0, 0.7)):
+        ordered, idx = (logits.double() / temperature).sort(dim=-1, descending=True, stable=True)
+        keep = torch.zeros_like(ordered, dtype=torch.bool)
+        keep[:, :top_k or None] = True
+        probs = ordered.softmax(-1) * keep
+        kept = probs / probs.sum(-1, keepdim=True)
+        keep &= torch.cat([torch.zeros_like(kept[:, :1]), kept.cumsum(-1)[:, :-1]], -1) < top_p
+        mass = (ordered.softmax(-1) * keep).cumsum(-1)
+        at = torch.searchsorted(mass, (u.double()[:, None] * mass[:, -1:]), right=True)
+        expected = idx.gather(-1, at.clamp(max=keep.sum(-1, keepdim=True) - 1)).squeeze(-1)
+        assert torch.equal(next_tokens(logits, u, temperature, top_k, top_p), expected)

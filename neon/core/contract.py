@@ -127,6 +127,12 @@ class NeonModule(nn.Module, metaclass=abc.ABCMeta):
         """Refuse, in one line naming `key`.<setting>, sampler settings the family's samplers cannot use (a
         negative temperature); called by the pre-flight, before any work (by default: nothing to refuse)."""
 
+    @classmethod
+    def check_model_settings(cls, settings: Mapping[str, Any]) -> None:
+        """Refuse, in one line naming model.<setting>, model settings the family cannot be built from (a folder
+        that is not there); called by the pre-flight with the model config, before any work, so it must be cheap
+        (by default: nothing to refuse)."""
+
     def config_overrides(self) -> dict:
         """Model-config entries that differ from the config because a checkpoint set them: the network's
         constructor settings in use."""
@@ -233,6 +239,8 @@ class HasNativeExport(abc.ABC):
     """Opt-in: θ (e.g. θ_neon) also written in the family's own loadable layout (diffusers: a pipeline folder)."""
 
     native_card_header: ClassVar[str] = ""  # opens the model card in `write_native`'s folder (e.g. YAML metadata)
+    # what the folder is called after θ's name: theta_neon_pipeline/ (diffusers), theta_neon_model/ (transformers)
+    native_folder: ClassVar[str] = "pipeline"
 
     @abc.abstractmethod
     def write_native(self, state: StateDict, out: Path) -> Path:
@@ -323,7 +331,8 @@ def check_sampler(model_cfg: Mapping[str, Any], sampler_cfg: Mapping[str, Any], 
 
 def check_samplers(cfg: Mapping[str, Any], choices: Mapping[str, Any] | None = None) -> None:
     """Before any work: the run's sampler, and the evaluation sampler where `metrics.sampler` names another,
-    belong to the model's family; `choices` are Hydra's group choices (for the names in the message)."""
+    belong to the model's family and have settings it can use; then the family's own model checks
+    (`check_model_settings`); `choices` are Hydra's group choices (for the names in the message)."""
     choices = choices or {}
     model, sampler = cfg["model"], cfg["sampler"]
     check_sampler(model, sampler, choices.get("model"), choices.get("sampler"))
@@ -334,6 +343,7 @@ def check_samplers(cfg: Mapping[str, Any], choices: Mapping[str, Any] | None = N
     family.check_sampler_settings(dict(sampler), "sampler")
     if evaluation:  # the evaluation sampler: the run's with metrics.sampler's entries over it
         family.check_sampler_settings({**dict(sampler), **dict(evaluation)}, "metrics.sampler")
+    family.check_model_settings(model)
 
 
 def diversity_warning(model_cfg: Mapping[str, Any], sampler_cfg: Mapping[str, Any]) -> str | None:

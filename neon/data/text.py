@@ -1,6 +1,7 @@
-"""Text as bytes: a corpus of documents (by default the Python documentation topics that ship with every
+"""Text as tokens: a corpus of documents (by default the Python documentation topics that ship with every
 CPython, `pydoc_data.topics`: no download), split by document into a training part and a held-out part, and
-cut into windows of `context` byte ids (0–255) for the language-model families."""
+cut into windows of `context` token ids for the language-model families: byte ids (0–255) by default, or the ids
+of a Hugging Face tokenizer from a local folder (`tokenizer`, the model's own with model=hf_causal_lm)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from neon.core.errors import NeonError
 from neon.data.batches import TensorItems, global_batch_loader
+from neon.data.hf_tokenizer import HFTokenizer
 from neon.metrics.evaluate import concat_features
 from neon.metrics.extractors import FeatureExtractor
 from neon.metrics.reference import Reference, reference_from_outputs
@@ -38,6 +40,11 @@ class ByteTokenizer:
         if isinstance(ids, torch.Tensor):
             ids = ids.tolist()
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+    def encode_stream(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(byte ids [T], byte ends [T]): token i is byte i, so its text ends at byte i + 1."""
+        ids = token_stream([text])
+        return ids, torch.arange(1, len(ids) + 1, dtype=torch.long)
 
 
 def _missing(path: str) -> NeonError:
@@ -141,25 +148,46 @@ def windows_of(stream: torch.Tensor, context: int) -> torch.Tensor:
     return stream[:n * context].reshape(n, context).clone()
 
 
-def corpus_windows(path: str | None, context: int, heldout_fraction: float,
-                   split_seed: int) -> tuple[torch.Tensor, torch.Tensor, str, str]:
+def window_bytes(ends: torch.Tensor, context: int) -> torch.Tensor:
+    """The UTF-8 bytes of text each window of `windows_of(stream, context)` covers, from the byte each token of the
+    stream ends at (`encode_stream`): from where the token before the window ends to where its last token ends."""
+    last = windows_of(ends, context)[:, -1]
+    return last - torch.cat([last.new_zeros(1), last[:-1]])
+
+
+def corpus_windows(path: str | None, context: int, heldout_fraction: float, split_seed: int,
+                   tokenizer: ByteTokenizer | HFTokenizer | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, str, str]:
     """(train windows, held-out windows, corpus name, content digest) of a corpus, checked for length."""
+    train, held, _, name, digest = corpus_parts(path, context, heldout_fraction, split_seed, tokenizer)
+    return train, held, name, digest
+
+
+def corpus_parts(path: str | None, context: int, heldout_fraction: float, split_seed: int,
+                 tokenizer: ByteTokenizer | HFTokenizer | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str, str]:
+    """(train windows, held-out windows, the UTF-8 bytes each held-out window covers, corpus name, content digest)
+    of a corpus tokenised by `tokenizer` (None: bytes), checked for length. Each part is its documents joined by
+    blank lines ("\\n\\n"), as text, then tokenised: every tokenizer sees the same text, so bits per byte compare."""
+    tokenizer = tokenizer or ByteTokenizer()
     docs, name = load_corpus(path)
     train_docs, held_docs = split_documents(docs, heldout_fraction, split_seed, name)
-    train_stream, held_stream = token_stream(train_docs), token_stream(held_docs)
+    train_stream, _ = tokenizer.encode_stream("\n\n".join(train_docs))
+    held_stream, held_ends = tokenizer.encode_stream("\n\n".join(held_docs))
     train, held = windows_of(train_stream, context), windows_of(held_stream, context)
     if len(train) < 1 or len(held) < 2:
         raise NeonError(f"data.context={context} is too long for corpus '{name}': its training part has "
                         f"{len(train_stream)} tokens ({len(train)} windows, need ≥ 1) and its held-out part "
                         f"{len(held_stream)} ({len(held)} windows, need ≥ 2): lower data.context, give a longer "
                         "corpus (data.path), or raise data.heldout_fraction")
-    return train, held, name, corpus_digest(docs)
+    return train, held, window_bytes(held_ends, context), name, corpus_digest(docs)
 
 
 class TextDataModule(L.LightningDataModule):
-    """Byte-level text: non-overlapping training windows of `context` tokens, and held-out windows from
-    documents the model never trains on (split by `split_seed`), in two disjoint halves: 'selection'
-    (even-indexed windows) to pick on and 'report' (odd-indexed) to report."""
+    """Text as tokens (bytes, or a Hugging Face tokenizer's ids with `tokenizer`, a local folder): non-overlapping
+    training windows of `context` tokens, and held-out windows from documents the model never trains on (split by
+    `split_seed`), in two disjoint halves: 'selection' (even-indexed windows) to pick on and 'report' (odd-indexed)
+    to report."""
 
     def __init__(
         self,
@@ -170,6 +198,7 @@ class TextDataModule(L.LightningDataModule):
         batch_size: int = 64,
         seed: int = 0,
         num_workers: int = 0,
+        tokenizer: str | None = None,
     ):
         super().__init__()
         if int(context) < 2:
@@ -179,16 +208,17 @@ class TextDataModule(L.LightningDataModule):
         self.path, self.context = path, int(context)
         self.heldout_fraction, self.split_seed = float(heldout_fraction), int(split_seed)
         self.batch_size, self.seed, self.num_workers = int(batch_size), int(seed), num_workers
-        self.tokenizer = ByteTokenizer()
-        self.vocab_size = ByteTokenizer.vocab_size
+        self.tokenizer = ByteTokenizer() if tokenizer is None else HFTokenizer(tokenizer, "data.tokenizer")
+        self.vocab_size = self.tokenizer.vocab_size
         self.num_classes = 0
-        self.windows, self.heldout, self.corpus_name, self.corpus_digest = corpus_windows(
-            path, self.context, self.heldout_fraction, self.split_seed)
+        self.windows, self.heldout, self.heldout_bytes, self.corpus_name, self.corpus_digest = corpus_parts(
+            path, self.context, self.heldout_fraction, self.split_seed, self.tokenizer)
 
     @classmethod
     def check_settings(cls, settings: Mapping[str, Any]) -> None:
         """The pre-flight (neon.stages.front.check_data): the module built once, so that a missing, empty or
-        binary corpus, or a context longer than it, is one line before any work (reading a corpus is cheap)."""
+        binary corpus, a tokenizer folder that is not one, or a context longer than the corpus is one line before
+        any work (reading and tokenising a corpus is cheap)."""
         cls(**settings)
 
     def train_dataloader(self) -> DataLoader:
@@ -201,8 +231,9 @@ class TextDataModule(L.LightningDataModule):
         return self.heldout[HELDOUT_PARTS.index(part)::2]
 
     def byte_count(self, part: str) -> int:
-        """The UTF-8 bytes that part's windows cover (one per token: the tokens are bytes), for bits per byte."""
-        return self.heldout_windows(part).numel()
+        """The UTF-8 bytes of text that part's windows cover (bytes: one per token), for bits per byte."""
+        self.heldout_windows(part)  # the part's name checked
+        return int(self.heldout_bytes[HELDOUT_PARTS.index(part)::2].sum())
 
     @torch.no_grad()
     def reference(self, extractor: FeatureExtractor, batch: int = 500) -> Reference:

@@ -144,6 +144,21 @@ def check_lm_sampler(settings: Mapping[str, Any], key: str = "sampler") -> None:
         raise NeonError(f"{key}.top_p={top_p!r} is not a top-p: use a number in (0, 1] (1: no nucleus filter)")
 
 
+def descending(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logits.sort(dim=-1, descending=True, stable=True)` for rows [B, V] (ties: the lower id first), on the CPU as
+    one sort of unique int64 keys: the float's order-preserving bits above, the id below (numpy sorts these several
+    times faster than torch's stable float sort, whose cost dominates a step of a large vocabulary)."""
+    if logits.device.type != "cpu":
+        return logits.sort(dim=-1, descending=True, stable=True)
+    # + 0.0: −0.0 becomes 0.0, a tie with it as in torch; then a negative float's bits count down: flipped, the ints
+    # order as the floats do
+    bits = (logits.detach().float() + 0.0).numpy().view(np.int32).astype(np.int64)
+    ordinal = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    keys = ~ordinal << 32 | np.arange(logits.shape[-1], dtype=np.int64)  # ~: the largest first; then the lower id
+    order = torch.from_numpy(np.sort(keys, axis=-1) & 0xFFFFFFFF)
+    return logits.gather(-1, order), order
+
+
 def next_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
                 top_p: float = 1.0) -> torch.Tensor:
     """One token per row of `logits` [B, V]: the argmax at temperature 0; else softmax(logits / temperature), the k
@@ -151,11 +166,15 @@ def next_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float
     top_p), renormalised and inverted at the row's uniform in [0, 1). Ties go to the lower id."""
     if temperature == 0:
         return logits.argmax(dim=-1)  # the first of tied maxima
+    ordered, order = descending(logits)  # ties: lower id first
     # float64: the nucleus boundary and the CDF do not move with the rounding of a long float32 sum
-    ordered, order = (logits.double() / temperature).sort(dim=-1, descending=True, stable=True)  # ties: lower id first
-    probs = ordered.softmax(dim=-1)
-    keep = torch.ones_like(probs, dtype=torch.bool)
+    probs = (ordered.double() / temperature).softmax(dim=-1)
     top_k = int(top_k)
+    if not (0 < top_k < probs.shape[-1] or top_p < 1):  # nothing filtered: the whole CDF
+        mass = probs.cumsum(dim=-1)
+        at = uniforms.to(mass).unsqueeze(-1) * mass[:, -1:]
+        return order.gather(-1, torch.searchsorted(mass, at, right=True).clamp_(max=probs.shape[-1] - 1)).squeeze(-1)
+    keep = torch.ones_like(probs, dtype=torch.bool)
     if 0 < top_k < probs.shape[-1]:
         keep[:, top_k:] = False  # exactly k tokens: ties at the k-th are resolved by the stable order
     if top_p < 1:
@@ -173,15 +192,17 @@ def next_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float
 def sample_tokens(net: nn.Module, uniforms: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0) -> torch.Tensor:
     """`uniforms.shape[1]` tokens per row [B, n] from BOS, one cached network call per token, the i-th token drawn
-    at the row's i-th uniform (`next_tokens`); BOS is never drawn (the data holds none)."""
+    at the row's i-th uniform (`next_tokens`) among the ids below `net.drawable` (TinyGPT: below its BOS, the last
+    id, which the data never holds; a network without `drawable`: below `net.bos`)."""
     check_lm_sampler({"temperature": temperature, "top_k": top_k, "top_p": top_p})
+    width = getattr(net, "drawable", net.bos)  # the network's choice: an HF vocabulary's BOS is a real token
     b, n = uniforms.shape
     out = torch.empty(b, n, dtype=torch.long, device=uniforms.device)
     token = torch.full((b, 1), net.bos, dtype=torch.long, device=uniforms.device)
     cache = None
     for i in range(n):
         logits, cache = net.forward_step(token, cache)
-        out[:, i] = next_tokens(logits[:, -1, :net.bos], uniforms[:, i], temperature, top_k, top_p)
+        out[:, i] = next_tokens(logits[:, -1, :width], uniforms[:, i], temperature, top_k, top_p)
         token = out[:, i:i + 1]
     return out
 

@@ -194,9 +194,11 @@ _TORCH_TO_ST = {
     torch.uint8: "U8", torch.bool: "BOOL",
 }
 @contextmanager
-def safetensors_writer(path: Path, metas: list[tuple[str, torch.dtype, tuple[int, ...]]]) -> Iterator[Callable]:
-    """Write a safetensors file tensor by tensor: the header is known up front from shapes and dtypes."""
-    header: dict[str, Any] = {}
+def safetensors_writer(path: Path, metas: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                       metadata: Mapping[str, str] | None = None) -> Iterator[Callable]:
+    """Write a safetensors file tensor by tensor: the header is known up front from shapes and dtypes (`metadata`:
+    the header's string entries, e.g. transformers' {"format": "pt"})."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
     offset = 0
     for key, dtype, shape in metas:
         if dtype not in _TORCH_TO_ST:
@@ -249,7 +251,9 @@ def merge_files(
         return _merge_streams(base, aux, w, out_path, on_tensor)
 
 
-def _merge_streams(base, aux, w: WSpec, out_path: Path, on_tensor: Callable[[str], None] | None) -> Path:
+def stream_metas(base, aux) -> list[tuple[str, torch.dtype, tuple[int, ...]]]:
+    """(key, dtype, shape) of every tensor of θ_r in its order, from two open checkpoints (`open_weights`) checked
+    to hold the same keys, shapes and kinds of tensors, without reading their data."""
     _check_keys(set(base.keys()), set(aux.keys()))
     metas = []
     for key in base.keys():
@@ -263,6 +267,11 @@ def _merge_streams(base, aux, w: WSpec, out_path: Path, on_tensor: Callable[[str
             raise NeonError(f"key '{key}' is {bd} in '{base.path}' but {ad} in '{aux.path}': the two checkpoints "
                             "must hold the same kinds of tensors (floating point in both, or in neither)")
         metas.append((key, bd, bs))
+    return metas
+
+
+def _merge_streams(base, aux, w: WSpec, out_path: Path, on_tensor: Callable[[str], None] | None) -> Path:
+    metas = stream_metas(base, aux)
     log_pattern_counts(base.keys(), w)
 
     def merged_tensors() -> Iterator[tuple[str, torch.Tensor]]:

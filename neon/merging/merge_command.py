@@ -1,4 +1,5 @@
-"""`neon-merge BASE AUX --w 0.8 -o OUT`: stream θ_neon from two checkpoint files of any format neon reads."""
+"""`neon-merge BASE AUX --w 0.8 -o OUT`: stream θ_neon from two checkpoint files of any format neon reads, or from
+two model folders (transformers' `save_pretrained` layout) into a folder."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from neon.core.errors import NeonError
 from neon.merging.extrapolate import WSpec, check_w, merge_files
+from neon.merging.model_folders import folder_merge_wanted, merge_model_folders
 
 
 def parse_w(text: str) -> WSpec:
@@ -39,10 +41,12 @@ def main(argv: list[str] | None = None) -> None:
         description="Write θ_neon = (1 + w)·BASE − w·AUX, streaming key by key.",
     )
     parser.add_argument("base", help="θ_r: the base checkpoint (.safetensors or its sharded index, a torch state "
-                        "dict, a Lightning .ckpt, a training checkpoint, an NVIDIA .pkl snapshot)")
+                        "dict, a Lightning .ckpt, a training checkpoint, an NVIDIA .pkl snapshot), or a model "
+                        "folder (config.json + safetensors weights, sharded or not)")
     parser.add_argument("aux", help="θ_s: the checkpoint fine-tuned on the model's own samples")
     parser.add_argument("--w", required=True, help="merge weight: a number, or a JSON {pattern: w} mapping")
-    parser.add_argument("-o", "--out", required=True, help="output file (.safetensors, .ckpt or .pt)")
+    parser.add_argument("-o", "--out", required=True, help="output file (.safetensors, .ckpt or .pt), or a new "
+                        "folder when BASE and AUX are model folders (BASE's files with the merged weights)")
     parser.add_argument("--weights", choices=["ema", "model"], default="ema",
                         help="in training checkpoints holding both, merge the EMA ('model_ema') or raw ('model') weights")
     parser.add_argument("--overwrite", action="store_true", help="allow -o to name one of the inputs (replaces it)")
@@ -57,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     logger.setLevel(logging.INFO)
     try:
         check_output(args.out, [args.base, args.aux], args.overwrite)
-        out = merge_files(args.base, args.aux, parse_w(args.w), args.out, weights=args.weights)
+        if folder_merge_wanted(args.base, args.aux, args.out):
+            out = merge_model_folders(args.base, args.aux, parse_w(args.w), args.out)
+        else:
+            out = merge_files(args.base, args.aux, parse_w(args.w), args.out, weights=args.weights)
     except NeonError as exc:
         print(f"neon-merge: error: {exc}", file=sys.stderr)
         sys.exit(2)

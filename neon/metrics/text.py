@@ -19,6 +19,7 @@ from neon.core.cache import ArtifactCache
 from neon.core.errors import NeonError
 from neon.core.io import save_state_dict, write_json
 from neon.core.seeding import fixed_threads
+from neon.data.hf_tokenizer import HFTokenizer
 from neon.data.text import ByteTokenizer, check_corpus_path, corpus_windows
 from neon.metrics.extractors import FeatureExtractor
 
@@ -99,15 +100,21 @@ def train_encoder(train: torch.Tensor, heldout: torch.Tensor, dim: int = 64, lay
 class TextEncoderFeatures(FeatureExtractor):
     """Features of byte sequences [N, L] for text scores: 'pool' ([N, dim + 1]: the mean-pooled hidden layer of
     a `ByteEncoder` trained on the corpus's training part only, cached under `cache_dir`, and its next-byte loss)
-    and 'tokens' (the byte ids themselves as float32 [N, L], for distinct-n and self-BLEU). The corpus settings
-    (path, context, heldout_fraction, split_seed) must match data=text's, so that no held-out text is trained on."""
+    and 'tokens' (the token ids themselves as float32 [N, L], for distinct-n and self-BLEU). The corpus settings
+    (path, context, heldout_fraction, split_seed) must match data=text's, so that no held-out text is trained on.
+
+    With `tokenizer` (a local Hugging Face tokenizer folder: data=text's own), the sequences are that tokenizer's
+    ids: each is decoded to text (special tokens skipped) and its UTF-8 bytes, cut or padded with spaces to
+    `context` bytes, are what the byte-level encoder reads; 'tokens' stays the token ids."""
 
     name = "text_encoder"
 
     def __init__(self, cache_dir: str, path: str | None = None, context: int = 64, heldout_fraction: float = 0.1,
                  split_seed: int = 0, dim: int = 64, steps: int = 600, seed: int = 0, layers: int = 4,
-                 batch_size: int = 32, lr: float = 3e-3):
+                 batch_size: int = 32, lr: float = 3e-3, tokenizer: str | None = None):
         self.cache_dir, self.path, self.context = cache_dir, path, int(context)
+        self.tokenizer_path = tokenizer
+        self._tokenizer: HFTokenizer | None = None
         self.heldout_fraction, self.split_seed = float(heldout_fraction), int(split_seed)
         self.dim, self.steps, self.seed = int(dim), int(steps), int(seed)
         self.layers, self.batch_size, self.lr = int(layers), int(batch_size), float(lr)
@@ -144,6 +151,23 @@ class TextEncoderFeatures(FeatureExtractor):
         """Only that the corpus path exists (the encoder itself is trained on first use)."""
         check_corpus_path(self.path)
 
+    def tokenizer(self) -> HFTokenizer | None:
+        """The Hugging Face tokenizer of the sequences (loaded on first use), or None for byte ids."""
+        if self._tokenizer is None and self.tokenizer_path is not None:
+            self._tokenizer = HFTokenizer(self.tokenizer_path, "metrics.extractor.tokenizer")
+        return self._tokenizer
+
+    def text_bytes(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids [N, L] of the tokenizer as byte ids [N, context]: each row's text (special tokens skipped) in
+        UTF-8, cut to `context` bytes or padded with spaces."""
+        tokenizer = self.tokenizer()
+        ids = tokens.round().long() if tokens.is_floating_point() else tokens.long()
+        rows = [tokenizer.decode(row, skip_special_tokens=True).encode("utf-8")[:self.context] for row in ids.cpu()]
+        padded = bytearray(b"".join(row.ljust(self.context, b" ") for row in rows))
+        if not padded:
+            return torch.zeros(0, self.context, dtype=torch.long)
+        return torch.frombuffer(padded, dtype=torch.uint8).long().reshape(len(rows), self.context)
+
     def extra_outputs(self) -> tuple[str, ...]:
         return ("tokens",)
 
@@ -159,14 +183,25 @@ class TextEncoderFeatures(FeatureExtractor):
                             f"{int(ids.max())}]: use it (metrics=text) with a byte-level family and data=text")
         return ids.cpu()
 
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the byte-level encoder reads of the sequences `x`: their byte ids, or (with a tokenizer) their
+        text's bytes."""
+        if self.tokenizer_path is None:
+            return self.byte_ids(x)
+        if x.ndim != 2:
+            raise NeonError(f"the text encoder reads token ids [N, L]; got shape {tuple(x.shape)}: use it "
+                            "(metrics=text) with a language-model family and data=text")
+        return self.text_bytes(x)
+
     @torch.no_grad()
     def extract(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        ids = self.byte_ids(x)
-        return {"pool": self.network().features(ids), "tokens": ids.float()}
+        ids = self.encoder_input(x)
+        tokens = ids if self.tokenizer_path is None else (x.round() if x.is_floating_point() else x).long().cpu()
+        return {"pool": self.network().features(ids), "tokens": tokens.float()}
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network().features(self.byte_ids(x))
+        return self.network().features(self.encoder_input(x))
 
 
 def distinct_n(tokens: np.ndarray, n: int) -> float:

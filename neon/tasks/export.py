@@ -151,7 +151,10 @@ def run_export(cfg: DictConfig) -> dict:
         {"safetensors": save_state_dict(state, run.out / "model.safetensors")}
     weights = files["safetensors"]
     # the family's own layout, if it has one
-    native = module.write_native(state, run.out / f"{stem}_pipeline") if isinstance(module, HasNativeExport) else None
+    native = None
+    if isinstance(module, HasNativeExport):  # model_pipeline/, theta_neon_pipeline/; model/, theta_neon_model/
+        folder = stem if stem == module.native_folder else f"{stem}_{module.native_folder}"
+        native = module.write_native(state, run.out / folder)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.update(module.config_overrides())
     model_cfg["checkpoint"] = str(weights.resolve())
@@ -159,13 +162,13 @@ def run_export(cfg: DictConfig) -> dict:
     summary = {"task": "export", "format": fmt, "source": str(base_path), "weights": str(weights),
                "config": str(run.out / "model.yaml"), "digest": digest,
                "run": str(record.folder) if record is not None else None,
-               **({"pipeline": str(native)} if native is not None else {})}
+               **({module.native_folder: str(native)} if native is not None else {})}
     carded = native is not None or fmt == "release"  # a model card names the files by their digests
     parts = neon_parts(record) if carded and record is not None and record.is_neon else None
     name = record.model_name if record is not None else model_choice()
     source_sha = sha256_if_present(base_path, "the source") if carded else None
     if native is not None:
-        summary["pipeline_card"] = str(native_card(
+        summary[f"{module.native_folder}_card"] = str(native_card(
             native, module_cls=type(module), model_name=name, source=base_path, source_sha=source_sha,
             weights_digest=digest, record=record, parts=parts, written_by="`neon task=export`"))
     if fmt == "release":

@@ -176,10 +176,10 @@ def run_neon(cfg: DictConfig) -> dict:
     with run.stage("merge"):
         merge.write(front.theta_s(best_b), ws[best], run.out / "theta_neon.safetensors", module=module,
                     model_cfg=cfg.model)
-        native = (module.write_native(module.neon_weights(), run.out / "theta_neon_pipeline")
+        native = (module.write_native(module.neon_weights(), run.out / f"theta_neon_{module.native_folder}")
                   if isinstance(module, HasNativeExport) else None)
         if native is not None:  # the family's own layout too (diffusers: a pipeline folder), with its card
-            summary["artifacts"]["theta_neon_pipeline"] = str(native)
+            summary["artifacts"][f"theta_neon_{module.native_folder}"] = str(native)
             summary["artifacts"]["theta_neon_card"] = str(neon_run_card(
                 native, run.out, cfg, summary, type(module), digest_state_dict(module.neon_weights())))
     write_w_curve(run.out, ws, fids, control, grid={b: [r["fid"] for r in grid[b]] for b in budgets},

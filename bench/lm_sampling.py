@@ -15,13 +15,16 @@ Usage: .venv/bin/python bench/lm_sampling.py [--batch 16] [--tokens 64] [--json 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from functools import partial
 from pathlib import Path
 
 import torch
-from output import emit  # bench/ is on the path when a script here runs
-from timing import Repeat, best_of
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import emit  # noqa: E402  (bench/ holds the scripts' shared helpers)
+from timing import Repeat, best_of  # noqa: E402
 
 SETTINGS = {"temperature": 0.8, "top_k": 0, "top_p": 1.0}  # sampler=lm's S settings
 FILTERED = {"temperature": 0.8, "top_k": 50, "top_p": 0.95}

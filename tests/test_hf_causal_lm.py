@@ -194,6 +194,7 @@ def test_neon_merge_refuses_folders_of_two_architectures(tmp_path: Path, capsys)
     from neon.merging.merge_command import main
 
     gpt2, llama = save_causal_lm(tmp_path / "gpt2"), save_causal_lm(tmp_path / "llama", kind="llama")
+    capsys.readouterr()  # what building the folders printed (transformers' progress bars)
     for args, message in (([gpt2, llama, "-o", tmp_path / "out"], "the folders hold different architectures: "
                            "model_type 'gpt2'"),
                           ([gpt2, gpt2 / "model.safetensors", "-o", tmp_path / "out"], "is a model folder but"),

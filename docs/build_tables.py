@@ -232,10 +232,28 @@ def rounds(r: dict) -> str:
             f"({pct(r.get('gain_rounds_heldout'))}).")
 
 
+def lm_sampling(r: dict) -> str:
+    """bench/lm_sampling.py: Neon's per-seed KV-cached sampling against `generate`, and the fine-tune against a bare
+    loop, on one Hugging Face GPT-2, as ratios within one run."""
+    m = r["model"]
+    rows = [("what", "neon", "reference", "ratio (neon / reference)")]
+    for key in ("sampling", "sampling_filtered"):
+        s = r[key]
+        settings = ", ".join(f"{k} {v}" for k, v in s["settings"].items())
+        rows.append((f"sampling ({settings})", f"{s['ours_tokens_per_s']:.0f} tokens/s",
+                     f"`generate`: {s['generate_tokens_per_s']:.0f} tokens/s", f"{s['ratio']:.2f}×"))
+    f = r["finetune"]
+    rows.append((f"fine-tune, per step (batch {f['batch']} × {f['length']})", f"{f['ours_steps_per_s']:.2f} steps/s",
+                 f"bare loop: {f['bare_steps_per_s']:.2f} steps/s", f"{f['ratio']:.3f}×"))
+    rows.append((f"fine-tune, a whole fit of {f['steps']} steps with the Trainer's set-up", "", "", f"{f['fit_ratio']:.3f}×"))
+    return (table(rows) + f"\n\nA random GPT-2 ({m['depth']} layers, width {m['width']}, vocabulary {m['vocab']:,}), batch "
+            f"{r['batch']} × {r['tokens']} tokens, {r['threads']} threads, best of {r['rounds']} interleaved rounds.")
+
+
 VIEWS: dict[str, Callable[[dict], str]] = {"sweep": sweep, "headline": headline, "heldout": heldout, "w_curve": w_curve,
                                            "startup": startup, "suite": suite, "suite_line": suite_line,
                                            "text_heldout": text_heldout, "text_w_curve": text_w_curve,
-                                           "text_sweep": text_sweep, "rounds": rounds}
+                                           "text_sweep": text_sweep, "rounds": rounds, "lm_sampling": lm_sampling}
 
 
 def provenance(name: str, p: dict) -> str:

@@ -227,9 +227,13 @@ def rounds(r: dict) -> str:
                      fid(k.get("fid_neon_heldout")), pct(k.get("gain_heldout")),
                      *((nll(k.get("nll_base_heldout")), nll(k.get("nll_neon_heldout"))) if text_run else ())))
     first, last = r["rounds"][0], r["rounds"][-1]
-    return (table(rows) + f"\n\nAfter {len(r['rounds'])} rounds, held out: the original θ_r "
+    text = (table(rows) + f"\n\nAfter {len(r['rounds'])} rounds, held out: FID of the original θ_r "
             f"{fid(first.get('fid_base_heldout'))} → {fid(last.get('fid_neon_heldout'))} "
-            f"({pct(r.get('gain_rounds_heldout'))}).")
+            f"(gain {pct(r.get('gain_rounds_heldout'))})")
+    if text_run:
+        text += (f"; NLL {nll(first['nll_base_heldout'])} → {nll(last['nll_neon_heldout'])} "
+                 f"({nats(first['nll_base_heldout'], last['nll_neon_heldout'])} nats per token)")
+    return text + ". (FID: for text, the Fréchet distance in the text encoder's features.)" if text_run else text + "."
 
 
 def lm_sampling(r: dict) -> str:

@@ -107,7 +107,9 @@ def provenance(source: Path, command: str | None) -> tuple[dict, dict]:
     if command is None and recorded is None:
         raise SystemExit(f"record: {source} does not record its command: give --command \"...\"")
     threads, threads_source = run_threads(run, config, result)
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # the records themselves are no part of what made a result: recording several in a row leaves the tree "dirty"
+    status = "\n".join(line for line in git("status", "--porcelain", "--untracked-files=no").splitlines()
+                        if not line[3:].startswith("docs/results/"))
     finished = dt.datetime.fromtimestamp(result_path.stat().st_mtime, dt.timezone.utc)
     if finished.timestamp() < int(git("log", "-1", "--format=%ct")):
         print("record: warning: the result is older than the last commit; the commit recorded is today's HEAD",

@@ -148,6 +148,17 @@ MUTATIONS: list[Mutation] = [
              "Evaluator(run, module, seed_offset=m.heldout_seed_offset,",
              "Evaluator(run, module, seed_offset=m.seed_offset,",
              ["tests/test_heldout.py::test_neon_reports_its_picks_on_heldout_seeds"]),
+    # --- text: the held-out NLL reported on the half the picks were not made on; the picks on the NLL
+    Mutation("text figures from the report half", "neon/tasks/pipeline.py",
+             'nll_part="report")', 'nll_part="selection")',
+             ["tests/test_text_pipeline.py::test_text_run_reports_heldout_nll_from_the_report_half"]),
+    Mutation("text picks minimise the selection metric", "neon/tasks/pipeline.py",
+             "key=lambda bi: grid[bi[0]][bi[1]][select])", "key=lambda bi: grid[bi[0]][bi[1]][\"fid\"])",
+             ["tests/test_text_pipeline.py::test_text_run_reports_heldout_nll_from_the_report_half"]),
+    # --- the language-model sampler: a prompt is read, then continued
+    Mutation("prompted sampling continues the prompt", "neon/families/lm.py",
+             "tokens = torch.cat([tokens, out[:, :given]], dim=1)", "tokens = tokens",
+             ["tests/test_prompts.py::test_a_prompted_sequence_continues_its_prompt_as_step_by_step_decoding_does"]),
 ]
 
 

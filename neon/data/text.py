@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +245,20 @@ class TextDataModule(L.LightningDataModule):
     def decode(self, tokens: torch.Tensor) -> list[str]:
         """Token ids [N, L] → N strings."""
         return [self.tokenizer.decode(row) for row in tokens.long().tolist()]
+
+
+class PromptBank:
+    """Prompts from real held-out text (`sampler=lm_prompted`): the sequence of seed s starts with the first
+    `length` tokens of held-out window s mod N of `part` ('selection' or 'report'), tokenised as data=text does."""
+
+    def __init__(self, length: int, path: str | None = None, context: int = 64, heldout_fraction: float = 0.1,
+                 split_seed: int = 0, tokenizer: str | None = None, part: str = "selection"):
+        data = TextDataModule(path, context, heldout_fraction, split_seed, tokenizer=tokenizer)
+        if not 0 < int(length) < data.context:
+            raise NeonError(f"sampler.prompts.length={length} must lie between 1 and {data.context - 1} (the prompt "
+                            "is the start of a held-out window)")
+        self.windows = data.heldout_windows(part)[:, :int(length)]
+
+    def prefixes(self, seeds: Sequence[int]) -> torch.Tensor:
+        """The prompt of each seed [len(seeds), length]."""
+        return self.windows[torch.tensor([int(s) % len(self.windows) for s in seeds], dtype=torch.long)]

@@ -142,6 +142,12 @@ def check_lm_sampler(settings: Mapping[str, Any], key: str = "sampler") -> None:
         raise NeonError(f"{key}.top_k={top_k!r} is not a top-k: use an integer ≥ 0 (0: no top-k filter)")
     if not _is_number(top_p) or not 0 < top_p <= 1:
         raise NeonError(f"{key}.top_p={top_p!r} is not a top-p: use a number in (0, 1] (1: no nucleus filter)")
+    prompts = settings.get("prompts")
+    if isinstance(prompts, Mapping):  # sampler=lm_prompted's config: a prompt is a prefix of a held-out window
+        length, context = prompts.get("length"), prompts.get("context", 64)
+        if not isinstance(length, Integral) or isinstance(length, bool) or not 0 < length < context:
+            raise NeonError(f"{key}.prompts.length={length!r} is not a prompt length: use an integer from 1 to "
+                            f"{context - 1} (the prompt is the start of a held-out window of {context} tokens)")
 
 
 def descending(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,21 +196,33 @@ def next_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float
 
 @torch.no_grad()
 def sample_tokens(net: nn.Module, uniforms: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> torch.Tensor:
+                  top_p: float = 1.0, prompts: Any = None, prefix: torch.Tensor | None = None) -> torch.Tensor:
     """`uniforms.shape[1]` tokens per row [B, n] from BOS, one cached network call per token, the i-th token drawn
     at the row's i-th uniform (`next_tokens`) among the ids below `net.drawable` (TinyGPT: below its BOS, the last
-    id, which the data never holds; a network without `drawable`: below `net.bos`)."""
+    id, which the data never holds; a network without `drawable`: below `net.bos`). `prefix` [B, p]: each row's
+    first p tokens are given (a prompt, read in one call), the rest drawn after them; `prompts`, where the config
+    names a prompt source, is read by the family's `generate`, which passes its rows' `prefix`."""
     check_lm_sampler({"temperature": temperature, "top_k": top_k, "top_p": top_p})
     width = getattr(net, "drawable", net.bos)  # the network's choice: an HF vocabulary's BOS is a real token
     b, n = uniforms.shape
     out = torch.empty(b, n, dtype=torch.long, device=uniforms.device)
-    token = torch.full((b, 1), net.bos, dtype=torch.long, device=uniforms.device)
-    cache = None
-    for i in range(n):
-        logits, cache = net.forward_step(token, cache)
+    tokens = torch.full((b, 1), net.bos, dtype=torch.long, device=uniforms.device)
+    given = 0 if prefix is None else prefix.shape[1]
+    if given:
+        out[:, :given] = prefix
+        tokens = torch.cat([tokens, out[:, :given]], dim=1)
+    logits, cache = net.forward_step(tokens, None)
+    for i in range(given, n):
         out[:, i] = next_tokens(logits[:, -1, :width], uniforms[:, i], temperature, top_k, top_p)
-        token = out[:, i:i + 1]
+        if i + 1 < n:
+            logits, cache = net.forward_step(out[:, i:i + 1], cache)
     return out
+
+
+def prompt_prefixes(sampler: Any, seeds: Sequence[int], device: torch.device) -> torch.Tensor | None:
+    """The prompt of each seed's sequence where the sampler names a prompt source (`sampler.prompts`), else None."""
+    prompts = (getattr(sampler, "keywords", None) or {}).get("prompts")
+    return None if prompts is None else prompts.prefixes(seeds).to(device)
 
 
 class TinyLM(NeonModule, HasLikelihood, HasTextSamples):
@@ -294,7 +312,7 @@ class TinyLM(NeonModule, HasLikelihood, HasTextSamples):
     def generate(self, seeds: Sequence[int], sampler: Sampler, labels: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
         uniforms = PerSampleRNG(seeds, self.device).rand(self.net.context)  # one uniform per token, from the seed
-        return sampler(self.sampling_net, uniforms), None
+        return sampler(self.sampling_net, uniforms, prefix=prompt_prefixes(sampler, seeds, self.device)), None
 
     def export_samples(self, x: torch.Tensor) -> np.ndarray:
         """The token ids as an int64 array [N, context]."""

@@ -34,7 +34,7 @@ from neon.core.seeding import PerSampleRNG, StepNoise
 from neon.families.hf_lm.folder import check_model_folder
 from neon.families.hf_lm.network import CachedSteps, load_network, tied_keys
 from neon.families.hf_lm.writer import write_model_folder
-from neon.families.lm import check_lm_sampler, sample_tokens
+from neon.families.lm import check_lm_sampler, prompt_prefixes, sample_tokens
 from neon.weights.readers import read_weights
 
 NLL_ELEMENTS = 2 ** 25  # logits per forward pass of `token_nll` (rows × positions × vocabulary): bounded memory
@@ -170,7 +170,8 @@ class HFCausalLM(NeonModule, HasLikelihood, HasTextSamples, HasReleaseSampling, 
         if labels is not None:
             raise NeonError(f"the {self.family} is unconditional: sample without class labels")
         uniforms = PerSampleRNG(seeds, self.device).rand(self.max_new_tokens)  # one uniform per token, from the seed
-        return sampler(self.steps(self.sampling_net), uniforms), None
+        prefix = prompt_prefixes(sampler, seeds, self.device)
+        return sampler(self.steps(self.sampling_net), uniforms, prefix=prefix), None
 
     def generate_release(self, release_seed: int, seeds: Sequence[int], batch_size: int, sampler: Sampler,
                          labels: LabelSpec) -> Iterator[Draw]:
@@ -182,6 +183,9 @@ class HFCausalLM(NeonModule, HasLikelihood, HasTextSamples, HasReleaseSampling, 
             raise NeonError(f"the {self.family} is unconditional: leave sample.labels null")
         settings = dict(getattr(sampler, "keywords", None) or {})
         check_lm_sampler(settings, "sampler")
+        if settings.get("prompts") is not None:
+            raise NeonError("sample.rng=release draws from BOS as generate does: drop sampler.prompts (use "
+                            "sampler=lm) or sample per seed (sample.rng=per_seed)")
         temperature = float(settings.get("temperature", 1.0))
         drawing = ({"do_sample": True, "temperature": temperature, "top_k": int(settings.get("top_k", 0)),
                     "top_p": float(settings.get("top_p", 1.0))} if temperature > 0 else {"do_sample": False})

@@ -147,6 +147,17 @@ def test_token_nll_is_the_summed_cross_entropy_in_eval_mode(monkeypatch):
     assert torch.equal(module.token_nll(x)[0], nll)
 
 
+def test_token_nll_is_the_log_of_torchmetrics_perplexity():
+    from torchmetrics.functional.text import perplexity
+
+    module = small_module()
+    x = tokens(6)
+    nll, count = module.token_nll(x)
+    with torch.no_grad():
+        reference = perplexity(module.net(with_bos(x)).double(), x)
+    assert float(nll) / count == pytest.approx(math.log(float(reference)), rel=1e-6)
+
+
 def test_token_nll_scores_the_ema_copy_that_samples():
     module = small_module(ema_decay=0.9)
     with torch.no_grad():

@@ -9,6 +9,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import struct
 import tempfile
 import zipfile
@@ -53,6 +54,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A folder written under a temporary name beside `path`, renamed into place (replacing what was there) when
+    the block ends without error; a failed block leaves no partial folder."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield work
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -27,18 +27,11 @@ from neon.core.contract import (
 )
 from neon.core.errors import NeonError
 from neon.core.seeding import PerSampleRNG, StepNoise
+from neon.families.transformer_parts import dropout
 
 NLL_BATCH = 256  # sequences per forward pass of `token_nll`: memory stays bounded on a held-out set of any size
 
 Cache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys and values [batch, heads, length, head dim]
-
-
-def dropout(x: torch.Tensor, p: float, rng: PerSampleRNG | None) -> torch.Tensor:
-    """Inverted dropout whose masks come from one generator per sample (no generator: no dropout)."""
-    if rng is None or p <= 0:
-        return x
-    keep = rng.rand(*x.shape[1:]).to(x.device) >= p
-    return x * keep.to(x.dtype) / (1 - p)
 
 
 class Block(nn.Module):

@@ -8,6 +8,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from neon.core.seeding import PerSampleRNG
+
+
+def dropout(x: torch.Tensor, p: float, rng: PerSampleRNG | None) -> torch.Tensor:
+    """Inverted dropout whose masks come from one generator per sample (no generator: no dropout)."""
+    if rng is None or p <= 0:
+        return x
+    keep = rng.rand(*x.shape[1:]).to(x.device) >= p
+    return x * keep.to(x.dtype) / (1 - p)
+
 
 class GeluMLP(nn.Module):
     """fc1 → GELU (tanh approximation) → fc2: the MLP of the DiT (IMM) and VAR blocks."""

@@ -4,11 +4,11 @@ folder and renamed into place."""
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from torch import nn
 
+from neon.core.io import atomic_folder
 from neon.families.diffusers_family.folder import PipelineFolder
 
 
@@ -25,9 +25,7 @@ def write_pipeline(net: nn.Module, scheduler, out: Path, source: PipelineFolder 
     import diffusers
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as work:
         if source is None:
             diffusers.DDPMPipeline(unet=net, scheduler=scheduler).save_pretrained(work, safe_serialization=True)
         else:
@@ -36,10 +34,4 @@ def write_pipeline(net: nn.Module, scheduler, out: Path, source: PipelineFolder 
             shard = _largest_shard(source)
             kwargs = {"max_shard_size": shard} if shard else {}
             net.save_pretrained(work / source.network_name, safe_serialization=True, **kwargs)
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
     return out

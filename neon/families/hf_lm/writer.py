@@ -5,12 +5,11 @@ and `AutoTokenizer.from_pretrained` load)."""
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from torch import nn
 
-from neon.core.io import write_text
+from neon.core.io import atomic_folder, write_text
 from neon.data.hf_tokenizer import TOKENIZER_FILES
 
 
@@ -25,19 +24,11 @@ def write_model_folder(net: nn.Module, source: Path, tokenizer_dir: Path, out: P
     """Write `out`: `net` saved as transformers saves it (config.json, generation_config.json, safetensors weights,
     sharded as in `source`), the tokenizer files of `tokenizer_dir` copied as they are, and `card` as README.md."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as work:
         shard = largest_shard(source)
         net.save_pretrained(work, **({"max_shard_size": shard} if shard else {}))
         for name in TOKENIZER_FILES:
             if (tokenizer_dir / name).is_file():
                 shutil.copy2(tokenizer_dir / name, work / name)
         write_text(work / "README.md", card)
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
     return out

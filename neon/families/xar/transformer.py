@@ -10,19 +10,11 @@ from torch.nn import functional as F
 
 from neon.core.errors import NeonError
 from neon.core.seeding import PerSampleRNG
-from neon.families.transformer_parts import TimeEmbedder
+from neon.families.transformer_parts import TimeEmbedder, dropout
 
 # How attention uses the KV cache: not at all (training: every cluster in one pass), refreshing it (a cluster's
 # first sampling step, which also feeds the clean previous cluster), reading it (the cluster's later steps).
 TRAIN, UPDATE_CACHE, READ_CACHE = "train", "update", "read"
-
-
-def dropout(x: torch.Tensor, p: float, rng: PerSampleRNG | None) -> torch.Tensor:
-    """Inverted dropout whose masks come from one generator per sample (none: no dropout)."""
-    if rng is None or p <= 0:
-        return x
-    keep = rng.rand(*x.shape[1:]).to(x.device) >= p
-    return x * keep.to(x.dtype) / (1 - p)
 
 
 class RMSNorm(nn.Module):

@@ -77,6 +77,11 @@ def test_bad_text_settings_are_one_line_before_any_work(override: str, message: 
     assert message in cli_error(["experiment=text", override])
 
 
+def test_nll_without_a_likelihood_or_heldout_text_is_one_line_before_any_work():
+    assert "EDMModule (EDM) has no likelihood" in cli_error(["metrics=text"])
+    assert "holds no held-out text: use data=text" in cli_error(["model=lm_tiny", "metrics=text", "data=digits"])
+
+
 def test_binary_and_empty_corpora_are_named_before_any_work(tmp_path: Path):
     (tmp_path / "bin").write_bytes(b"text\x00more")
     (tmp_path / "empty.txt").write_text("")

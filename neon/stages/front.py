@@ -13,7 +13,7 @@ from neon.analysis.auto_w import check_auto
 from neon.analysis.heldout import check_heldout
 from neon.analysis.output_twin import compare_mode
 from neon.core.config_checks import check_counts
-from neon.core.contract import NeonModule, diversity_warning
+from neon.core.contract import HasLikelihood, NeonModule, diversity_warning, family_of
 from neon.core.errors import NeonError
 from neon.core.io import StateDict, load_state_dict
 from neon.core.values import plain
@@ -49,6 +49,7 @@ def check_settings(cfg: DictConfig) -> DictConfig | None:
     selection_metric(cfg)
     check_heldout(cfg)
     check_data(cfg.data)
+    check_nll(cfg)
     return source_config(cfg)  # S drawn by another model: its config composes (one line naming it if not)
 
 
@@ -59,6 +60,22 @@ def check_data(data_cfg: DictConfig) -> None:
     hook = getattr(get_class(data_cfg._target_), "check_settings", None)
     if hook is not None:
         hook({k: v for k, v in plain(data_cfg).items() if k != "_target_"})
+
+
+def check_nll(cfg: DictConfig) -> None:
+    """metrics.compute [nll] scores θ's likelihood of held-out text: a family with a likelihood and a data module
+    with held-out windows, or one line before any work."""
+    from hydra.utils import get_class
+
+    if "nll" not in list(cfg.metrics.get("compute") or []):
+        return
+    family = family_of(cfg.model)
+    if not issubclass(family, HasLikelihood):
+        raise NeonError(f"metrics.compute asks for nll, but {family.__name__} ({family.family}) has no likelihood: "
+                        "drop nll from metrics.compute, or use a language model (model=lm_tiny, model=hf_causal_lm)")
+    if not hasattr(get_class(cfg.data._target_), "heldout_windows"):
+        raise NeonError(f"metrics.compute asks for nll, but data {cfg.data._target_} holds no held-out text: use "
+                        "data=text or drop nll from metrics.compute")
 
 
 def cached_synthetic(run: Run, module: NeonModule, base_digest: str) -> tuple[dict[str, Any], Path | None]:

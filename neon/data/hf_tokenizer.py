@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from neon.core.errors import NeonError
+from neon.core.io import first_line
 
 # the files `save_pretrained` writes for one tokenizer or another (fast: tokenizer.json; BPE: vocab.json + merges.txt;
 # SentencePiece: tokenizer.model / spiece.model; WordPiece: vocab.txt), any of which makes a folder hold a tokenizer
@@ -63,7 +64,7 @@ def load_tokenizer(path: Any, key: str = "data.tokenizer") -> Any:
     try:
         return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc) or type(exc).__name__
         raise NeonError(f"{key} '{path}': transformers cannot load its tokenizer ({first})") from None
 
 

@@ -43,7 +43,8 @@ class ByteTokenizer:
 
     def encode_stream(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(byte ids [T], byte ends [T]): token i is byte i, so its text ends at byte i + 1."""
-        ids = token_stream([text])
+        data = text.encode("utf-8")
+        ids = torch.frombuffer(bytearray(data), dtype=torch.uint8).long() if data else torch.zeros(0, dtype=torch.long)
         return ids, torch.arange(1, len(ids) + 1, dtype=torch.long)
 
 
@@ -136,12 +137,6 @@ def split_documents(docs: list[str], heldout_fraction: float, split_seed: int,
     return [docs[i] for i in train], [docs[i] for i in held]
 
 
-def token_stream(docs: list[str]) -> torch.Tensor:
-    """The documents joined by blank lines ("\\n\\n"), as byte ids [T]."""
-    data = "\n\n".join(docs).encode("utf-8")
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long() if data else torch.zeros(0, dtype=torch.long)
-
-
 def windows_of(stream: torch.Tensor, context: int) -> torch.Tensor:
     """Non-overlapping windows [N, context] of a token stream (the incomplete tail dropped)."""
     n = len(stream) // context
@@ -153,14 +148,6 @@ def window_bytes(ends: torch.Tensor, context: int) -> torch.Tensor:
     stream ends at (`encode_stream`): from where the token before the window ends to where its last token ends."""
     last = windows_of(ends, context)[:, -1]
     return last - torch.cat([last.new_zeros(1), last[:-1]])
-
-
-def corpus_windows(path: str | None, context: int, heldout_fraction: float, split_seed: int,
-                   tokenizer: ByteTokenizer | HFTokenizer | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, str, str]:
-    """(train windows, held-out windows, corpus name, content digest) of a corpus, checked for length."""
-    train, held, _, name, digest = corpus_parts(path, context, heldout_fraction, split_seed, tokenizer)
-    return train, held, name, digest
 
 
 def corpus_parts(path: str | None, context: int, heldout_fraction: float, split_seed: int,

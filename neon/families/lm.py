@@ -168,23 +168,20 @@ def next_tokens(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float
     ordered, order = descending(logits)  # ties: lower id first
     # float64: the nucleus boundary and the CDF do not move with the rounding of a long float32 sum
     probs = (ordered.double() / temperature).softmax(dim=-1)
-    top_k = int(top_k)
-    if not (0 < top_k < probs.shape[-1] or top_p < 1):  # nothing filtered: the whole CDF
-        mass = probs.cumsum(dim=-1)
-        at = uniforms.to(mass).unsqueeze(-1) * mass[:, -1:]
-        return order.gather(-1, torch.searchsorted(mass, at, right=True).clamp_(max=probs.shape[-1] - 1)).squeeze(-1)
-    keep = torch.ones_like(probs, dtype=torch.bool)
-    if 0 < top_k < probs.shape[-1]:
-        keep[:, top_k:] = False  # exactly k tokens: ties at the k-th are resolved by the stable order
-    if top_p < 1:
-        kept = probs * keep
-        kept = kept / kept.sum(dim=-1, keepdim=True)
-        above = torch.cat([torch.zeros_like(kept[:, :1]), kept.cumsum(dim=-1)[:, :-1]], dim=-1)
-        keep &= above < top_p  # the mass of the more probable tokens has not reached top_p: the first is always kept
-    mass = (probs * keep).cumsum(dim=-1)
+    top_k, last = int(top_k), probs.shape[-1] - 1
+    if 0 < top_k < probs.shape[-1] or top_p < 1:  # filtered: the kept tokens' mass only (unfiltered: the whole CDF)
+        keep = torch.ones_like(probs, dtype=torch.bool)
+        if 0 < top_k < probs.shape[-1]:
+            keep[:, top_k:] = False  # exactly k tokens: ties at the k-th are resolved by the stable order
+        if top_p < 1:
+            kept = probs * keep
+            kept = kept / kept.sum(dim=-1, keepdim=True)
+            above = torch.cat([torch.zeros_like(kept[:, :1]), kept.cumsum(dim=-1)[:, :-1]], dim=-1)
+            keep &= above < top_p  # the more probable tokens' mass has not reached top_p: the first is always kept
+        probs, last = probs * keep, keep.sum(dim=-1, keepdim=True) - 1
+    mass = probs.cumsum(dim=-1)
     at = uniforms.to(mass).unsqueeze(-1) * mass[:, -1:]
-    index = torch.searchsorted(mass, at, right=True).clamp_(max=keep.sum(dim=-1, keepdim=True) - 1)
-    return order.gather(-1, index).squeeze(-1)
+    return order.gather(-1, torch.searchsorted(mass, at, right=True).clamp_(max=last)).squeeze(-1)
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from neon.core.errors import NeonError
 from neon.core.io import save_state_dict, write_json
 from neon.core.seeding import fixed_threads
 from neon.data.hf_tokenizer import HFTokenizer
-from neon.data.text import ByteTokenizer, check_corpus_path, corpus_windows
+from neon.data.text import ByteTokenizer, check_corpus_path, corpus_parts
 from neon.metrics.extractors import FeatureExtractor
 
 
@@ -125,8 +125,8 @@ class TextEncoderFeatures(FeatureExtractor):
     def network(self) -> ByteEncoder:
         """The trained encoder (trained on first use, then read from the cache)."""
         if self._net is None:
-            train, heldout, corpus, digest = corpus_windows(self.path, self.context, self.heldout_fraction,
-                                                            self.split_seed)
+            train, heldout, _, corpus, digest = corpus_parts(self.path, self.context, self.heldout_fraction,
+                                                             self.split_seed)
 
             def build(work: Path) -> None:
                 # first use may come from inside a no-grad evaluation; one thread: the same weights on any machine

@@ -42,6 +42,11 @@ def model_spec(cfg: DictConfig) -> dict[str, Any]:
             for k in model if k not in MODEL_META_KEYS}
 
 
+def write_resolved_config(cfg: DictConfig, out: Path) -> None:
+    """`config_resolved.yaml`: Hydra keeps the config with its interpolations in .hydra/; this is what ran."""
+    write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
 def rounds_of(cfg: DictConfig) -> int:
     """neon.rounds: how many times Neon runs, each from the last θ_neon (absent or null: once)."""
     rounds = cfg.neon.get("rounds")
@@ -105,8 +110,7 @@ class Run:
         logger_cfg = None
         if is_main():  # under DDP, rank 0 alone writes the run folder and logs
             out.mkdir(parents=True, exist_ok=True)
-            # Hydra keeps the config with its interpolations in .hydra/; this is what actually ran.
-            write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+            write_resolved_config(cfg, out)
             logger_cfg = cfg.logger if cfg.get("logger") else None
         return cls(cfg=cfg, out=out, cache=ArtifactCache(cfg.paths.cache_dir), logger_cfg=logger_cfg)
 

@@ -25,7 +25,7 @@ from neon.stages.base import copy_weights
 from neon.stages.evaluator import Evaluator
 from neon.stages.finetune import budgets_of, finetuned_weights
 from neon.stages.front import build_front, validate
-from neon.stages.run import Run, is_auto_w, log, merge_ws, rounds_of, selection_metric
+from neon.stages.run import Run, is_auto_w, log, merge_ws, rounds_of, selection_metric, write_resolved_config
 from neon.stages.synthetic_source import source_config, source_label
 from neon.tasks.compare import compare_output_space
 from neon.tasks.diagnose import cached_alignment, describe
@@ -208,6 +208,9 @@ def run_rounds(cfg: DictConfig, rounds: int) -> dict:
     self-training correction still help, or is Neon a one-time correction? The run's summary is the last round's,
     with every round's headline under `rounds`."""
     out = Path(cfg.paths.output_dir)
+    if is_main():  # the rounds' own folders hold theirs; this one says what the whole command ran
+        out.mkdir(parents=True, exist_ok=True)
+        write_resolved_config(cfg, out)
     headlines: list[dict] = []
     summary: dict = {}
     for k in range(1, rounds + 1):

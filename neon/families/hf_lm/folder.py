@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from neon.core.errors import NeonError
+from neon.core.io import first_line
 from neon.data.hf_tokenizer import load_tokenizer, local_folder, quiet_transformers, sequence_start
 
 KEY = "model.pretrained"
@@ -75,7 +76,7 @@ def read_config(folder: Path) -> Any:
     try:
         return AutoConfig.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc) or type(exc).__name__
         raise NeonError(f"{KEY} '{folder}/config.json' is not a config transformers reads ({first})") from None
 
 

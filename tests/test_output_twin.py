@@ -234,6 +234,13 @@ def test_neon_compare_output_scores_the_twin_beside_weight_space(tmp_path: Path,
     assert (out["weight_space"]["nfe_per_image"], out["nfe_per_image"]) == (20, 40)
     assert out["seconds_per_image"] > 0 and out["weight_space"]["seconds_per_image"] > 0
     assert out["budget_steps"] == summary["budget_steps"]
+    # the twin's pick, scored on the held-out seeds like θ_neon's: at w = 0 it is θ_r's held-out figure
+    assert out["fid_heldout"] != out["fid_best"]
+    if out["w"] == 0.0:
+        assert out["fid_heldout"] == summary["fid_base_heldout"]
+    assert out["relative_difference_heldout"] == pytest.approx(
+        out["fid_heldout"] / summary["fid_neon_heldout"] - 1)
+    assert "output-space twin on the held-out seeds" in w_table(summary)
     assert summary_of(tmp_path)["output_space"] == out
     assert "FID output-space" in w_table(summary)
     assert next(csv.DictReader((tmp_path / "run" / "w_curve.csv").open()))["fid_output"] == repr(weight["0"])

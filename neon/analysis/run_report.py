@@ -153,6 +153,9 @@ def w_table(summary: dict) -> str:
                      f"{output['nfe_per_image']} NFE and {1e3 * output['seconds_per_image']:.3g} ms per image; "
                      f"weight-space {ws['fid_best']:.4g} at w = {ws['w']}, {ws['nfe_per_image']} NFE and "
                      f"{1e3 * ws['seconds_per_image']:.3g} ms per image")
+        if output.get("fid_heldout") is not None:
+            lines.append(f"output-space twin on the held-out seeds (reported): {output['fid_heldout']:.4g} at "
+                         f"w = {output['w']} against θ_neon's {summary['fid_neon_heldout']:.4g}")
     return "\n".join(lines)
 
 

@@ -41,9 +41,12 @@ def timing(run: Run, evaluator: Evaluator, theta_neon: StateDict, theta_r: State
 
 
 def compare_output_space(run: Run, evaluator: Evaluator, theta_r: StateDict, theta_s: StateDict, ws: list[WSpec],
-                         weight_fids: list[float], budget: int, merged) -> dict[str, Any]:
+                         weight_fids: list[float], budget: int, merged, heldout: Evaluator | None = None,
+                         weight_heldout: float | None = None) -> dict[str, Any]:
     """summary.json's `output_space`: the twin's FID at every w beside weight-space Neon's (`weight_fids`, same
-    w), and both methods' network evaluations and seconds per image; `merged(w)` is θ_neon at w."""
+    w), and both methods' network evaluations and seconds per image; `merged(w)` is θ_neon at w. With a
+    `heldout` evaluator, the twin at its own pick is scored on the held-out seeds too, beside weight-space
+    Neon's held-out figure `weight_heldout`: both picks were made on the selection seeds."""
     fids = []
     for w in tqdm(ws, desc="output-space twin", unit="w", disable=not is_main()):
         with run.stage("evaluate_output_space"):
@@ -68,4 +71,18 @@ def compare_output_space(run: Run, evaluator: Evaluator, theta_r: StateDict, the
         "relative_difference": (output_best - weight_best) / weight_best
         if weight_best and math.isfinite(weight_best) else None,
         "timing": {k: times[k] for k in ("images", "repeats", "w", "device")},
+        **(twin_heldout(run, heldout, theta_r, theta_s, float(ws[best]), weight_heldout) if heldout else {}),
     }
+
+
+def twin_heldout(run: Run, heldout: Evaluator, theta_r: StateDict, theta_s: StateDict, w: float,
+                 weight_heldout: float | None) -> dict[str, Any]:
+    """The twin at the w it picked on the selection seeds, scored on the held-out seeds, and its relative
+    difference from weight-space Neon's held-out figure (negative: the twin is better)."""
+    with run.stage("evaluate_output_space"):
+        fid = heldout.score_twin(theta_r, theta_s, w)["fid"]
+    log.info("output-space twin on the held-out seeds: FID %.6g at w = %s (weight space %s)", fid, w_label(w),
+             "—" if weight_heldout is None else f"{weight_heldout:.6g}")
+    return {"fid_heldout": fid,
+            "relative_difference_heldout": (fid - weight_heldout) / weight_heldout
+            if weight_heldout and math.isfinite(weight_heldout) else None}

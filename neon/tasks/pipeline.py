@@ -52,12 +52,17 @@ def curve_point(w: WSpec, score: dict) -> dict:
     return {"w": w_label(w), "fid": score["fid"], **({"nll": score["nll"]} if "nll" in score else {})}
 
 
+def heldout_evaluator(run: Run, module) -> Evaluator:
+    """The evaluator of the held-out seeds (metrics.heldout_seed_offset; for text, the report half)."""
+    m = run.cfg.metrics
+    return Evaluator(run, module, seed_offset=m.heldout_seed_offset, num_samples=m.get("heldout_num_samples"),
+                     nll_part="report")
+
+
 def score_heldout(run: Run, module, front, merge: NeonMerger, theta_s: StateDict, w: WSpec,
                   control_s: StateDict | None, control_w: WSpec | None) -> dict:
     """θ_r, θ_neon at the picked (w, B) and the control at its own picked w, scored on the held-out seeds."""
-    m = run.cfg.metrics
-    heldout = Evaluator(run, module, seed_offset=m.heldout_seed_offset, num_samples=m.get("heldout_num_samples"),
-                        nll_part="report")
+    heldout = heldout_evaluator(run, module)
     with run.stage("evaluate"):
         base = heldout.score(front.theta_r)
         neon = heldout.score(merge.merged(theta_s, w))
@@ -138,7 +143,9 @@ def run_neon(cfg: DictConfig) -> dict:
     if compare == "output":  # the twin on the same θ_r, θ_s (best budget), w grid, sampler and seeds
         theta_s = front.theta_s(best_b)
         output_space = compare_output_space(run, evaluator, front.theta_r, theta_s, ws, fids, best_b,
-                                            lambda w: merge.merged(theta_s, w))
+                                            lambda w: merge.merged(theta_s, w),
+                                            heldout_evaluator(run, module) if heldout else None,
+                                            heldout and heldout["fid_neon_heldout"])
 
     summary = {
         "task": "neon",

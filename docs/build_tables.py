@@ -1,8 +1,9 @@
 """Generate the figures in README.md and docs/ from the recorded results in docs/results/.
 
 A generated block sits between markers, `<!-- results:NAME VIEW -->` … `<!-- /results -->`: NAME is
-docs/results/NAME.json (written by `python docs/record.py`), VIEW one of VIEWS below. Each block ends with a
-one-line provenance note (commit, CPU, threads, torch, date, command). Only marked blocks are touched.
+docs/results/NAME.json (written by `python docs/record.py`), VIEW one of VIEWS below; a table over several
+records names them all, NAME1+NAME2+…, with a view of TABLES. Each block ends with a provenance note per record
+(commit, CPU, threads, torch, date, command). Only marked blocks are touched.
 
     python docs/build_tables.py          # rewrite the pages
     python docs/build_tables.py --check  # exit 1 and show the difference when a page differs"""
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BLOCK = re.compile(r"(<!-- results:([\w.-]+) (\w+) -->\n)(.*?)(<!-- /results -->)", re.S)
+BLOCK = re.compile(r"(<!-- results:([\w.+-]+) (\w+) -->\n)(.*?)(<!-- /results -->)", re.S)
 
 
 def pages(root: Path) -> list[Path]:
@@ -254,10 +255,99 @@ def lm_sampling(r: dict) -> str:
             f"{r['batch']} × {r['tokens']} tokens, {r['threads']} threads, best of {r['rounds']} interleaved rounds.")
 
 
+def ci(value: float | None, interval: list | None) -> str:
+    """A cosine with its 95% interval."""
+    if value is None:
+        return "—"
+    return f"{value:+.3f}" + (f" ({interval[0]:+.3f} … {interval[1]:+.3f})" if interval else "")
+
+
+def diagnostic_sweep(r: dict) -> str:
+    """A multirun with `neon.diagnose`: per job (the settings that differ), the gradient cosine at θ_r between
+    real held-out data and S, raw and Adam-preconditioned with their 95% intervals, what it predicts, and what
+    the pipeline then picked on the selection seeds and gained on the held-out seeds."""
+    jobs = r["sweep"]
+    keyed = [dict(o.split("=", 1) for o in j["overrides"] if "=" in o) for j in jobs]
+    keys = [k for k in sorted({k for o in keyed for k in o}) if len({o.get(k) for o in keyed}) > 1]
+    rows = [(*keys, "cosine at θ_r (95%)", "Adam-preconditioned (95%)", "predicts", "picked w (B)",
+             "θ_r held-out", "θ_neon held-out", "gain held-out")]
+    for job, over in zip(jobs, keyed, strict=True):
+        s, d = job["summary"], job["summary"]["diagnosis"]
+        rows.append((*(over.get(k, "") for k in keys), ci(d["cosine"], d.get("cosine_ci95")),
+                     ci(d.get("cosine_preconditioned"), d.get("cosine_preconditioned_ci95")),
+                     "w > 0" if d["cosine"] < 0 else "w ≤ 0", f"{s['w']} ({s['budget_steps']})",
+                     fid(s.get("fid_base_heldout")), fid(s.get("fid_neon_heldout")), pct(s.get("gain_heldout"))))
+    return table(rows)
+
+
+def short_family(r: dict) -> str:
+    """`neon.families.var.VARModule` → VAR."""
+    return {"EDMModule": "EDM", "VARModule": "VAR", "XARModule": "xAR", "IMMModule": "IMM"}.get(
+        r["family"].rsplit(".", 1)[-1], r["family"].rsplit(".", 1)[-1])
+
+
+def command_of(record: dict) -> str:
+    return f"`{record['provenance']['command']}`"
+
+
+def families(records: list[dict]) -> str:
+    """task=neon runs with neon.compare=output and neon.diagnose, one per family: θ_r, θ_neon, the control and the
+    output-space twin at their own picks (made on the selection seeds) scored on the held-out seeds, the network
+    calls and time per image of both methods, the seed noise and the cosine at θ_r."""
+    rows = [("family", "θ_r", "θ_neon (w)", "gain", "control (w)", "output-space twin (w)",
+             "calls per image, Neon / twin", "ms per image, Neon / twin", "seed noise", "cosine at θ_r, raw / Adam")]
+    for rec in records:
+        r = rec["result"]
+        out, d, ctl = r["output_space"], r.get("diagnosis") or {}, r.get("control")
+        rows.append((short_family(r), fid(r["fid_base_heldout"]), f"{fid(r['fid_neon_heldout'])} ({r['w']})",
+                     pct(r["gain_heldout"]),
+                     "—" if ctl is None else f"{fid(r['fid_control_heldout'])} ({ctl['w']})",
+                     f"{fid(out.get('fid_heldout'))} ({out['w']})",
+                     f"{out['weight_space']['nfe_per_image']} / {out['nfe_per_image']}",
+                     f"{1e3 * out['weight_space']['seconds_per_image']:.3g} / {1e3 * out['seconds_per_image']:.3g}",
+                     pct((r.get("fid_noise") or {}).get("relative")),
+                     "—" if d.get("cosine") is None else f"{d['cosine']:+.3f} / {d['cosine_preconditioned']:+.3f}"))
+    seeds = {rec["result"]["seeds_heldout"] for rec in records}
+    return table(rows) + (f"\n\nAll figures on the held-out seeds ({', '.join(sorted(seeds))}); every w was picked on "
+                          "the selection seeds. Commands: " + "; ".join(command_of(rec) for rec in records) + ".")
+
+
+def fair_base(records: list[dict]) -> str:
+    """task=search over a guidance key: θ_r at θ_neon's guidance, θ_r at its own best guidance (the fair base) and
+    θ_neon with w and guidance tuned jointly, all picked on the search's seeds and scored on the held-out seeds."""
+    rows = [("family", "guidance values", "θ_r at its own best guidance", "θ_neon, w and guidance tuned jointly",
+             "gain against the tuned θ_r", "θ_r at θ_neon's guidance")]
+    for rec in records:
+        r = rec["result"]
+        values = ", ".join(f"{p['cfg']:g}" for p in r["base_cfg_curve"])
+        rows.append((short_family(r), values, f"{fid(r['fid_base_tuned_heldout'])} (cfg {r['cfg_base_tuned']:g})",
+                     f"{fid(r['fid_neon_heldout'])} (cfg {r['cfg']:g}, w {r['w']:g})",
+                     pct(gain(r["fid_base_tuned_heldout"], r["fid_neon_heldout"])), fid(r["fid_base_heldout"])))
+    return table(rows) + ("\n\nPicks on the search's seeds, figures on the held-out seeds. Commands: "
+                          + "; ".join(command_of(rec) for rec in records) + ".")
+
+
+def auto_w(records: list[dict]) -> str:
+    """neon.w=auto runs: the w (and B) the line search chose on its proxy seeds, what it cost, and θ_r → θ_neon at
+    that w on the held-out seeds."""
+    rows = [("command", "chosen w (B)", "proxy evaluations × samples", "θ_r held-out", "θ_neon held-out",
+             "gain held-out")]
+    for rec in records:
+        r = rec["result"]
+        a = r["auto_w"]
+        w = a["w"] if not isinstance(a["w"], dict) else ", ".join(f"{k} {v:g}" for k, v in a["w"].items())
+        rows.append((command_of(rec), f"{w} ({a['budget_steps']})", f"{a['evaluations']} × {a['proxy_num_samples']:,}",
+                     fid(r["fid_base_heldout"]), fid(r["fid_neon_heldout"]), pct(r["gain_heldout"])))
+    return table(rows)
+
+
 VIEWS: dict[str, Callable[[dict], str]] = {"sweep": sweep, "headline": headline, "heldout": heldout, "w_curve": w_curve,
                                            "startup": startup, "suite": suite, "suite_line": suite_line,
                                            "text_heldout": text_heldout, "text_w_curve": text_w_curve,
-                                           "text_sweep": text_sweep, "rounds": rounds, "lm_sampling": lm_sampling}
+                                           "text_sweep": text_sweep, "rounds": rounds, "lm_sampling": lm_sampling,
+                                           "diagnostic_sweep": diagnostic_sweep}
+# views of a table over several records (NAME1+NAME2+…): each gets the records, result and provenance
+TABLES: dict[str, Callable[[list[dict]], str]] = {"families": families, "fair_base": fair_base, "auto_w": auto_w}
 
 
 def provenance(name: str, p: dict) -> str:
@@ -305,13 +395,19 @@ FROM_FILES: dict[tuple[str, str], Callable[[], str]] = {
 def render(name: str, view: str, results: Path) -> str:
     if (name, view) in FROM_FILES:
         return FROM_FILES[(name, view)]()
-    path = results / f"{name}.json"
-    if not path.is_file():
-        raise SystemExit(f"build_tables: no recorded result {path} (python docs/record.py {name} RUN_DIR)")
-    if view not in VIEWS:
-        raise SystemExit(f"build_tables: unknown view {view!r} for {name}: one of {', '.join(VIEWS)}")
-    record = json.loads(path.read_text())
-    return f"{VIEWS[view](record['result'])}\n\n{provenance(name, record['provenance'])}\n"
+    names = name.split("+")
+    if view not in (TABLES if len(names) > 1 else VIEWS):
+        raise SystemExit(f"build_tables: unknown view {view!r} for {name}: one of "
+                         f"{', '.join(TABLES if len(names) > 1 else VIEWS)}")
+    records = []
+    for one in names:
+        path = results / f"{one}.json"
+        if not path.is_file():
+            raise SystemExit(f"build_tables: no recorded result {path} (python docs/record.py {one} RUN_DIR)")
+        records.append(json.loads(path.read_text()))
+    text = TABLES[view](records) if len(names) > 1 else VIEWS[view](records[0]["result"])
+    notes = "<br>\n".join(provenance(one, rec["provenance"]) for one, rec in zip(names, records, strict=True))
+    return f"{text}\n\n{notes}\n"
 
 
 def build(text: str, results: Path) -> str:

@@ -55,7 +55,28 @@ def test_every_block_names_a_recorded_result_and_a_view():
     for m in blocks:
         if (m.group(2), m.group(3)) in build_tables.FROM_FILES:  # made from the repository's files (the paper rows)
             continue
-        assert (ROOT / "docs" / "results" / f"{m.group(2)}.json").is_file() and m.group(3) in build_tables.VIEWS
+        names = m.group(2).split("+")
+        assert all((ROOT / "docs" / "results" / f"{name}.json").is_file() for name in names), m.group(2)
+        assert m.group(3) in (build_tables.TABLES if len(names) > 1 else build_tables.VIEWS), m.group(0)
+
+
+def test_a_table_over_several_records_shows_each_and_its_provenance(tmp_path: Path):
+    results = tmp_path / "results"
+    results.mkdir()
+    base = json.loads((ROOT / "docs" / "results" / "default.json").read_text())
+    for name, w in (("one", 1.5), ("two", 0.5)):
+        rec = json.loads(json.dumps(base))
+        rec["result"]["auto_w"] = {"w": w, "budget_steps": 40, "evaluations": 7, "proxy_num_samples": 1000}
+        rec["provenance"]["command"] = f"neon neon.w=auto seed={name}"
+        (results / f"{name}.json").write_text(json.dumps(rec))
+    text = build_tables.render("one+two", "auto_w", results)
+    assert "| `neon neon.w=auto seed=one` | 1.5 (40) | 7 × 1,000 |" in text
+    assert "| `neon neon.w=auto seed=two` | 0.5 (40) | 7 × 1,000 |" in text
+    assert "docs/results/one.json" in text and "docs/results/two.json" in text
+    with pytest.raises(SystemExit, match="unknown view 'sweep'"):
+        build_tables.render("one+two", "sweep", results)
+    with pytest.raises(SystemExit, match="no recorded result .*three.json"):
+        build_tables.render("one+three", "auto_w", results)
 
 
 def test_record_keeps_the_run_and_its_provenance(tmp_path: Path):

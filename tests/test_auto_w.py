@@ -11,9 +11,11 @@ import torch
 from neon.analysis.auto_w import choose_w, line_search, memoised
 from neon.core.errors import NeonError
 from neon.merging.extrapolate import extrapolate, w_for
+from neon.stages.settings import AutoSettings
 from tests.helpers import run_task, summary_of
 
-AUTO = {"start": 0.0, "step": 0.5, "w_min": 0.0, "w_max": 8.0, "tolerance": 0.1, "rounds": 1}
+AUTO = {"start": 0.0, "step": 0.5, "w_min": 0.0, "w_max": 8.0, "tolerance": 0.1, "rounds": 1, "num_samples": None,
+        "seed_offset": 3000000, "groups": None}
 
 
 @pytest.mark.parametrize("target", [0.0, 0.37, 1.6, 4.9, 7.95, 20.0])
@@ -53,7 +55,7 @@ def test_choose_w_searches_each_group_after_the_scalar_w():
         return sum((w_for(k, w) - w_for(k, best)) ** 2 for k in ("enc.a", "dec.b", "mid.c"))
 
     points = []
-    w, s = choose_w(score, AUTO, {"encoder": "^enc", "decoder": "^dec"}, points)
+    w, s = choose_w(score, AutoSettings.of({**AUTO, "groups": {"encoder": "^enc", "decoder": "^dec"}}), points)
     assert set(w) == {"^enc", "^dec", "default"}
     assert abs(w["^enc"] - 0.5) <= 0.05 and abs(w["^dec"] - 2.0) <= 0.05 and abs(w["default"] - 1.0) <= 0.05
     assert s == pytest.approx(score(w)) and s < score(w["default"])
@@ -64,7 +66,7 @@ def test_choose_w_searches_each_group_after_the_scalar_w():
                                       ({"tolerance": -1.0}, "tolerance"), ({"start": 9.0}, "start")])
 def test_bad_auto_settings_name_the_key(bad, key):
     with pytest.raises(NeonError, match=f"neon.auto.{key}"):
-        choose_w(lambda w: 0.0, {**AUTO, **bad}, None, [])
+        AutoSettings.of({**AUTO, **bad})
 
 
 @pytest.mark.slow

@@ -205,14 +205,14 @@ class NoTwin(ToyDiffusion):
 
 
 def test_compare_settings_are_refused_in_one_line(tmp_path: Path):
-    from neon.analysis.output_twin import compare_mode
     from neon.core.errors import NeonError
+    from neon.stages.front import check_settings
     from tests.helpers import task_config
 
     assert "neon.compare must be null or one of ['output'], got 'outputs'" in cli_error(["neon.compare=outputs"])
     cfg, _ = task_config(["experiment=toy2d", "neon.compare=output", f"model._target_={__name__}.NoTwin"], tmp_path)
     with pytest.raises(NeonError, match="the diffusion toy family has no output-space twin") as info:
-        compare_mode(cfg)
+        check_settings(cfg)
     assert "\n" not in str(info.value)
     assert "not a block-wise mapping" in cli_error(["experiment=toy2d", "neon.compare=output", "neon.w=null",
                                                     r"neon.w={model\.blocks: 1.0, default: 0.5}"])  # as the command replaces a list

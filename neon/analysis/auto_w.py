@@ -3,11 +3,13 @@ proxy score — a small-sample FID by default — instead of a full grid of full
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from neon.core.errors import NeonError
 from neon.merging.extrapolate import WSpec
+
+if TYPE_CHECKING:
+    from neon.stages.settings import AutoSettings
 
 Score = Callable[[float], float]
 
@@ -64,37 +66,21 @@ def line_search(f: Score, start: float, step: float, lo: float, hi: float, tol: 
         b, c = c, nxt
 
 
-def check_auto(auto: Mapping[str, Any]) -> None:
-    """Refuse settings the line search cannot use, naming the key."""
-    lo, hi = float(auto["w_min"]), float(auto["w_max"])
-    if not lo < hi:
-        raise NeonError(f"neon.auto.w_min ({lo}) must be below neon.auto.w_max ({hi})")
-    for key in ("step", "tolerance"):
-        if not float(auto[key]) > 0:
-            raise NeonError(f"neon.auto.{key} must be positive, got {auto[key]}")
-    if not lo <= float(auto["start"]) <= hi:
-        raise NeonError(f"neon.auto.start ({auto['start']}) must lie in [w_min, w_max] = [{lo}, {hi}]")
-    groups = auto.get("groups")
-    if groups and not isinstance(groups, Mapping):
-        raise NeonError(f"neon.auto.groups must map group names to regexes, e.g. {{middle: 'blocks'}}, got {groups!r}")
-
-
-def choose_w(score: Callable[[WSpec], float], auto: Mapping[str, Any], groups: Mapping[str, str] | None,
-             points: list[dict], label: str = "", rest: bool = True) -> tuple[WSpec, float]:
-    """The scalar w minimising `score`, then (with `groups` = {name: regex}) each group's coefficient in turn,
-    and the rest's ('default') when `rest`, for `auto.rounds` rounds, the others held; returns
+def choose_w(score: Callable[[WSpec], float], auto: AutoSettings, points: list[dict], label: str = "",
+             rest: bool = True) -> tuple[WSpec, float]:
+    """The scalar w minimising `score`, then (with `auto.groups` = {name: regex}) each group's coefficient in
+    turn, and the rest's ('default') when `rest`, for `auto.rounds` rounds, the others held; returns
     (w or {regex: w, ..., 'default': w}, its score)."""
-    check_auto(auto)
-    lo, hi, step, tol = (float(auto[k]) for k in ("w_min", "w_max", "step", "tolerance"))
+    lo, hi, step, tol, groups = auto.w_min, auto.w_max, auto.step, auto.tolerance, auto.groups
     scalar = memoised(score, points, f"{label}scalar")
-    w = line_search(scalar, float(auto["start"]), step, lo, hi, tol)
+    w = line_search(scalar, auto.start, step, lo, hi, tol)
     best_score = scalar(w)
     if not groups:
         return w, best_score
     spec = {rx: w for rx in groups.values()}
     spec["default"] = w
     coordinates = {**groups, **({"rest": "default"} if rest else {})}
-    for r in range(int(auto.get("rounds", 1))):
+    for r in range(auto.rounds):
         for name, rx in coordinates.items():
             def with_group(v: float, rx=rx) -> float:
                 return score({**spec, rx: v})

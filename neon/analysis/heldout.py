@@ -19,9 +19,10 @@ def seed_span(offset: int, num_samples: int, sets: int) -> tuple[int, int]:
     return int(offset), int(offset) + int(num_samples) * int(sets)
 
 
-def heldout_spans(cfg: DictConfig) -> dict[str, tuple[int, int]] | None:
-    """The seed spans of the selection, of neon.w=auto's proxy (when used) and of the held-out set; None when
-    held-out reporting is off (metrics.heldout_seed_offset null)."""
+def heldout_spans(cfg: DictConfig, auto_proxy: tuple[int, int | None] | None = None) -> dict[str, tuple[int, int]] | None:
+    """The seed spans of the selection, of neon.w=auto's proxy (`auto_proxy`: its seed offset and samples, where
+    the search runs) and of the held-out set; None when held-out reporting is off (metrics.heldout_seed_offset
+    null)."""
     m = cfg.metrics
     if m.get("heldout_seed_offset") is None:
         return None
@@ -31,16 +32,17 @@ def heldout_spans(cfg: DictConfig) -> dict[str, tuple[int, int]] | None:
     heldout_n = positive_int(task.get("final_num_samples") or m.get("heldout_num_samples") or n,
                              "metrics.heldout_num_samples")
     spans = {"metrics.seed_offset": seed_span(m.seed_offset, n, sets)}
-    auto = cfg.neon.get("auto")
-    if str(cfg.neon.get("w")) == "auto" and auto is not None and auto.get("seed_offset") is not None:
-        spans["neon.auto.seed_offset"] = seed_span(auto.seed_offset, auto.get("num_samples") or n, 1)
+    if auto_proxy is not None:
+        offset, samples = auto_proxy
+        spans["neon.auto.seed_offset"] = seed_span(offset, samples or n, 1)
     spans["metrics.heldout_seed_offset"] = seed_span(m.heldout_seed_offset, heldout_n, sets)
     return spans
 
 
-def check_heldout(cfg: DictConfig) -> None:
-    """The held-out seeds must not overlap the seeds any pick is made on: one line naming both, before any work."""
-    spans = heldout_spans(cfg)
+def check_heldout(cfg: DictConfig, auto_proxy: tuple[int, int | None] | None = None) -> None:
+    """The held-out seeds must not overlap the seeds any pick is made on (the selection's, and `auto_proxy`'s,
+    as in `heldout_spans`): one line naming both, before any work."""
+    spans = heldout_spans(cfg, auto_proxy)
     if spans is None:
         return
     first, end = spans.pop("metrics.heldout_seed_offset")

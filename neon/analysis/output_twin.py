@@ -3,7 +3,7 @@ their outputs are combined as (1 + w)·f(θ_r) − w·f(θ_s), where weight-spac
 θ_neon = (1 + w)·θ_r − w·θ_s. Each family names, in its `NeonModule.twin_outputs`, the methods of its
 sampling network whose outputs are combined (EDM's denoiser D(x; σ), IMM's network output, xAR's velocity,
 the toys' ε and Gaussian parameters) and, in `twin_state`, the methods that manage per-network state
-(caches) and run on both networks; samplers then take the twin where they take the network. `compare_mode`
+(caches) and run on both networks; samplers then take the twin where they take the network. `check_compare`
 checks `neon.compare` before any work."""
 
 from __future__ import annotations
@@ -20,30 +20,20 @@ from torch import nn
 from neon.core.contract import HasOutputTwin, family_of
 from neon.core.errors import NeonError
 from neon.core.io import StateDict
-from neon.core.values import plain
 
 Output = torch.Tensor | tuple[torch.Tensor, ...]
-COMPARISONS = ("output",)  # neon.compare: what may be scored beside weight-space Neon
-
-
-def compare_mode(cfg: DictConfig) -> str | None:
-    """`neon.compare` checked before any work: null, or 'output' for a family with an output-space twin and
-    scalar w (a block-wise w has no output-space counterpart)."""
-    mode = plain(cfg.neon.get("compare"))
-    if mode is None:
-        return None
-    if mode not in COMPARISONS:
-        raise NeonError(f"neon.compare must be null or one of {list(COMPARISONS)}, got {mode!r}")
-    family = family_of(cfg.model)
+def check_compare(model_cfg: DictConfig, compare: str | None, blockwise: bool) -> None:
+    """`neon.compare=output` (`compare`) checked before any work: a family with an output-space twin and scalar w
+    (a block-wise w, given or searched, has no output-space counterpart)."""
+    if compare is None:
+        return
+    family = family_of(model_cfg)
     if not (issubclass(family, HasOutputTwin) and family.twin_outputs):
         raise NeonError(f"neon.compare=output: the {family.family} family has no output-space twin "
                         f"({family.__name__}.twin_outputs is empty); drop neon.compare")
-    w = plain(cfg.neon.w)
-    blockwise_auto = w == "auto" and (plain(cfg.neon.get("auto")) or {}).get("groups")
-    if blockwise_auto or isinstance(w, dict) or (isinstance(w, list) and any(isinstance(v, dict) for v in w)):
+    if blockwise:
         raise NeonError("neon.compare=output combines outputs with one scalar w: give neon.w as numbers (or auto "
                         "without neon.auto.groups), not a block-wise mapping")
-    return mode
 
 
 def combine(w: float, reference: Output, self_trained: Output) -> Output:

@@ -35,24 +35,17 @@ def feature_dim_of(extractor_cfg: Any) -> int | None:
     return getattr(cls, "feature_dim", None)
 
 
-def check_counts(cfg: DictConfig) -> None:
-    """Every count and size of the pipeline: positive integers, shards made of whole blocks, and enough
-    evaluation samples for the metric."""
-    n = cfg.neon
-    positive_int(n.n_synthetic, "neon.n_synthetic")
-    positive_int(n.batch_size, "neon.batch_size")
-    block = positive_int(n.synthetic.block_size, "neon.synthetic.block_size")
-    shard = positive_int(n.synthetic.shard_size, "neon.synthetic.shard_size")
-    if shard % block:
-        raise NeonError(f"neon.synthetic.shard_size ({shard}) must be a multiple of neon.synthetic.block_size ({block})")
+def check_counts(cfg: DictConfig, auto_num_samples: int | None = None) -> None:
+    """The counts and sizes outside the neon group (read by NeonSettings): pretraining steps, the metric's
+    counts, and enough evaluation samples for the metric (also `auto_num_samples`, neon.w=auto's proxy)."""
     if cfg.model.get("pretrain") is not None and not cfg.model.get("checkpoint"):
         positive_int(cfg.model.pretrain.steps, "model.pretrain.steps")
     m = cfg.metrics
     samples = positive_int(m.num_samples, "metrics.num_samples")
     positive_int(m.block_size, "metrics.block_size")
     counts = {"metrics.num_samples": samples}
-    if n.get("auto") is not None and n.auto.get("num_samples") is not None:
-        counts["neon.auto.num_samples"] = positive_int(n.auto.num_samples, "neon.auto.num_samples")
+    if auto_num_samples is not None:
+        counts["neon.auto.num_samples"] = auto_num_samples
     final = cfg.task.get("final_num_samples")
     if final is not None:
         counts["task.final_num_samples"] = positive_int(final, "task.final_num_samples")

@@ -12,23 +12,13 @@ from hydra.utils import instantiate
 
 from neon.core.collectives import barrier, broadcast, is_main, main_lock
 from neon.core.contract import NeonModule
-from neon.core.errors import NeonError
 from neon.core.io import StateDict, load_state_dict, save_state_dict
-from neon.core.values import plain, positive_int
+from neon.core.values import plain
 from neon.merging.extrapolate import check_merge_pair, log_pattern_counts
 from neon.stages.base import training_threads
-from neon.stages.run import Run, is_auto_w, log, merge_ws
+from neon.stages.run import Run, log
 
 THETA_S = "theta_s.safetensors"
-
-
-def budgets_of(cfg) -> list[int]:
-    """neon.budget_steps as a sorted list: one number, or several (snapshots of one fine-tune)."""
-    value = plain(cfg.neon.budget_steps)
-    values = value if isinstance(value, list) else [value]
-    if not values:
-        raise NeonError("neon.budget_steps is empty: give a number of steps or a list, e.g. [100,200,400]")
-    return sorted({positive_int(v, "neon.budget_steps") for v in values})
 
 
 def finetune_module(run: Run, module: NeonModule, data, steps: int, callbacks: Sequence = ()) -> NeonModule:
@@ -37,29 +27,28 @@ def finetune_module(run: Run, module: NeonModule, data, steps: int, callbacks: S
 
     from neon.stages.training import LightningNeon, TrainSettings
 
-    cfg = run.cfg
+    seed, n = run.cfg.seed, run.neon
     tuned = copy.deepcopy(module).cpu().train()
-    settings = TrainSettings(optimizer=instantiate(cfg.neon.optimizer), noise_seed=cfg.seed,
-                             lr_warmup_steps=int(cfg.neon.get("lr_warmup_steps", 0) or 0),
-                             ema=bool(cfg.neon.get("finetune_ema", True)))  # off: θ_s is the raw fine-tuned network
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    settings = TrainSettings(optimizer=instantiate(n.optimizer), noise_seed=seed, lr_warmup_steps=n.lr_warmup_steps,
+                             ema=n.finetune_ema)  # off: θ_s is the raw fine-tuned network
+    L.seed_everything(seed, workers=True, verbose=False)
     run.trainer(max_steps=steps, callbacks=list(callbacks)).fit(LightningNeon(tuned, settings), datamodule=data)
     return tuned
 
 
 def finetune_key(run: Run, base_digest: str, data_key: dict[str, Any], budget: int) -> dict[str, Any]:
     """What θ_s after `budget` steps depends on."""
-    n = run.cfg.neon
+    n = run.neon
     key = {
         "theta_r": base_digest, "synthetic": data_key, "budget_steps": budget,
-        "batch_size": n.batch_size, "optimizer": plain(n.optimizer), "seed": run.cfg.seed,
-        "finetune_ema": n.get("finetune_ema", True),
+        "batch_size": n.batch_size, "optimizer": n.optimizer, "seed": run.cfg.seed,
+        "finetune_ema": n.finetune_ema,
         "trainer": {k: plain(v) for k, v in run.cfg.trainer.items()
                     if k in ("precision", "accumulate_grad_batches", "gradient_clip_val")},
     }
     key.update(training_threads(run))
-    if n.get("lr_warmup_steps"):  # only when set, so θ_s cached before the option existed is still found
-        key["lr_warmup_steps"] = int(n.lr_warmup_steps)
+    if n.lr_warmup_steps:  # only when set, so θ_s cached before the option existed is still found
+        key["lr_warmup_steps"] = n.lr_warmup_steps
     return key
 
 
@@ -101,9 +90,7 @@ def finetuned_weights(run: Run, module: NeonModule, make_data: Callable[[], Any]
 
 def log_merge_plan(run: Run, theta_r: StateDict) -> None:
     """For every block-wise `neon.w`: how many of θ_r's tensors each pattern decides (none: a warning)."""
-    if is_auto_w(run.cfg):
-        return
-    for w in merge_ws(run.cfg):
+    for w in run.neon.ws or ():  # neon.w=auto: the search logs its own
         log_pattern_counts(theta_r.keys(), w)
 
 

@@ -9,9 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from neon.analysis.auto_w import check_auto
 from neon.analysis.heldout import check_heldout
-from neon.analysis.output_twin import compare_mode
+from neon.analysis.output_twin import check_compare
 from neon.core.config_checks import check_counts
 from neon.core.contract import HasLikelihood, NeonModule, diversity_warning, family_of
 from neon.core.errors import NeonError
@@ -19,8 +18,9 @@ from neon.core.io import StateDict, load_state_dict
 from neon.core.values import plain
 from neon.merging.merger import NeonMerger
 from neon.stages.base import copy_weights, load_base
-from neon.stages.finetune import budgets_of, finetuned_weights, log_merge_plan
-from neon.stages.run import Run, is_auto_w, log, merge_ws, rounds_of, selection_metric
+from neon.stages.finetune import finetuned_weights, log_merge_plan
+from neon.stages.run import Run, log, selection_metric
+from neon.stages.settings import NeonSettings
 from neon.stages.synthesize import synthesize_into, synthetic_data, synthetic_key
 from neon.stages.synthetic_source import check_fits, folder_key, source_config, source_folder, source_label, source_run
 
@@ -35,22 +35,24 @@ def validate(cfg: DictConfig) -> None:
 
 
 def check_settings(cfg: DictConfig) -> DictConfig | None:
-    """The pipeline's settings (w, budgets, comparison, counts, held-out seeds, S's source model) checked in one
-    line each: the pre-flight of the tasks that fine-tune (`task.checks`). Returns the config of the model that
-    draws S where another model does."""
-    if is_auto_w(cfg):
-        check_auto(plain(cfg.neon.auto))
-    else:
-        merge_ws(cfg)
-    budgets_of(cfg)
-    rounds_of(cfg)
-    compare_mode(cfg)
-    check_counts(cfg)
+    """The pipeline's settings (the neon group read into NeonSettings: w, budgets, counts, S; the comparison, the
+    metrics' counts, held-out seeds, S's source model) checked in one line each: the pre-flight of the tasks that
+    fine-tune (`task.checks`). Returns the config of the model that draws S where another model does."""
+    neon = NeonSettings.of(cfg)
+    check_compare(cfg.model, neon.compare, neon.blockwise)
+    check_counts(cfg, neon.auto and neon.auto.num_samples)
     selection_metric(cfg)
-    check_heldout(cfg)
+    check_heldout(cfg, auto_proxy(neon))
     check_data(cfg.data)
     check_nll(cfg)
-    return source_config(cfg)  # S drawn by another model: its config composes (one line naming it if not)
+    return source_config(cfg, neon.synthetic)  # S drawn by another model: its config composes (one line naming it if not)
+
+
+def auto_proxy(neon: NeonSettings) -> tuple[int, int | None] | None:
+    """(seed offset, samples) of neon.w=auto's proxy scores, None without the search (or without its own seeds)."""
+    if neon.auto is None or neon.auto.seed_offset is None:
+        return None
+    return neon.auto.seed_offset, neon.auto.num_samples
 
 
 def check_data(data_cfg: DictConfig) -> None:
@@ -81,9 +83,9 @@ def check_nll(cfg: DictConfig) -> None:
 def cached_synthetic(run: Run, module: NeonModule, base_digest: str) -> tuple[dict[str, Any], Path | None]:
     """S's cache key and folder: drawn once into the artifact cache (None when S is streamed) by θ_r, or
     taken from `neon.synthetic.source` / drawn by `neon.synthetic.source_model` (cross-architecture S)."""
-    s = run.cfg.neon.synthetic
+    s = run.neon.synthetic
     src = source_run(run)
-    if src is None and s.get("source"):
+    if src is None and s.source:
         s_dir = source_folder(s.source)
         check_fits(module, s_dir, f"'{s.source}'")
         log.info("S: from %s", s_dir)

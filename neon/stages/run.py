@@ -19,8 +19,8 @@ from neon.core.cache import ArtifactCache
 from neon.core.collectives import is_main
 from neon.core.errors import NeonError
 from neon.core.io import write_text
-from neon.core.values import plain, positive_int
-from neon.merging.extrapolate import WSpec, check_w
+from neon.core.values import plain
+from neon.stages.settings import NeonSettings
 
 if TYPE_CHECKING:  # Lightning takes seconds to import: only the stages that train import it
     import lightning as L
@@ -47,12 +47,6 @@ def write_resolved_config(cfg: DictConfig, out: Path) -> None:
     write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def rounds_of(cfg: DictConfig) -> int:
-    """neon.rounds: how many times Neon runs, each from the last θ_neon (absent or null: once)."""
-    rounds = cfg.neon.get("rounds")
-    return 1 if rounds is None else positive_int(rounds, "neon.rounds")
-
-
 def selection_metric(cfg: DictConfig) -> str:
     """metrics.select: the score every pick (w, B, the control's w) minimises on the selection seeds: 'fid' (the
     default), or 'nll' (θ's likelihood of the selection half of the held-out text; metrics=text)."""
@@ -62,25 +56,6 @@ def selection_metric(cfg: DictConfig) -> str:
         raise NeonError(f"metrics.select={select} is not among metrics.compute {computed}: pick by fid, or add "
                         f"{select} to metrics.compute")
     return select
-
-
-def is_auto_w(cfg: DictConfig) -> bool:
-    """Whether w is chosen by the line search (`neon.w=auto`) rather than given."""
-    return plain(cfg.neon.w) == "auto"
-
-
-def merge_ws(cfg: DictConfig) -> list[WSpec]:
-    """`neon.w` as a list of coefficients (a number, a list, or a block-wise mapping)."""
-    w = plain(cfg.neon.w)
-    if w == "auto":
-        raise NeonError(f"neon.w=auto is for task=neon; task={cfg.task.name} needs numbers, e.g. neon.w=[0.5,1.0]")
-    ws = w if isinstance(w, list) else [w]
-    if not ws:
-        raise NeonError("neon.w is empty: give a number or a list of numbers, e.g. neon.w=[0.5,1.0]")
-    for value in ws:
-        if isinstance(value, str):
-            raise NeonError(f"neon.w must be a number, a list of numbers or 'auto', got '{value}'")
-    return [check_w(value) for value in ws]
 
 
 _ACTIVE_STAGES: list[str] = []  # the stages under way in this process, innermost last
@@ -113,6 +88,11 @@ class Run:
             write_resolved_config(cfg, out)
             logger_cfg = cfg.logger if cfg.get("logger") else None
         return cls(cfg=cfg, out=out, cache=ArtifactCache(cfg.paths.cache_dir), logger_cfg=logger_cfg)
+
+    @functools.cached_property
+    def neon(self) -> NeonSettings:
+        """The `neon` group, checked and typed once (the stages read it here, never from the config)."""
+        return NeonSettings.of(self.cfg)
 
     @functools.cached_property
     def logger(self) -> Any:

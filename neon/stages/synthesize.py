@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neon.core.contract import NeonModule
-from neon.core.errors import NeonError
-from neon.core.values import plain, positive_int
+from neon.core.values import plain
 from neon.stages.run import Run
 
 if TYPE_CHECKING:
@@ -18,14 +17,13 @@ if TYPE_CHECKING:
 
 def synthetic_seeds(run: Run) -> list[int]:
     """S uses seeds [neon.synthetic.seed, neon.synthetic.seed + neon.n_synthetic)."""
-    n = positive_int(run.cfg.neon.n_synthetic, "neon.n_synthetic")
-    first = int(run.cfg.neon.synthetic.seed)
-    return list(range(first, first + n))
+    first = run.neon.synthetic.seed
+    return list(range(first, first + run.neon.n_synthetic))
 
 
 def synthetic_key(run: Run, base_digest: str) -> dict[str, Any]:
     """What S's content depends on."""
-    s = run.cfg.neon.synthetic
+    s = run.neon.synthetic
     seeds = synthetic_seeds(run)
     return {
         "theta_r": base_digest,
@@ -42,7 +40,7 @@ def synthesize_into(run: Run, module: NeonModule, out_dir: Path) -> None:
     """Draw S from θ_r with the configured (mode-seeking) sampler into shards."""
     from neon.data.synthetic import write_synthetic_set
 
-    s = run.cfg.neon.synthetic
+    s = run.neon.synthetic
     module = module.to(run.device).eval()
     write_synthetic_set(
         module, run.sampler(), synthetic_seeds(run), out_dir,
@@ -54,16 +52,13 @@ def synthetic_data(run: Run, module: NeonModule, directory: Path | None) -> Synt
     """S for fine-tuning: written shards, or a live stream when neon.synthetic.mode=stream."""
     from neon.data.synthetic import SyntheticDataModule  # a Lightning data module: imported when training
 
-    s = run.cfg.neon.synthetic
-    batch = positive_int(run.cfg.neon.batch_size, "neon.batch_size")
+    s, batch = run.neon.synthetic, run.neon.batch_size
     if s.mode == "stream":
         return SyntheticDataModule(
             batch, module=module, sampler=run.sampler(), seeds=synthetic_seeds(run),
             block_size=s.block_size, class_balanced=s.class_balanced, num_workers=s.num_workers,
             shuffle_seed=run.cfg.seed,
         )
-    if s.mode != "cached":
-        raise NeonError(f"neon.synthetic.mode must be 'cached' or 'stream', got '{s.mode}'")
     return SyntheticDataModule(batch, directory=directory, num_workers=s.num_workers, shuffle_seed=run.cfg.seed)
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from neon.core.errors import NeonError
 from neon.stages.run import Run
+from neon.stages.settings import SyntheticSettings
 
 
 def compose_model(name: str, overrides: list[str]) -> DictConfig:
@@ -56,18 +57,17 @@ def kept_s(folder: Path) -> Path | None:
     return Path(inner) if inner and inner != "streamed" else None
 
 
-def source_config(cfg: DictConfig) -> DictConfig | None:
+def source_config(cfg: DictConfig, s: SyntheticSettings) -> DictConfig | None:
     """The config that draws S when another model does: `neon.synthetic.source_model` names a model config
     (its checkpoint `neon.synthetic.source`, else pretrained here on `data`), or `neon.synthetic.source` is a
     finished run that keeps a model but no S (its model, sampler and weights). Data, seeds and S settings
-    are this config's. None when S is θ_r's own or read from a folder."""
-    s = cfg.neon.synthetic
-    name, source = s.get("source_model"), s.get("source")
+    are this config's (`s`: its neon.synthetic). None when S is θ_r's own or read from a folder."""
+    name, source = s.source_model, s.source
     if name:
         from hydra.errors import HydraException
 
         try:
-            drawer = compose_model(str(name), [str(o) for o in s.get("source_overrides") or []])
+            drawer = compose_model(str(name), [str(o) for o in s.source_overrides])
         except HydraException as exc:
             raise NeonError(f"neon.synthetic.source_model={name}: {str(exc).splitlines()[0]}") from None
         checkpoint = source
@@ -86,7 +86,7 @@ def source_config(cfg: DictConfig) -> DictConfig | None:
 
 def source_run(run: Run) -> Run | None:
     """`source_config` as a run sharing this run's folder, cache and stage timings."""
-    cfg = source_config(run.cfg)
+    cfg = source_config(run.cfg, run.neon.synthetic)
     return None if cfg is None else Run(cfg=cfg, out=run.out, cache=run.cache, seconds=run.seconds)
 
 
@@ -143,10 +143,10 @@ def check_fits(module, folder: Path, origin: str) -> None:
 
 def source_label(run: Run) -> str:
     """Where S comes from, in words for logs and summaries."""
-    s = run.cfg.neon.synthetic
-    if s.get("source_model"):
-        return f"model={s.source_model}" + (f" ({s.source})" if s.get("source") else " (pretrained here)")
-    if s.get("source"):
+    s = run.neon.synthetic
+    if s.source_model:
+        return f"model={s.source_model}" + (f" ({s.source})" if s.source else " (pretrained here)")
+    if s.source:
         return f"the model of run {s.source}" if run_model(Path(s.source)) else str(s.source)
     return "θ_r"
 

@@ -3,7 +3,7 @@ is `neon.analysis.alignment`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,13 @@ def endless(loader: Iterable[dict]) -> Iterator[dict]:
         yield from loader
 
 
-def alignment(run: Run, module: NeonModule, s_dir: Path | None, settings: DictConfig, prefix: str) -> dict:
+def alignment(run: Run, module: NeonModule, s_dir: Path | None, settings: Mapping[str, Any], prefix: str) -> dict:
     """cos(E∇L_real, E∇L_S) at the module's weights, raw and Adam-preconditioned, overall and per parameter group,
     with 95% intervals and a plain prediction; `settings` holds num_batches, blocks, group_depth, groups and
     real_data (`prefix` names where they came from, for errors)."""
     cfg = run.cfg
     # held-out real data estimates the population gradient (on θ_r's own training set it is ≈ 0 by training)
-    real_cfg = OmegaConf.merge(cfg.data, settings.real_data) if settings.get("real_data") else cfg.data
+    real_cfg = OmegaConf.merge(cfg.data, settings["real_data"]) if settings.get("real_data") else cfg.data
     real = instantiate(real_cfg)
     if not hasattr(real, "train_dataloader"):
         raise NeonError(f"data={cfg.data._target_} has no real training data: the diagnostic compares real and "
@@ -54,8 +54,8 @@ def cached_alignment(run: Run, module: NeonModule, theta_r: dict, base_digest: s
                      s_dir: Path | None) -> dict:
     """`neon.diagnose` inside `task=neon`: the diagnostic at θ_r on this run's S, computed once per (θ_r, S,
     real data, settings, seed) and kept in the artifact cache, so the jobs of a sweep that share S share it."""
-    settings = run.cfg.neon.diagnose
-    key = {"theta_r": base_digest, "synthetic": s_key, "data": plain(run.cfg.data), "settings": plain(settings),
+    settings = run.neon.diagnose
+    key = {"theta_r": base_digest, "synthetic": s_key, "data": plain(run.cfg.data), "settings": settings,
            "seed": run.cfg.seed}
 
     def build(work: Path) -> None:
@@ -78,14 +78,14 @@ def describe(result: dict) -> str:
 def run_diagnose(cfg: DictConfig) -> dict:
     """The anti-alignment diagnostic at θ_r: cos(E∇L_real, E∇L_S), raw and Adam-preconditioned, overall and
     per parameter group, with 95% intervals and a plain prediction → diagnosis.json."""
-    positive_int(cfg.neon.n_synthetic, "neon.n_synthetic")
     run = Run.from_config(cfg)
+    n_synthetic = run.neon.n_synthetic  # the neon group checked before θ_r is loaded
     with run.stage("pretrain"):
         module, base_digest, base_path = load_base(run)
     _, s_dir = cached_synthetic(run, module, base_digest)
     with run.stage("diagnose"):
         result = alignment(run, module, s_dir, cfg.task, "task")
-    result.update(theta_r=str(base_path), seconds=run.seconds)
+    result.update(theta_r=str(base_path), n_synthetic=n_synthetic, seconds=run.seconds)
     if is_main():
         write_json(run.out / "diagnosis.json", result)
         write_json(run.out / "summary.json", {"task": "diagnose", **result})

@@ -11,13 +11,14 @@ from neon.analysis.run_report import w_label
 from neon.core.errors import NeonError
 from neon.core.io import write_json
 from neon.merging.extrapolate import merge_files, merged_name
-from neon.stages.run import Run, merge_ws
+from neon.stages.run import Run
+from neon.stages.settings import NeonSettings
 
 
 def run_merge(cfg: DictConfig) -> dict:
     """Stream θ_neon for each w from `task.base` (default model.checkpoint) and `task.aux`, key by key: the
     merge rule of NeonMerge for checkpoints too large to hold two of in memory."""
-    ws = merge_ws(cfg)
+    ws = NeonSettings.of(cfg).numeric_ws("merge")
     base, aux = cfg.task.get("base") or cfg.model.get("checkpoint"), cfg.task.get("aux")
     if not base or not aux:
         raise NeonError("task=merge needs task.base=θ_r (or model.checkpoint) and task.aux=θ_s checkpoint paths")

@@ -12,20 +12,20 @@ from omegaconf import DictConfig, open_dict
 from tqdm.auto import tqdm
 
 from neon.analysis.heldout import heldout_figures, relative_gain
-from neon.analysis.output_twin import compare_mode
 from neon.analysis.run_report import w_label, w_table, write_previews, write_w_curve
 from neon.core.collectives import is_main
 from neon.core.contract import HasNativeExport
 from neon.core.errors import NeonError
 from neon.core.io import StateDict, digest_state_dict, load_state_dict, write_json
-from neon.core.values import plain, positive_int
+from neon.core.values import plain
 from neon.merging.extrapolate import WSpec
 from neon.merging.merger import NeonMerger
 from neon.stages.base import copy_weights
 from neon.stages.evaluator import Evaluator
-from neon.stages.finetune import budgets_of, finetuned_weights
+from neon.stages.finetune import finetuned_weights
 from neon.stages.front import build_front, validate
-from neon.stages.run import Run, is_auto_w, log, merge_ws, rounds_of, selection_metric, write_resolved_config
+from neon.stages.run import Run, log, selection_metric, write_resolved_config
+from neon.stages.settings import NeonSettings
 from neon.stages.synthetic_source import source_config, source_label
 from neon.tasks.compare import compare_output_space
 from neon.tasks.diagnose import cached_alignment, describe
@@ -83,19 +83,19 @@ def selection_seeds(evaluator: Evaluator) -> str:
 def run_neon(cfg: DictConfig) -> dict:
     """synthesize → fine-tune → merge → evaluate (pretraining first when no model.checkpoint is given);
     neon.rounds > 1: again from each round's θ_neon."""
-    rounds = rounds_of(cfg)
+    rounds = NeonSettings.of(cfg).rounds
     if rounds > 1:
         return run_rounds(cfg, rounds)
     validate(cfg)
-    compare = compare_mode(cfg)
     run = Run.from_config(cfg)
-    budgets = budgets_of(cfg)
-    ws = None if is_auto_w(cfg) else merge_ws(cfg)
+    neon = run.neon
+    budgets = list(neon.budgets)
+    ws = None if neon.auto_w else list(neon.ws)
 
     front = build_front(run, budgets)
     module, merge = front.module, front.merge
     diagnosis = None
-    if cfg.neon.get("diagnose"):  # at θ_r on this S, before any score: what the theory predicts for w > 0
+    if neon.diagnose:  # at θ_r on this S, before any score: what the theory predicts for w > 0
         diagnosis = cached_alignment(run, module, front.theta_r, front.base_digest, front.s_key, front.s_dir)
         log.info(describe(diagnosis))
     evaluator = Evaluator(run, module)
@@ -121,10 +121,10 @@ def run_neon(cfg: DictConfig) -> dict:
             noise = {"fid_base_reseeded": reseeded, "relative": abs(reseeded - fid_base) / max(fid_base, 1e-12)}
 
     control, control_s = None, None
-    if cfg.neon.get("control"):
+    if neon.control:
         # the same fine-tune on the real data instead of S: shows the gain comes from self-generated data
         with run.stage("finetune"):
-            batch = positive_int(cfg.neon.batch_size, "neon.batch_size")
+            batch = neon.batch_size
             # from θ_r, not from the θ_neon the evaluations above left in the module
             c_path = finetuned_weights(run, module, lambda: instantiate(cfg.data, batch_size=batch), front.theta_r,
                                        front.base_digest,
@@ -140,7 +140,7 @@ def run_neon(cfg: DictConfig) -> dict:
         heldout = score_heldout(run, module, front, merge, front.theta_s(best_b), ws[best], control_s, control_w)
 
     output_space = None
-    if compare == "output":  # the twin on the same θ_r, θ_s (best budget), w grid, sampler and seeds
+    if neon.compare == "output":  # the twin on the same θ_r, θ_s (best budget), w grid, sampler and seeds
         theta_s = front.theta_s(best_b)
         output_space = compare_output_space(run, evaluator, front.theta_r, theta_s, ws, fids, best_b,
                                             lambda w: merge.merged(theta_s, w),
@@ -167,9 +167,9 @@ def run_neon(cfg: DictConfig) -> dict:
         "auto_w": auto,
         "output_space": output_space,
         "diagnosis": diagnosis,
-        "n_synthetic": cfg.neon.n_synthetic,
+        "n_synthetic": neon.n_synthetic,
         "synthetic_source": source_label(run),
-        "sampler": plain((source_config(cfg) or cfg).sampler),
+        "sampler": plain((source_config(cfg, neon.synthetic) or cfg).sampler),
         "eval_sampler": plain(evaluator.sampler_cfg),
         "metric": evaluator.trace(),
         "scores_neon": {k: v for k, v in grid[best_b][best].items() if k not in ("digest",)},

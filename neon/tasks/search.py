@@ -14,20 +14,18 @@ from neon.core.collectives import is_main
 from neon.core.errors import NeonError
 from neon.core.io import StateDict, write_json
 from neon.core.release_sampling import ReleaseSampling
-from neon.core.values import plain
 from neon.stages.evaluator import Evaluator
-from neon.stages.finetune import budgets_of
 from neon.stages.front import Front, build_front, validate
-from neon.stages.run import Run, log, merge_ws
+from neon.stages.run import Run, log
 
 
 def search_auto_w(run: Run, front: Front, budgets: list[int]) -> dict:
     """`neon.w=auto`: the line search of `neon.auto` at every budget on the proxy FID; the best (B, w) and
     every proxy point, with the number of distinct proxy evaluations it cost."""
-    a = plain(run.cfg.neon.auto)
+    a = run.neon.auto
     # the proxy's own seeds: the chosen w is then scored on seeds the search never saw (no selection bias)
-    proxy = Evaluator(run, front.module, num_samples=a.get("num_samples"), seed_offset=a.get("seed_offset"))
-    groups = a.get("groups") or None
+    proxy = Evaluator(run, front.module, num_samples=a.num_samples, seed_offset=a.seed_offset)
+    groups = a.groups
     # the rest ('default') is searched as one more group only if some parameter matches no group
     rest = bool(groups) and any(not any(re.search(rx, k) for rx in groups.values())
                                 for k, t in front.theta_r.items() if t.is_floating_point())
@@ -46,7 +44,7 @@ def search_auto_w(run: Run, front: Front, budgets: list[int]) -> dict:
             log.info("auto w, B=%d: w = %s → proxy FID %.6g", budget, w_label(w), result["fid"])
             return result["fid"]
 
-        chosen[budget] = choose_w(score, a, groups, points, label=f"B={budget} ", rest=rest)
+        chosen[budget] = choose_w(score, a, points, label=f"B={budget} ", rest=rest)
         log.info("auto w at B=%d: w = %s, proxy FID %.6g", budget, w_label(chosen[budget][0]), chosen[budget][1])
     best = min(budgets, key=lambda b: chosen[b][1])
     return {"w": chosen[best][0], "budget_steps": best, "proxy_fid": chosen[best][1],
@@ -62,7 +60,7 @@ def run_search(cfg: DictConfig) -> dict:
     validate(cfg)
     run = Run.from_config(cfg)
     t = cfg.task
-    ws, budgets = sorted(merge_ws(cfg)), budgets_of(cfg)
+    ws, budgets = sorted(run.neon.numeric_ws("search")), list(run.neon.budgets)
     if any(not isinstance(w, float) for w in ws):
         raise NeonError("task=search sweeps scalar w: give neon.w as a list of numbers")
     cfg_values = list(t.cfg_values or []) if t.get("cfg_key") else [None]

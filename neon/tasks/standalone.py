@@ -9,12 +9,12 @@ from omegaconf import DictConfig
 
 from neon.core.collectives import is_main
 from neon.core.io import StateDict, load_state_dict, save_state_dict, write_json
-from neon.core.values import plain, positive_int
+from neon.core.values import plain
 from neon.merging.callback import NeonMerge
 from neon.stages.base import THETA_R, load_base, pretrain_into
-from neon.stages.finetune import budgets_of, finetune_module
+from neon.stages.finetune import finetune_module
 from neon.stages.front import validate
-from neon.stages.run import Run, merge_ws
+from neon.stages.run import Run
 from neon.stages.synthesize import synthesize_into, synthetic_data, synthetic_key
 from neon.weights.lightning_checkpoints import save_checkpoint_pair
 
@@ -36,15 +36,15 @@ def run_pretrain(cfg: DictConfig) -> dict:
 
 def run_synthesize(cfg: DictConfig) -> dict:
     """Draw S from θ_r (model.checkpoint, else pretrained) into `task.out` or the run folder."""
-    positive_int(cfg.neon.n_synthetic, "neon.n_synthetic")
     run = Run.from_config(cfg)
+    n_synthetic = run.neon.n_synthetic  # checked before θ_r is loaded
     with run.stage("pretrain"):
         module, digest, base_path = load_base(run)
     out = Path(cfg.task.out) if cfg.task.get("out") else run.out / "synthetic"
     with run.stage("synthesize"):
         synthesize_into(run, module, out)
     summary = {"task": "synthesize", "synthetic": str(out), "theta_r": str(base_path),
-               "n_synthetic": cfg.neon.n_synthetic, "sampler": plain(cfg.sampler), "seconds": run.seconds}
+               "n_synthetic": n_synthetic, "sampler": plain(cfg.sampler), "seconds": run.seconds}
     if is_main():
         write_json(out / "key.json", synthetic_key(run, digest))
         write_json(run.out / "summary.json", summary)
@@ -61,11 +61,11 @@ def run_finetune(cfg: DictConfig) -> dict:
     fine-tune); the NeonMerge callback writes θ_s and θ_neon for every w at each."""
     validate(cfg)
     run = Run.from_config(cfg)
-    ws, budgets = merge_ws(cfg), budgets_of(cfg)
+    ws, budgets = run.neon.numeric_ws("finetune"), list(run.neon.budgets)
     with run.stage("pretrain"):
         module, _, base_path = load_base(run)
     s_dir = Path(cfg.task.synthetic) if cfg.task.get("synthetic") else None
-    if s_dir is None and cfg.neon.synthetic.mode != "stream":
+    if s_dir is None and run.neon.synthetic.mode != "stream":
         s_dir = run.out / "synthetic"
         with run.stage("synthesize"):
             synthesize_into(run, module, s_dir)

@@ -1,0 +1,175 @@
+"""The `neon` group read once, at the edge. `NeonSettings.of(cfg)` checks every value of it (one line naming the
+key for each bad one) and hands the stages typed fields: the pre-flight builds it before any work, a `Run`
+holds it, and no stage reads `cfg.neon` itself."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig
+
+from neon.core.errors import NeonError
+from neon.core.values import plain, positive_int
+from neon.merging.extrapolate import WSpec, check_w
+
+SYNTHETIC_MODES = ("cached", "stream")
+COMPARISONS = ("output",)  # neon.compare: what may be scored beside weight-space Neon
+
+
+@dataclass(frozen=True)
+class SyntheticSettings:
+    """neon.synthetic: how S is drawn, stored and where it comes from."""
+
+    seed: int  # S uses seeds [seed, seed + n_synthetic), one per sample
+    mode: str  # cached | stream
+    block_size: int
+    shard_size: int
+    class_balanced: bool
+    num_workers: int
+    source: str | None  # a run or S folder; with source_model, that model's checkpoint
+    source_model: str | None  # another model config draws S (cross-architecture S)
+    source_overrides: tuple[str, ...]
+
+    @classmethod
+    def of(cls, s: Mapping[str, Any]) -> SyntheticSettings:
+        """neon.synthetic checked: whole blocks per shard, a known mode."""
+        block = positive_int(s["block_size"], "neon.synthetic.block_size")
+        shard = positive_int(s["shard_size"], "neon.synthetic.shard_size")
+        if shard % block:
+            raise NeonError(f"neon.synthetic.shard_size ({shard}) must be a multiple of neon.synthetic.block_size "
+                            f"({block})")
+        if s["mode"] not in SYNTHETIC_MODES:
+            raise NeonError(f"neon.synthetic.mode must be 'cached' or 'stream', got '{s['mode']}'")
+        return cls(seed=int(s["seed"]), mode=s["mode"], block_size=block, shard_size=shard,
+                   class_balanced=bool(s.get("class_balanced", True)), num_workers=int(s.get("num_workers") or 0),
+                   source=s.get("source") or None, source_model=s.get("source_model") or None,
+                   source_overrides=tuple(s.get("source_overrides") or ()))
+
+
+@dataclass(frozen=True)
+class AutoSettings:
+    """neon.auto: the line search of `neon.w=auto`."""
+
+    num_samples: int | None  # samples per proxy score (None: metrics.num_samples)
+    seed_offset: int | None  # the proxy's own seeds
+    start: float
+    step: float
+    w_min: float
+    w_max: float
+    tolerance: float
+    groups: dict[str, str] | None  # {name: regex}: block-wise w, each group searched in turn
+    rounds: int
+
+    @classmethod
+    def of(cls, auto: Mapping[str, Any]) -> AutoSettings:
+        """neon.auto checked: a bracket that holds its start, positive steps, groups as a mapping."""
+        lo, hi = float(auto["w_min"]), float(auto["w_max"])
+        if not lo < hi:
+            raise NeonError(f"neon.auto.w_min ({lo}) must be below neon.auto.w_max ({hi})")
+        for key in ("step", "tolerance"):
+            if not float(auto[key]) > 0:
+                raise NeonError(f"neon.auto.{key} must be positive, got {auto[key]}")
+        if not lo <= float(auto["start"]) <= hi:
+            raise NeonError(f"neon.auto.start ({auto['start']}) must lie in [w_min, w_max] = [{lo}, {hi}]")
+        groups = auto.get("groups")
+        if groups and not isinstance(groups, Mapping):
+            raise NeonError(f"neon.auto.groups must map group names to regexes, e.g. {{middle: 'blocks'}}, got "
+                            f"{groups!r}")
+        n = auto.get("num_samples")
+        return cls(num_samples=None if n is None else positive_int(n, "neon.auto.num_samples"),
+                   seed_offset=auto.get("seed_offset"), start=float(auto["start"]), step=float(auto["step"]),
+                   w_min=lo, w_max=hi, tolerance=float(auto["tolerance"]),
+                   groups={str(k): str(v) for k, v in groups.items()} if groups else None,
+                   rounds=positive_int(auto.get("rounds", 1), "neon.auto.rounds"))
+
+
+def parse_ws(w: Any) -> tuple[WSpec, ...]:
+    """neon.w as coefficients: a number, a list, or a block-wise mapping."""
+    ws = w if isinstance(w, list) else [w]
+    if not ws:
+        raise NeonError("neon.w is empty: give a number or a list of numbers, e.g. neon.w=[0.5,1.0]")
+    for value in ws:
+        if isinstance(value, str):
+            raise NeonError(f"neon.w must be a number, a list of numbers or 'auto', got '{value}'")
+    return tuple(check_w(value) for value in ws)
+
+
+def parse_budgets(value: Any) -> tuple[int, ...]:
+    """neon.budget_steps as a sorted tuple: one number, or several (snapshots of one fine-tune)."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise NeonError("neon.budget_steps is empty: give a number of steps or a list, e.g. [100,200,400]")
+    return tuple(sorted({positive_int(v, "neon.budget_steps") for v in values}))
+
+
+def auto_settings(auto: Mapping[str, Any] | None) -> AutoSettings:
+    """neon.auto for `neon.w=auto`."""
+    if not auto:
+        raise NeonError("neon.w=auto needs the line search's settings under neon.auto (see conf/neon/default.yaml)")
+    return AutoSettings.of(auto)
+
+
+@dataclass(frozen=True)
+class NeonSettings:
+    """The `neon` group: the recipe (S, the fine-tune's budgets and optimizer, the merge coefficients) and what a
+    run adds to it (the control, the output-space twin, the diagnostic, rounds)."""
+
+    ws: tuple[WSpec, ...] | None  # None: neon.w=auto (the line search chooses)
+    budgets: tuple[int, ...]
+    n_synthetic: int
+    batch_size: int
+    optimizer: dict[str, Any]  # a partial torch optimizer, for hydra's instantiate
+    lr_warmup_steps: int
+    finetune_ema: bool  # θ_s is the fine-tune's EMA (else the raw fine-tuned network)
+    control: bool  # the same fine-tune on real data, scored beside Neon
+    compare: str | None  # 'output': the output-space twin too
+    diagnose: dict[str, Any] | None  # the diagnostic at θ_r on S (task=diagnose's settings)
+    rounds: int
+    synthetic: SyntheticSettings
+    auto: AutoSettings | None
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> NeonSettings:
+        """cfg.neon checked and typed; a NeonError names the first bad key."""
+        n = plain(cfg.neon)
+        auto = n.get("auto")
+        auto_w = n.get("w") == "auto"
+        compare = n.get("compare")
+        if compare is not None and compare not in COMPARISONS:
+            raise NeonError(f"neon.compare must be null or one of {list(COMPARISONS)}, got {compare!r}")
+        rounds = n.get("rounds")
+        return cls(
+            ws=None if auto_w else parse_ws(n.get("w")),
+            budgets=parse_budgets(n.get("budget_steps")),
+            n_synthetic=positive_int(n.get("n_synthetic"), "neon.n_synthetic"),
+            batch_size=positive_int(n.get("batch_size"), "neon.batch_size"),
+            optimizer=n["optimizer"],
+            lr_warmup_steps=int(n.get("lr_warmup_steps") or 0),
+            finetune_ema=bool(n.get("finetune_ema", True)),
+            control=bool(n.get("control")),
+            compare=compare,
+            diagnose=n.get("diagnose") or None,
+            rounds=1 if rounds is None else positive_int(rounds, "neon.rounds"),
+            synthetic=SyntheticSettings.of(n["synthetic"]),
+            auto=auto_settings(auto) if auto_w else None,  # read only where the search runs
+        )
+
+    @property
+    def auto_w(self) -> bool:
+        """Whether w is chosen by the line search (`neon.w=auto`) rather than given."""
+        return self.ws is None
+
+    def numeric_ws(self, task: str) -> list[WSpec]:
+        """The given coefficients, for a task that cannot search them."""
+        if self.ws is None:
+            raise NeonError(f"neon.w=auto is for task=neon; task={task} needs numbers, e.g. neon.w=[0.5,1.0]")
+        return list(self.ws)
+
+    @property
+    def blockwise(self) -> bool:
+        """Whether some w is a per-parameter mapping (given, or searched per group)."""
+        if self.ws is None:
+            return bool(self.auto and self.auto.groups)
+        return any(isinstance(w, dict) for w in self.ws)

@@ -172,6 +172,13 @@ def measure(images: list[int], reference: int, repeats: int, threads: int, side_
                             result_line = next(line for line in reversed(out.splitlines()) if line.startswith("{"))  # after any warnings
                             run = {"wall_s": wall, **json.loads(result_line)}
                         runs[n][method].append(run)
+    return summarize(runs, reference, repeats, threads, side_by_side)
+
+
+def summarize(runs: dict[int, dict[str, list[dict]]], reference: int, repeats: int, threads: int,
+              side_by_side: bool) -> dict:
+    """The result from each size's runs per method (wall and work seconds, FID): best times, ratios, FID agreement."""
+    images = list(runs)
     result = {"settings": {"repeats": repeats, "threads": threads, "reference_images": reference,
                            "side_by_side": side_by_side,
                            "image_size": "32x32 RGB uint8", "python": sys.version.split()[0],

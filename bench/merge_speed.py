@@ -157,6 +157,11 @@ def measure(gib: float, repeats: int, folder: Path | None, threads: int) -> dict
                     raise RuntimeError(f"{method} failed:\n{proc.stderr[-3000:]}")
                 runs[method].append(json.loads(proc.stdout.strip().splitlines()[-1]))
         file_bytes = paths["theta_r"].stat().st_size
+    return summarize(runs, file_bytes, repeats, threads)
+
+
+def summarize(runs: dict[str, list[dict]], file_bytes: int, repeats: int, threads: int) -> dict:
+    """The result from each method's runs (as `child` returns them): best seconds, ratio to the floor, peak memory."""
     best = {m: min(r["seconds"] for r in v) for m, v in runs.items()}
     result = {"settings": {"gib_per_file": file_bytes / 2**30, "repeats": repeats, "threads": threads, "w": W,
                            "floor": "raw byte copy: read both files, write one, 16 MiB chunks"},

@@ -89,13 +89,19 @@ def measure(jobs: int, repeats: int, job_args: str, oversubscribed: bool) -> dic
                 env["NEON_CACHE_DIR"] = str(tmp / f"cache-{r}-{i}")  # fresh: every mode does all the work
                 runs[mode].append(timed_sweep(sweep_command(job_args, jobs, modes[mode], sweep_dir), env, tmp))
                 results[mode] = job_results(sweep_dir, jobs)
+    return summarize(runs, results, repeats, job_args)
+
+
+def summarize(runs: dict[str, list[float]], results: dict[str, list[dict]], repeats: int, job_args: str) -> dict:
+    """The result from each mode's sweep seconds and its jobs' results (as `job_results` reads them)."""
+    jobs = len(results["serial"])
     serial = min(runs["serial"])
     fids = {m: [j["fid_neon"] for j in v] for m, v in results.items()}
     result = {"settings": {"jobs": jobs, "repeats": repeats, "cores": cores(), "job_args": job_args,
                            "omp_num_threads": "unset (the default applies)"},
               "modes": {}, "fid_max_abs_diff_across_modes": max(
                   abs(f - fids["serial"][j]) for m in fids for j, f in enumerate(fids[m]))}
-    for mode in modes:
+    for mode in runs:
         best = min(runs[mode])
         result["modes"][mode] = {"seconds": best, "ratio_to_serial": best / serial, "all_seconds": runs[mode],
                                  "threads_per_job": sorted({j["threads"] for j in results[mode]}, key=str),

@@ -121,6 +121,11 @@ def measure(tasks: list[str], repeats: int, images: int, threads: int) -> dict:
             for name, argv in cmds.items():
                 times[name].append(timed_run(argv, MARKERS.get(name), env, tmp))
     best = {k: (min(t[0] for t in v), min(t[1] for t in v)) for k, v in times.items()}
+    return summarize(best, tasks, repeats, images, threads)
+
+
+def summarize(best: dict[str, tuple[float, float]], tasks: list[str], repeats: int, images: int, threads: int) -> dict:
+    """The result from each command's best (first work, exit) seconds: the anchors, and each task against them."""
     torch_s, load_s = best["import torch"][1], best["import torch + load"][1]
     result = {"settings": {"repeats": repeats, "images": images, "threads": threads, "python": sys.version.split()[0],
                            "network": "embedded default (EDM, 8×8 digits), fresh weights"},

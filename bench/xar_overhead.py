@@ -7,29 +7,36 @@
              optimizer (dropout off in both); and the cost of xAR's dropout (0.1, masks seeded per sample).
 
 A mid-size random model on CPU: width 256, 2+2 blocks, a 8×8 latent grid of 16 channels in 2×2 clusters
-(the images are the latents). Interleaved rounds, best of 3. Usage: .venv/bin/python bench/xar_overhead.py
+(the images are the latents). Interleaved rounds, best of `--rounds`.
+Usage: .venv/bin/python bench/xar_overhead.py [--batch 16] [--ft-batch 32] [--steps 10] [--quick] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from functools import partial
+from pathlib import Path
 
 import lightning as L
 import torch
-from timing import Repeat, best_of  # bench/ is on the path when a script here runs
 from torch.utils.data import DataLoader
 
-from neon.core.seeding import PerSampleRNG, StepNoise
-from neon.families.xar import PixelLatent, XARModule, xar_sampler
-from neon.families.xar.sampler import cluster_cfg, sde_drift
-from neon.families.xar.transformer import TRAIN
-from neon.stages.training import LightningNeon
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from output import emit  # noqa: E402  (bench/ holds the scripts' shared helpers)
+from timing import Repeat, best_of  # noqa: E402
+
+from neon.core.seeding import PerSampleRNG, StepNoise  # noqa: E402
+from neon.families.xar import PixelLatent, XARModule, xar_sampler  # noqa: E402
+from neon.families.xar.sampler import cluster_cfg, sde_drift  # noqa: E402
+from neon.families.xar.transformer import TRAIN  # noqa: E402
+from neon.stages.training import LightningNeon  # noqa: E402
 
 NET = dict(embed_dim=256, depth=2, num_heads=4, num_classes=10, channels=16, grid=8, cluster_grid=2,
            attn_dropout=0.0, proj_dropout=0.0)
+QUICK_NET = dict(NET, embed_dim=32, num_heads=2)  # --quick: the same grid, a narrow network
 SETTINGS = dict(num_steps=10, cfg=2.0)
-
+DROPOUT = 0.1  # xAR's own
 
 
 @torch.no_grad()
@@ -56,37 +63,37 @@ def sample_without_cache(module: XARModule, labels: torch.Tensor, rng: PerSample
     return module.latent.decode(net.from_sequence(torch.cat(done, dim=1)))
 
 
-def sampling(module: XARModule, batch: int) -> None:
+def sampling(module: XARModule, batch: int, rounds: int) -> dict:
+    """Images/s of the framework, the bare sampler and the uncached steps, interleaved, best of `rounds`."""
     seeds, labels = list(range(batch)), torch.arange(batch) % 10
     sampler = partial(xar_sampler, **SETTINGS)
     runs = {
         "framework": lambda: module.generate(seeds, sampler, labels),
         "bare": lambda: xar_sampler(module.net, module.latent, labels, torch.Generator().manual_seed(0), **SETTINGS),
-        "no cache": lambda: sample_without_cache(module, labels, PerSampleRNG(seeds)),
+        "no_cache": lambda: sample_without_cache(module, labels, PerSampleRNG(seeds)),
     }
     cached = xar_sampler(module.net, module.latent, labels, PerSampleRNG(seeds), **SETTINGS)
-    agree = (cached - runs["no cache"]()).abs().max().item()  # also the warm-up
+    agree = (cached - runs["no_cache"]()).abs().max().item()  # also the warm-up
     times = {k: float("inf") for k in runs}
-    for _ in range(3):  # interleaved rounds, so drifts in machine load hit all three alike
+    for _ in range(rounds):  # interleaved rounds, so drifts in machine load hit all three alike
         for name, fn in runs.items():
             times[name] = min(times[name], best_of(fn, repeats=1))
-    ips = {k: batch / v for k, v in times.items()}
-    print(f"xAR sampling, batch {batch}, {SETTINGS['num_steps']} steps × {module.net.num_clusters} clusters: "
-          f"framework (KV cache) {ips['framework']:.1f} img/s, bare {ips['bare']:.1f} img/s (overhead "
-          f"{100 * (times['framework'] / times['bare'] - 1):+.1f}%), without the cache {ips['no cache']:.1f} img/s "
-          f"(cache speed-up ×{times['no cache'] / times['framework']:.2f}; max difference to the cached images "
-          f"{agree:.1e})")
+    return {"batch": batch, **SETTINGS, "clusters": module.net.num_clusters, "seconds": times,
+            "images_per_s": {k: batch / v for k, v in times.items()},
+            "overhead": times["framework"] / times["bare"] - 1, "cache_speedup": times["no_cache"] / times["framework"],
+            "max_difference_no_cache": agree}
 
 
-def fine_tune(batch: int, steps: int) -> None:
+def fine_tune(net: dict, batch: int, steps: int, rounds: int) -> dict:
+    """Steps/s of the framework and a bare loop (dropout off) and of the framework with dropout, best of `rounds`."""
     def build(dropout: float) -> XARModule:
         torch.manual_seed(0)
-        net = dict(NET, attn_dropout=dropout, proj_dropout=dropout)
-        return XARModule(net, PixelLatent(in_channels=16, image_size=8), ema_decay=None,
+        return XARModule(dict(net, attn_dropout=dropout, proj_dropout=dropout), PixelLatent(in_channels=16, image_size=8),
+                         ema_decay=None,
                          optimizer=partial(torch.optim.AdamW, lr=1e-4, betas=(0.9, 0.96), weight_decay=0.02))
 
     data = {"x": torch.randn(batch, 16, 8, 8), "label": torch.arange(batch) % 10}
-    plain, dropped = build(0.0), build(0.1)
+    plain, dropped = build(0.0), build(DROPOUT)
 
     def framework_run(module: XARModule) -> None:
         trainer = L.Trainer(accelerator="cpu", max_steps=steps, max_epochs=-1, logger=False,
@@ -103,32 +110,56 @@ def fine_tune(batch: int, steps: int) -> None:
             loss.backward()
             opt.step()
 
-    runs = {"framework": lambda: framework_run(plain), "bare": bare_loop, "dropout 0.1": lambda: framework_run(dropped)}
+    runs = {"framework": lambda: framework_run(plain), "bare": bare_loop, "dropout": lambda: framework_run(dropped)}
     times = {k: float("inf") for k in runs}
-    for _ in range(3):
+    for _ in range(rounds):
         for name, fn in runs.items():
             times[name] = min(times[name], best_of(fn, repeats=1))
-    sps = {k: steps / v for k, v in times.items()}
-    print(f"xAR fine-tune, batch {batch}: framework {sps['framework']:.2f} steps/s, bare {sps['bare']:.2f} steps/s "
-          f"(overhead {100 * (times['framework'] / times['bare'] - 1):+.1f}%); with dropout 0.1 (seeded masks) "
-          f"{sps['dropout 0.1']:.2f} steps/s ({100 * (times['dropout 0.1'] / times['framework'] - 1):+.1f}%)")
+    return {"batch": batch, "steps": steps, "dropout": DROPOUT, "seconds": times,
+            "steps_per_s": {k: steps / v for k, v in times.items()},
+            "overhead": times["framework"] / times["bare"] - 1, "dropout_cost": times["dropout"] / times["framework"] - 1}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def report(result: dict) -> str:
+    """The measurements as two lines."""
+    s, f = result["sampling"], result["finetune"]
+    ips, sps = s["images_per_s"], f["steps_per_s"]
+    return (f"xAR sampling, batch {s['batch']}, {s['num_steps']} steps × {s['clusters']} clusters: "
+            f"framework (KV cache) {ips['framework']:.1f} img/s, bare {ips['bare']:.1f} img/s (overhead "
+            f"{100 * s['overhead']:+.1f}%), without the cache {ips['no_cache']:.1f} img/s "
+            f"(cache speed-up ×{s['cache_speedup']:.2f}; max difference to the cached images "
+            f"{s['max_difference_no_cache']:.1e})\n"
+            f"xAR fine-tune, batch {f['batch']}: framework {sps['framework']:.2f} steps/s, bare {sps['bare']:.2f} steps/s "
+            f"(overhead {100 * f['overhead']:+.1f}%); with dropout {f['dropout']} (seeded masks) "
+            f"{sps['dropout']:.2f} steps/s ({100 * f['dropout_cost']:+.1f}%)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Measure sampling and fine-tune; print the lines and write the JSON where asked."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--ft-batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
-    args = p.parse_args()
+    p.add_argument("--quick", action="store_true", help="a narrow network, batch 2, one step, one round (a smoke test)")
+    p.add_argument("--json", type=Path, help="also write the results here")
+    args = p.parse_args(argv)
+    net, batch, ft_batch, steps, rounds = ((QUICK_NET, 2, 2, 1, 1) if args.quick else
+                                           (NET, args.batch, args.ft_batch, args.steps, args.rounds))
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    module = XARModule(NET, PixelLatent(in_channels=16, image_size=8)).eval()
+    module = XARModule(net, PixelLatent(in_channels=16, image_size=8)).eval()
     with torch.no_grad():  # away from the release's init, so guidance and the cache matter
         for q in module.net.parameters():
             q.add_(torch.randn_like(q) * 0.02)
-    sampling(module, args.batch)
-    fine_tune(args.ft_batch, args.steps)
+    result = {"settings": {"threads": torch.get_num_threads(), "rounds": rounds,
+                           "model": {k: net[k] for k in ("embed_dim", "depth", "num_heads", "channels", "grid",
+                                                         "cluster_grid")},
+                           "compared": "XARModule.generate against the bare sampler and against the steps without "
+                                       "the KV cache; Lightning fit against a bare loop, and with dropout"},
+              "sampling": sampling(module, batch, rounds), "finetune": fine_tune(net, ft_batch, steps, rounds)}
+    return emit(result, report(result), args.json)
 
 
 if __name__ == "__main__":

@@ -207,17 +207,17 @@ def test_extractor_is_built_for_the_metrics_asked_and_keys_name_it():
     m = OmegaConf.create({
         "extractor": {"_target_": "neon.metrics.inception.InceptionFeatures", "weights": "/w/inception.pth"},
         "extra_extractors": {"dinov2": {"_target_": "neon.metrics.dinov2.DinoV2Features", "weights": "/w/d.pth"}}})
-    fid_only = build_extractor(m, ["fid", "isc"])
+    fid_only = build_extractor(m.extractor, m.extra_extractors, ["fid", "isc"])
     assert not isinstance(fid_only, StackedFeatures) and fid_only.extra_outputs() == ()
-    assert extractor_key(m, ["fid", "isc"]) == {"extractor": {"_target_": m.extractor._target_, "weights": "/w/inception.pth"}}
-    both = build_extractor(m, ["fid", "sfid", "fd_dinov2"])
+    assert extractor_key(m.extractor, m.extra_extractors, ["fid", "isc"]) == {"extractor": {"_target_": m.extractor._target_, "weights": "/w/inception.pth"}}
+    both = build_extractor(m.extractor, m.extra_extractors, ["fid", "sfid", "fd_dinov2"])
     assert isinstance(both, StackedFeatures) and both.extra_outputs() == ("spatial", "dinov2")
-    key = extractor_key(m, ["fid", "sfid", "fd_dinov2"])
+    key = extractor_key(m.extractor, m.extra_extractors, ["fid", "sfid", "fd_dinov2"])
     assert key["outputs"] == ["dinov2", "spatial"] and key["extra_extractors"]["dinov2"]["weights"] == "/w/d.pth"
-    assert extractor_key(m, ["sfid"]) != extractor_key(m, ["fid"]) != extractor_key(m, ["fd_dinov2"])
+    assert extractor_key(m.extractor, m.extra_extractors, ["sfid"]) != extractor_key(m.extractor, m.extra_extractors, ["fid"]) != extractor_key(m.extractor, m.extra_extractors, ["fd_dinov2"])
     identity = OmegaConf.create({"extractor": {"_target_": "neon.metrics.extractors.IdentityFeatures"}})
     with pytest.raises(NeonError, match="asks for sfid, which needs 'spatial' features.*metrics.extractor \\(identity\\)"):
-        build_extractor(identity, ["fid", "sfid"])
+        build_extractor(identity.extractor, None, ["fid", "sfid"])
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""The neon group read once at the edge: NeonSettings checks every key in one line before any work, and nothing
-below the edge reads `cfg.neon` itself."""
+"""The neon and metrics groups read once at the edge: NeonSettings and MetricSettings check every key in one line
+before any work, and nothing below the edge reads `cfg.neon` or `cfg.metrics` itself."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from neon.core.errors import NeonError
-from neon.stages.settings import NeonSettings
+from neon.stages.settings import MetricSettings, NeonSettings
 from tests.helpers import cli_error, task_config
 
 PACKAGE = Path(__file__).resolve().parents[1] / "neon"
@@ -34,6 +34,9 @@ def test_the_neon_group_becomes_typed_settings(tmp_path: Path):
     ("neon.synthetic.shard_size=300", "neon.synthetic.shard_size (300) must be a multiple of neon.synthetic.block_size"),
     ("neon.rounds=0", "neon.rounds must be a positive integer, got 0"),
     ("neon.auto.step=0", None),  # not read without neon.w=auto: valid input is never refused
+    ("metrics.block_size=0", "metrics.block_size must be a positive integer, got 0"),
+    ("metrics.seed_sets=-1", "metrics.seed_sets must be a positive integer, got -1"),
+    ("metrics.select=kid", "metrics.select=kid is not among metrics.compute ['fid', 'pr']"),
 ])
 def test_a_bad_neon_key_is_refused_before_any_work(override: str, message: str | None, tmp_path: Path):
     if message is None:
@@ -45,9 +48,16 @@ def test_a_bad_neon_key_is_refused_before_any_work(override: str, message: str |
     assert message in cli_error([override])
 
 
-def test_nothing_below_the_edge_reads_the_neon_group_from_the_config():
-    # the settings module reads it; the rounds write a round's config (θ_r = the last θ_neon) for the next run
-    reads = re.compile(r"cfg\.neon\b(?!\.rounds = 1)")
+def test_the_metrics_group_becomes_typed_settings(tmp_path: Path):
+    cfg, _ = task_config(["metrics.heldout_num_samples=500", "metrics.seed_sets=null"], tmp_path)
+    m = MetricSettings.of(cfg)
+    assert (m.num_samples, m.seed_sets, m.heldout_num_samples, m.compute, m.select) == (3000, 1, 500, ("fid", "pr"), "fid")
+    assert m.extractor["cache_dir"] == str(tmp_path / "cache")  # interpolations resolved against the whole config
+
+
+def test_nothing_below_the_edge_reads_the_neon_or_metrics_group_from_the_config():
+    # the settings module reads them; the rounds write a round's config (θ_r = the last θ_neon) for the next run
+    reads = re.compile(r"cfg\.(neon|metrics)\b(?!\.rounds = 1)")
     found = [f"{p.relative_to(PACKAGE.parent)}:{i}: {line.strip()}" for p in sorted(PACKAGE.rglob("*.py"))
              if p.name != "settings.py" for i, line in enumerate(p.read_text().splitlines(), 1) if reads.search(line)]
-    assert not found, "read the neon group through Run.neon / NeonSettings:\n" + "\n".join(found)
+    assert not found, "read the groups through Run.neon / Run.metrics (NeonSettings, MetricSettings):\n" + "\n".join(found)

@@ -6,12 +6,12 @@ several noisy scores on the seeds that then report it would flatter the gain."""
 from __future__ import annotations
 
 import math
-from typing import Any
-
-from omegaconf import DictConfig
+from typing import TYPE_CHECKING, Any
 
 from neon.core.errors import NeonError
-from neon.core.values import positive_int
+
+if TYPE_CHECKING:
+    from neon.stages.settings import MetricSettings
 
 
 def seed_span(offset: int, num_samples: int, sets: int) -> tuple[int, int]:
@@ -19,18 +19,16 @@ def seed_span(offset: int, num_samples: int, sets: int) -> tuple[int, int]:
     return int(offset), int(offset) + int(num_samples) * int(sets)
 
 
-def heldout_spans(cfg: DictConfig, auto_proxy: tuple[int, int | None] | None = None) -> dict[str, tuple[int, int]] | None:
+def heldout_spans(metrics: MetricSettings, final_num_samples: int | None = None,
+                  auto_proxy: tuple[int, int | None] | None = None) -> dict[str, tuple[int, int]] | None:
     """The seed spans of the selection, of neon.w=auto's proxy (`auto_proxy`: its seed offset and samples, where
-    the search runs) and of the held-out set; None when held-out reporting is off (metrics.heldout_seed_offset
-    null)."""
-    m = cfg.metrics
-    if m.get("heldout_seed_offset") is None:
+    the search runs) and of the held-out set (task=search scores its pick at `final_num_samples`); None when
+    held-out reporting is off (metrics.heldout_seed_offset null)."""
+    m = metrics
+    if m.heldout_seed_offset is None:
         return None
-    sets = 1 if m.get("seed_sets") is None else positive_int(m.seed_sets, "metrics.seed_sets")
-    n = positive_int(m.num_samples, "metrics.num_samples")
-    task = cfg.get("task") or {}  # task=search scores its pick at task.final_num_samples
-    heldout_n = positive_int(task.get("final_num_samples") or m.get("heldout_num_samples") or n,
-                             "metrics.heldout_num_samples")
+    sets, n = m.seed_sets, m.num_samples
+    heldout_n = final_num_samples or m.heldout_num_samples or n
     spans = {"metrics.seed_offset": seed_span(m.seed_offset, n, sets)}
     if auto_proxy is not None:
         offset, samples = auto_proxy
@@ -39,10 +37,11 @@ def heldout_spans(cfg: DictConfig, auto_proxy: tuple[int, int | None] | None = N
     return spans
 
 
-def check_heldout(cfg: DictConfig, auto_proxy: tuple[int, int | None] | None = None) -> None:
+def check_heldout(metrics: MetricSettings, final_num_samples: int | None = None,
+                  auto_proxy: tuple[int, int | None] | None = None) -> None:
     """The held-out seeds must not overlap the seeds any pick is made on (the selection's, and `auto_proxy`'s,
     as in `heldout_spans`): one line naming both, before any work."""
-    spans = heldout_spans(cfg, auto_proxy)
+    spans = heldout_spans(metrics, final_num_samples, auto_proxy)
     if spans is None:
         return
     first, end = spans.pop("metrics.heldout_seed_offset")

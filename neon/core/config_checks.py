@@ -35,24 +35,20 @@ def feature_dim_of(extractor_cfg: Any) -> int | None:
     return getattr(cls, "feature_dim", None)
 
 
-def check_counts(cfg: DictConfig, auto_num_samples: int | None = None) -> None:
-    """The counts and sizes outside the neon group (read by NeonSettings): pretraining steps, the metric's
-    counts, and enough evaluation samples for the metric (also `auto_num_samples`, neon.w=auto's proxy)."""
+def check_counts(cfg: DictConfig, metrics: Any, auto_num_samples: int | None = None,
+                 final_num_samples: int | None = None) -> None:
+    """The counts the settings do not check alone: pretraining steps, and enough evaluation samples for the
+    metric (`metrics`: the checked metrics group) at every size a score is taken (also `auto_num_samples`,
+    neon.w=auto's proxy, and `final_num_samples`, task=search's final score)."""
     if cfg.model.get("pretrain") is not None and not cfg.model.get("checkpoint"):
         positive_int(cfg.model.pretrain.steps, "model.pretrain.steps")
-    m = cfg.metrics
-    samples = positive_int(m.num_samples, "metrics.num_samples")
-    positive_int(m.block_size, "metrics.block_size")
-    counts = {"metrics.num_samples": samples}
-    if auto_num_samples is not None:
-        counts["neon.auto.num_samples"] = auto_num_samples
-    final = cfg.task.get("final_num_samples")
-    if final is not None:
-        counts["task.final_num_samples"] = positive_int(final, "task.final_num_samples")
-    dim = feature_dim_of(m.get("extractor"))
-    if dim is not None and "fid" in list(m.get("compute") or ["fid"]):
+    counts = {"metrics.num_samples": metrics.num_samples, "neon.auto.num_samples": auto_num_samples,
+              "task.final_num_samples": final_num_samples}
+    dim = feature_dim_of(metrics.extractor)
+    if dim is not None and "fid" in metrics.compute:
         for key, value in counts.items():
-            check_sample_count(value, dim, key, bool(m.get("allow_small", False)))
+            if value is not None:
+                check_sample_count(value, dim, key, metrics.allow_small)
 
 
 def _seed_keys(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -39,14 +39,14 @@ class Evaluator:
         self.nll_part = nll_part
         self.release = release  # sample.rng=release: the family's official seeding instead of one generator per image
         self.module = module
-        m = run.cfg.metrics
+        m = run.metrics
         self.num_samples = positive_int(num_samples or m.num_samples, "metrics.num_samples")
-        first = int(m.seed_offset if seed_offset is None else seed_offset)
+        first = m.seed_offset if seed_offset is None else int(seed_offset)
         self.seeds = list(range(first, first + self.num_samples))
-        self.metrics = list(m.get("compute") or ["fid"])
+        self.metrics = list(m.compute)
         self.sample_metrics = [name for name in self.metrics if name != "nll"]  # "nll" scores θ, not its samples
-        self.extractor = build_extractor(m, self.sample_metrics)
-        self.sampler_cfg = OmegaConf.merge(run.cfg.sampler, m.get("sampler") or {}, sampler_overrides or {})
+        self.extractor = build_extractor(m.extractor, m.extra_extractors, self.sample_metrics)
+        self.sampler_cfg = OmegaConf.merge(run.cfg.sampler, m.sampler, sampler_overrides or {})
         self._reference: Reference | None = None
         self._data: Any = None
 
@@ -59,7 +59,7 @@ class Evaluator:
     def reference(self) -> Reference:
         """metrics.reference (an EDM or ADM .npz), else the data module's own reference."""
         if self._reference is None:
-            ref = self.run.cfg.metrics.get("reference")
+            ref = self.run.metrics.reference
             self._reference = load_reference(ref, self.extractor) if ref else self.data().reference(self.extractor)
         return self._reference
 
@@ -79,11 +79,11 @@ class Evaluator:
         return {"nll": nats, "bpb": nats * count / (math.log(2) * data.byte_count(self.nll_part))}
 
     def key(self, digest: str) -> dict[str, Any]:
-        m = self.run.cfg.metrics
+        m = self.run.metrics
         return {
             "weights": digest, "family": self.run.cfg.model._target_, "sampler": plain(self.sampler_cfg),
-            **extractor_key(m, self.sample_metrics), "seeds": [self.seeds[0], len(self.seeds)], "metrics": self.metrics,
-            "block_size": m.block_size, "reference": plain(m.get("reference")) or plain(self.run.cfg.data),
+            **extractor_key(m.extractor, m.extra_extractors, self.sample_metrics), "seeds": [self.seeds[0], len(self.seeds)],
+            "metrics": self.metrics, "block_size": m.block_size, "reference": m.reference or plain(self.run.cfg.data),
             **({"release": self.release.key()} if self.release else {}),
             **({"nll_part": self.nll_part} if "nll" in self.metrics else {}),
         }
@@ -95,18 +95,16 @@ class Evaluator:
     def _trace_of(self, seeds: list[int]) -> dict[str, Any]:
         # one seed set's trace (no set count: that set's result is shared by runs with any count)
         return {"num_samples": len(seeds), "seeds": f"{seeds[0]}-{seeds[-1]}",
-                **extractor_key(self.run.cfg.metrics, self.sample_metrics), "metrics": self.metrics,
-                **({"nll_part": self.nll_part} if "nll" in self.metrics else {}),
-                "reference": plain(self.run.cfg.metrics.get("reference")) or "data",
+                **extractor_key(self.run.metrics.extractor, self.run.metrics.extra_extractors, self.sample_metrics),
+                "metrics": self.metrics, **({"nll_part": self.nll_part} if "nll" in self.metrics else {}),
+                "reference": self.run.metrics.reference or "data",
                 "rng": self.release.key() if self.release else "per_seed"}
 
     def score_features(self, features: dict[str, np.ndarray]) -> dict[str, Any]:
         """The configured metrics of these features against the reference."""
-        m = self.run.cfg.metrics
-        return compute_scores(features, self.reference(), self.sample_metrics, isc_splits=int(m.get("isc_splits", 10)),
-                              pr_k=int(m.get("pr_k", 3)), allow_small=bool(m.get("allow_small", False)),
-                              kid_subsets=int(m.get("kid_subsets", 100)),
-                              kid_subset_size=int(m.get("kid_subset_size", 1000)))
+        m = self.run.metrics
+        return compute_scores(features, self.reference(), self.sample_metrics, isc_splits=m.isc_splits, pr_k=m.pr_k,
+                              allow_small=m.allow_small, kid_subsets=m.kid_subsets, kid_subset_size=m.kid_subset_size)
 
     def score(self, state: StateDict) -> dict[str, Any]:
         """{'fid': ..., other metrics, 'digest': ...} for these weights; features kept beside the result."""
@@ -133,8 +131,7 @@ class Evaluator:
 
     def set_count(self) -> int:
         """metrics.seed_sets (null: 1)."""
-        k = self.run.cfg.metrics.get("seed_sets")
-        return 1 if k is None else positive_int(k, "metrics.seed_sets")
+        return self.run.metrics.seed_sets
 
     def seed_sets(self) -> list[list[int]]:
         """metrics.seed_sets consecutive sets of metrics.num_samples seeds, the first being `seeds`."""
@@ -157,7 +154,7 @@ class Evaluator:
         def build(work: Path) -> None:
             context = prepare()
             self.module.to(self.run.device).eval()
-            block = int(self.run.cfg.metrics.block_size)
+            block = self.run.metrics.block_size
             progress = len(seeds) > 10 * block
             sampler = instantiate(self.sampler_cfg)
             with context:
@@ -166,7 +163,7 @@ class Evaluator:
                 nll = self.heldout_nll() if "nll" in self.metrics and is_main() else {}
             if not is_main():
                 return
-            if self.run.cfg.metrics.get("keep_features", True):
+            if self.run.metrics.keep_features:
                 np.savez(work / "features.npz", **{k: v.astype(np.float32) for k, v in feats.items()})
             extra = {"output_twin": key["output_twin"]} if "output_twin" in key else {}
             write_json(work / "result.json",

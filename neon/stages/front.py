@@ -15,12 +15,12 @@ from neon.core.config_checks import check_counts
 from neon.core.contract import HasLikelihood, NeonModule, diversity_warning, family_of
 from neon.core.errors import NeonError
 from neon.core.io import StateDict, load_state_dict
-from neon.core.values import plain
+from neon.core.values import plain, positive_int
 from neon.merging.merger import NeonMerger
 from neon.stages.base import copy_weights, load_base
 from neon.stages.finetune import finetuned_weights, log_merge_plan
-from neon.stages.run import Run, log, selection_metric
-from neon.stages.settings import NeonSettings
+from neon.stages.run import Run, log
+from neon.stages.settings import MetricSettings, NeonSettings
 from neon.stages.synthesize import synthesize_into, synthetic_data, synthetic_key
 from neon.stages.synthetic_source import check_fits, folder_key, source_config, source_folder, source_label, source_run
 
@@ -38,13 +38,14 @@ def check_settings(cfg: DictConfig) -> DictConfig | None:
     """The pipeline's settings (the neon group read into NeonSettings: w, budgets, counts, S; the comparison, the
     metrics' counts, held-out seeds, S's source model) checked in one line each: the pre-flight of the tasks that
     fine-tune (`task.checks`). Returns the config of the model that draws S where another model does."""
-    neon = NeonSettings.of(cfg)
+    neon, metrics = NeonSettings.of(cfg), MetricSettings.of(cfg)
     check_compare(cfg.model, neon.compare, neon.blockwise)
-    check_counts(cfg, neon.auto and neon.auto.num_samples)
-    selection_metric(cfg)
-    check_heldout(cfg, auto_proxy(neon))
+    final = cfg.task.get("final_num_samples")  # task=search scores its pick at this size
+    final = None if final is None else positive_int(final, "task.final_num_samples")
+    check_counts(cfg, metrics, neon.auto and neon.auto.num_samples, final)
+    check_heldout(metrics, final, auto_proxy(neon))
     check_data(cfg.data)
-    check_nll(cfg)
+    check_nll(cfg, metrics)
     return source_config(cfg, neon.synthetic)  # S drawn by another model: its config composes (one line naming it if not)
 
 
@@ -64,12 +65,12 @@ def check_data(data_cfg: DictConfig) -> None:
         hook({k: v for k, v in plain(data_cfg).items() if k != "_target_"})
 
 
-def check_nll(cfg: DictConfig) -> None:
+def check_nll(cfg: DictConfig, metrics: MetricSettings) -> None:
     """metrics.compute [nll] scores θ's likelihood of held-out text: a family with a likelihood and a data module
     with held-out windows, or one line before any work."""
     from hydra.utils import get_class
 
-    if "nll" not in list(cfg.metrics.get("compute") or []):
+    if "nll" not in metrics.compute:
         return
     family = family_of(cfg.model)
     if not issubclass(family, HasLikelihood):

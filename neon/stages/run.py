@@ -20,7 +20,7 @@ from neon.core.collectives import is_main
 from neon.core.errors import NeonError
 from neon.core.io import write_text
 from neon.core.values import plain
-from neon.stages.settings import NeonSettings
+from neon.stages.settings import MetricSettings, NeonSettings
 
 if TYPE_CHECKING:  # Lightning takes seconds to import: only the stages that train import it
     import lightning as L
@@ -45,17 +45,6 @@ def model_spec(cfg: DictConfig) -> dict[str, Any]:
 def write_resolved_config(cfg: DictConfig, out: Path) -> None:
     """`config_resolved.yaml`: Hydra keeps the config with its interpolations in .hydra/; this is what ran."""
     write_text(out / "config_resolved.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def selection_metric(cfg: DictConfig) -> str:
-    """metrics.select: the score every pick (w, B, the control's w) minimises on the selection seeds: 'fid' (the
-    default), or 'nll' (θ's likelihood of the selection half of the held-out text; metrics=text)."""
-    select = cfg.metrics.get("select") or "fid"
-    computed = list(cfg.metrics.get("compute") or ["fid"])
-    if select != "fid" and select not in computed:
-        raise NeonError(f"metrics.select={select} is not among metrics.compute {computed}: pick by fid, or add "
-                        f"{select} to metrics.compute")
-    return select
 
 
 _ACTIVE_STAGES: list[str] = []  # the stages under way in this process, innermost last
@@ -93,6 +82,11 @@ class Run:
     def neon(self) -> NeonSettings:
         """The `neon` group, checked and typed once (the stages read it here, never from the config)."""
         return NeonSettings.of(self.cfg)
+
+    @functools.cached_property
+    def metrics(self) -> MetricSettings:
+        """The `metrics` group, checked and typed once."""
+        return MetricSettings.of(self.cfg)
 
     @functools.cached_property
     def logger(self) -> Any:

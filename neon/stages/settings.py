@@ -173,3 +173,59 @@ class NeonSettings:
         if self.ws is None:
             return bool(self.auto and self.auto.groups)
         return any(isinstance(w, dict) for w in self.ws)
+
+
+def optional_seed(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """The `metrics` group: what is scored (`compute`), on which seeds (selection, noise, held-out), with which
+    feature extractor, reference and evaluation sampler."""
+
+    num_samples: int
+    block_size: int
+    seed_offset: int  # the selection seeds: every pick is made on [seed_offset, seed_offset + num_samples × sets)
+    seed_sets: int
+    heldout_seed_offset: int | None  # the reported figures' seeds (None: no held-out scores)
+    heldout_num_samples: int | None  # None: num_samples
+    noise_seed_offset: int | None  # θ_r scored again on these seeds: the metric's own seed noise
+    compute: tuple[str, ...]
+    select: str  # the score every pick minimises
+    allow_small: bool
+    reference: Any  # a statistics file, or None: the data module's own reference
+    sampler: dict[str, Any]  # overrides of the sampler for evaluation
+    extractor: dict[str, Any]  # the feature network, for hydra's instantiate
+    extra_extractors: dict[str, Any]  # networks of other features (sFID's spatial, DINOv2), by feature
+    keep_features: bool  # features.npz beside each score, for later metrics
+    isc_splits: int
+    pr_k: int
+    kid_subsets: int
+    kid_subset_size: int
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> MetricSettings:
+        """cfg.metrics checked and typed; a NeonError names the first bad key."""
+        m = plain(cfg.metrics)
+        compute = tuple(m.get("compute") or ["fid"])
+        select = m.get("select") or "fid"
+        if select != "fid" and select not in compute:
+            raise NeonError(f"metrics.select={select} is not among metrics.compute {list(compute)}: pick by fid, or add "
+                            f"{select} to metrics.compute")
+        sets = m.get("seed_sets")
+        heldout_n = m.get("heldout_num_samples")
+        return cls(
+            num_samples=positive_int(m.get("num_samples"), "metrics.num_samples"),
+            block_size=positive_int(m.get("block_size"), "metrics.block_size"),
+            seed_offset=int(m.get("seed_offset") or 0),
+            seed_sets=1 if sets is None else positive_int(sets, "metrics.seed_sets"),
+            heldout_seed_offset=optional_seed(m.get("heldout_seed_offset")),
+            heldout_num_samples=None if heldout_n is None else positive_int(heldout_n, "metrics.heldout_num_samples"),
+            noise_seed_offset=optional_seed(m.get("noise_seed_offset")),
+            compute=compute, select=select, allow_small=bool(m.get("allow_small", False)),
+            reference=m.get("reference"), sampler=m.get("sampler") or {}, extractor=m.get("extractor"),
+            extra_extractors=m.get("extra_extractors") or {}, keep_features=bool(m.get("keep_features", True)),
+            isc_splits=int(m.get("isc_splits", 10)), pr_k=int(m.get("pr_k", 3)),
+            kid_subsets=int(m.get("kid_subsets", 100)), kid_subset_size=int(m.get("kid_subset_size", 1000)),
+        )

@@ -25,7 +25,7 @@ def timing(run: Run, evaluator: Evaluator, theta_neon: StateDict, theta_r: State
     """Seconds and network evaluations per image of weight-space Neon (θ_neon) and of the twin at w, on one
     evaluation block of the metric's seeds, interleaved, fastest of TIMING_REPEATS each."""
     module = evaluator.module
-    seeds = evaluator.seeds[:min(evaluator.num_samples, int(run.cfg.metrics.block_size))]
+    seeds = evaluator.seeds[:min(evaluator.num_samples, run.metrics.block_size)]
     sampler = instantiate(evaluator.sampler_cfg)
     twin = evaluator.twin(theta_r, theta_s, w)
     module.load_neon_weights(theta_neon, source="θ_neon")

@@ -24,9 +24,10 @@ from neon.metrics.reference import images_for, reference_arrays, reference_from_
 from neon.stages.base import copy_weights
 from neon.stages.evaluator import Evaluator
 from neon.stages.run import Run, log
+from neon.stages.settings import MetricSettings
 
 
-def check_sample_file(samples: str | Path, extractor: FeatureExtractor, metrics_cfg: DictConfig) -> int:
+def check_sample_file(samples: str | Path, extractor: FeatureExtractor, metrics: MetricSettings) -> int:
     """The number of images in a sample file, from its header: enough for the FID (unless metrics.allow_small) and
     an extractor ready to run, checked before any pixel is read or feature extracted (50K images take minutes)."""
     shape = npz_array_shape(samples)
@@ -38,9 +39,8 @@ def check_sample_file(samples: str | Path, extractor: FeatureExtractor, metrics_
         raise NeonError(f"samples '{samples}': arr_0 has shape {shape}; expected uint8 NHWC images [N, H, W, C]")
     extractor.check_ready()
     n, dim = shape[0], extractor.feature_dim
-    if dim is not None and "fid" in list(metrics_cfg.get("compute") or ["fid"]):
-        check_sample_count(n, dim, f"the number of images in samples '{samples}'",
-                           bool(metrics_cfg.get("allow_small", False)))
+    if dim is not None and "fid" in metrics.compute:
+        check_sample_count(n, dim, f"the number of images in samples '{samples}'", metrics.allow_small)
     return n
 
 
@@ -58,13 +58,13 @@ def run_evaluate(cfg: DictConfig) -> dict:
     module = run.build_module()
     evaluator = Evaluator(run, module, release=ReleaseSampling.from_config(cfg))
     if samples:
-        check_sample_file(samples, evaluator.extractor, cfg.metrics)
+        check_sample_file(samples, evaluator.extractor, run.metrics)
     results = {}
     with run.stage("evaluate"):
         if samples:
             with np.load(samples) as f:
                 images = images_for(evaluator.extractor, f["arr_0"], f"samples '{samples}'")
-            feats = features_of_images(images, evaluator.extractor, int(cfg.metrics.block_size))
+            feats = features_of_images(images, evaluator.extractor, run.metrics.block_size)
             results[str(samples)] = evaluator.score_features(feats)
         for path in paths:
             # scored against reference statistics, never the training data: the file's data shape is taken
@@ -86,15 +86,17 @@ def run_reference(cfg: DictConfig) -> dict:
     images (`task.source`), or the `data` group's real data; write them as an .npz (mu, sigma, pool, and
     mu_s/sigma_s or mu_dinov2/sigma_dinov2 when metrics.compute has sfid or fd_dinov2)."""
     run = Run.from_config(cfg)
-    compute = list(cfg.metrics.get("compute") or ["fid"])
-    extractor = build_extractor(cfg.metrics, compute)  # also sFID's and FD-DINOv2's statistics when compute has them
+    m = run.metrics
+    compute = list(m.compute)
+    # also sFID's and FD-DINOv2's statistics when compute has them
+    extractor = build_extractor(m.extractor, m.extra_extractors, compute)
     source = cfg.task.get("source")
-    key = {**extractor_key(cfg.metrics, compute), "source": digest_source(source) if source else plain(cfg.data)}
+    key = {**extractor_key(m.extractor, m.extra_extractors, compute), "source": digest_source(source) if source else plain(cfg.data)}
 
     def build(work: Path) -> None:
         if source:
             images = images_for(extractor, read_image_source(source), f"image source '{source}'")
-            ref = reference_from_outputs(features_of_images(images, extractor, int(cfg.metrics.block_size)), str(source))
+            ref = reference_from_outputs(features_of_images(images, extractor, m.block_size), str(source))
         else:
             ref = instantiate(cfg.data).reference(extractor)
         np.savez(work / "reference.npz", **reference_arrays(ref))
@@ -109,7 +111,7 @@ def run_reference(cfg: DictConfig) -> dict:
         n = len(f["pool"]) if "pool" in f.files else None
         dim = len(f["mu"])
     summary = {"task": "reference", "out": str(out), "source": str(source) if source else plain(cfg.data),
-               "extractor": plain(cfg.metrics.extractor), "num_images": n, "feature_dim": dim,
+               "extractor": m.extractor, "num_images": n, "feature_dim": dim,
                "cached": not built, "seconds": run.seconds}
     write_json(run.out / "summary.json", summary)
     log.info("reference statistics (%s images, %d-d) → %s", n, dim, out)

@@ -24,7 +24,7 @@ from neon.stages.base import copy_weights
 from neon.stages.evaluator import Evaluator
 from neon.stages.finetune import finetuned_weights
 from neon.stages.front import build_front, validate
-from neon.stages.run import Run, log, selection_metric, write_resolved_config
+from neon.stages.run import Run, log, write_resolved_config
 from neon.stages.settings import NeonSettings
 from neon.stages.synthetic_source import source_config, source_label
 from neon.tasks.compare import compare_output_space
@@ -54,8 +54,8 @@ def curve_point(w: WSpec, score: dict) -> dict:
 
 def heldout_evaluator(run: Run, module) -> Evaluator:
     """The evaluator of the held-out seeds (metrics.heldout_seed_offset; for text, the report half)."""
-    m = run.cfg.metrics
-    return Evaluator(run, module, seed_offset=m.heldout_seed_offset, num_samples=m.get("heldout_num_samples"),
+    m = run.metrics
+    return Evaluator(run, module, seed_offset=m.heldout_seed_offset, num_samples=m.heldout_num_samples,
                      nll_part="report")
 
 
@@ -104,7 +104,7 @@ def run_neon(cfg: DictConfig) -> dict:
         auto = search_auto_w(run, front, budgets)
         ws, budgets = [0.0] + ([auto["w"]] if auto["w"] != 0.0 else []), [auto["budget_steps"]]
     grid = {b: score_ws(run, evaluator, merge, front.theta_s(b), ws, f"B={b}") for b in budgets}  # budget → per w
-    select = selection_metric(cfg)
+    select = run.metrics.select
     best_b, best = min(((b, i) for b in budgets for i in range(len(ws))), key=lambda bi: grid[bi[0]][bi[1]][select])
     fids = [r["fid"] for r in grid[best_b]]
     with run.stage("evaluate"):
@@ -116,8 +116,8 @@ def run_neon(cfg: DictConfig) -> dict:
             raise NeonError(f"θ_r '{front.base_path}' scores FID {fid_base}: its samples are not finite; check θ_r and "
                             "the sampler settings (metrics.sampler)")
         noise = None
-        if cfg.metrics.get("noise_seed_offset") is not None:
-            reseeded = Evaluator(run, module, seed_offset=cfg.metrics.noise_seed_offset).score(front.theta_r)["fid"]
+        if run.metrics.noise_seed_offset is not None:
+            reseeded = Evaluator(run, module, seed_offset=run.metrics.noise_seed_offset).score(front.theta_r)["fid"]
             noise = {"fid_base_reseeded": reseeded, "relative": abs(reseeded - fid_base) / max(fid_base, 1e-12)}
 
     control, control_s = None, None
@@ -135,7 +135,7 @@ def run_neon(cfg: DictConfig) -> dict:
         control_best = min(range(len(ws)), key=lambda i: control_scores[i][select])
 
     heldout = None
-    if cfg.metrics.get("heldout_seed_offset") is not None:  # the picks above, scored on seeds they were not chosen on
+    if run.metrics.heldout_seed_offset is not None:  # the picks above, scored on seeds they were not chosen on
         control_w = None if control is None else ws[control_best]
         heldout = score_heldout(run, module, front, merge, front.theta_s(best_b), ws[best], control_s, control_w)
 

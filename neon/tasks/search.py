@@ -69,10 +69,10 @@ def run_search(cfg: DictConfig) -> dict:
     loaded: dict[int, StateDict] = {}
     points: list[dict] = []
 
-    heldout = cfg.metrics.get("heldout_seed_offset")
+    heldout = run.metrics.heldout_seed_offset
     # the pick's final scores: on the held-out seeds where they are set (the figures to report), else on the
     # search's own seeds at task.final_num_samples
-    final_n = t.get("final_num_samples") or (cfg.metrics.get("heldout_num_samples") if heldout is not None else None)
+    final_n = t.get("final_num_samples") or (run.metrics.heldout_num_samples if heldout is not None else None)
     final = {"num_samples": final_n, "seed_offset": heldout} if final_n or heldout is not None else None
 
     def score(budget: int, cfg_value, w: float, num_samples: int | None = None, seed_offset: int | None = None) -> float:

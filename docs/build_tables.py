@@ -255,6 +255,22 @@ def lm_sampling(r: dict) -> str:
             f"{r['batch']} × {r['tokens']} tokens, {r['threads']} threads, best of {r['rounds']} interleaved rounds.")
 
 
+def sweep_budgets(r: dict) -> str:
+    """A recorded multirun's budget axis: per job (the settings that differ) and budget B, the best w and θ_neon's
+    FID there on the selection seeds (where the picks are made), against θ_r's."""
+    jobs = r["sweep"]
+    keyed = [dict(o.split("=", 1) for o in j["overrides"] if "=" in o) for j in jobs]
+    keys = [k for k in sorted({k for o in keyed for k in o}) if len({o.get(k) for o in keyed}) > 1]
+    rows = [(*keys, "B", "best w at B", "θ_neon sel.", "gain vs θ_r sel.")]
+    for job, over in zip(jobs, keyed, strict=True):
+        s = job["summary"]
+        for budget in sorted({p["budget_steps"] for p in s["grid"]}):
+            best = min((p for p in s["grid"] if p["budget_steps"] == budget), key=lambda p: p["fid"])
+            rows.append((*(over.get(k, "") for k in keys), budget, best["w"], fid(best["fid"]),
+                         pct(gain(s["fid_base"], best["fid"]))))
+    return table(rows)
+
+
 def ci(value: float | None, interval: list | None) -> str:
     """A cosine with its 95% interval."""
     if value is None:
@@ -345,7 +361,21 @@ VIEWS: dict[str, Callable[[dict], str]] = {"sweep": sweep, "headline": headline,
                                            "startup": startup, "suite": suite, "suite_line": suite_line,
                                            "text_heldout": text_heldout, "text_w_curve": text_w_curve,
                                            "text_sweep": text_sweep, "rounds": rounds, "lm_sampling": lm_sampling,
-                                           "diagnostic_sweep": diagnostic_sweep}
+                                           "diagnostic_sweep": diagnostic_sweep, "sweep_budgets": sweep_budgets}
+
+
+
+def sibling_views(name: str) -> dict[str, Callable[[dict], str]]:
+    """The VIEWS of a module beside this file (docs/bench_views.py: the bench scripts' records)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"docs_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VIEWS
+
+
+VIEWS.update(sibling_views("bench_views"))
 # views of a table over several records (NAME1+NAME2+…): each gets the records, result and provenance
 TABLES: dict[str, Callable[[list[dict]], str]] = {"families": families, "fair_base": fair_base, "auto_w": auto_w}
 

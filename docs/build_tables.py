@@ -81,7 +81,8 @@ def heldout(r: dict) -> str:
     if r.get("seconds"):
         order = sorted(r["seconds"], key=lambda k: STAGES.index(k) if k in STAGES else len(STAGES))
         stages = ", ".join(f"{stage} {r['seconds'][stage]:.1f} s" for stage in order)
-        text += f"\n\nSeconds per stage (the run's `seconds`): {stages}."
+        text += (f"\n\nSeconds per stage (the run's `seconds`; a stage the artifact cache served takes next to none): "
+                 f"{stages}.")
     return text
 
 

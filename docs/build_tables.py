@@ -294,7 +294,48 @@ def diagnostic_sweep(r: dict) -> str:
                      ci(d.get("cosine_preconditioned"), d.get("cosine_preconditioned_ci95")),
                      "w > 0" if d["cosine"] < 0 else "w ≤ 0", f"{s['w']} ({s['budget_steps']})",
                      fid(s.get("fid_base_heldout")), fid(s.get("fid_neon_heldout")), pct(s.get("gain_heldout"))))
-    return table(rows)
+    return table(rows) + "".join(rank_lines(jobs, keyed, [k for k in keys if k != "seed"]))
+
+
+def ranks(values: list[float]) -> list[float]:
+    """Ranks from 1, ties given their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation."""
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    num = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    den = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return num / den if den else float("nan")
+
+
+def rank_lines(jobs: list[dict], keyed: list[dict], group_keys: list[str]) -> list[str]:
+    """For every setting of `group_keys` with at least four jobs (e.g. several θ_r at one sampler setting): the
+    Spearman correlation between the cosine at θ_r and the held-out gain."""
+    groups: dict[tuple, list[dict]] = {}
+    for job, over in zip(jobs, keyed, strict=True):
+        groups.setdefault(tuple(over.get(k, "") for k in group_keys), []).append(job["summary"])
+    lines = []
+    for setting, summaries in groups.items():
+        if len(summaries) < 4:
+            continue
+        rho = spearman([s["diagnosis"]["cosine"] for s in summaries], [s["gain_heldout"] for s in summaries])
+        where = ", ".join(f"{k}={v}" for k, v in zip(group_keys, setting, strict=True)) or "all jobs"
+        lines.append(f"\n\nSpearman correlation between the cosine at θ_r and the held-out gain over the "
+                     f"{len(summaries)} jobs with {where}: {rho:+.2f}.")
+    return lines
 
 
 def short_family(r: dict) -> str:

@@ -37,6 +37,9 @@ def test_the_neon_group_becomes_typed_settings(tmp_path: Path):
     ("metrics.block_size=0", "metrics.block_size must be a positive integer, got 0"),
     ("metrics.seed_sets=-1", "metrics.seed_sets must be a positive integer, got -1"),
     ("metrics.select=kid", "metrics.select=kid is not among metrics.compute ['fid', 'pr']"),
+    ("device=gpu", "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    ("preview_samples=-1", "preview_samples must be 0 or a positive integer, got -1"),
+    ("progress_refresh_rate=0", "progress_refresh_rate must be a positive integer, got 0"),
 ])
 def test_a_bad_neon_key_is_refused_before_any_work(override: str, message: str | None, tmp_path: Path):
     if message is None:
@@ -57,7 +60,8 @@ def test_the_metrics_group_becomes_typed_settings(tmp_path: Path):
 
 def test_nothing_below_the_edge_reads_the_neon_or_metrics_group_from_the_config():
     # the settings module reads them; the rounds write a round's config (θ_r = the last θ_neon) for the next run
-    reads = re.compile(r"cfg\.(neon|metrics)\b(?!\.rounds = 1)")
+    reads = re.compile(r"cfg\.(neon|metrics|seed)\b(?!\.rounds = 1)|"
+                       r"cfg\.get\(\"(seed|device|preview_samples|progress_refresh_rate|resume_every_steps)\"")
     found = [f"{p.relative_to(PACKAGE.parent)}:{i}: {line.strip()}" for p in sorted(PACKAGE.rglob("*.py"))
              if p.name != "settings.py" for i, line in enumerate(p.read_text().splitlines(), 1) if reads.search(line)]
-    assert not found, "read the groups through Run.neon / Run.metrics (NeonSettings, MetricSettings):\n" + "\n".join(found)
+    assert not found, "read them through Run.neon, Run.metrics, Run.settings (neon/stages/settings.py):\n" + "\n".join(found)

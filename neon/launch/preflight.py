@@ -69,7 +69,9 @@ def check_job(cfg: DictConfig, choices: Any) -> None:
     from hydra.utils import get_method
 
     from neon.core.config_checks import check_seeds
+    from neon.stages.settings import RunSettings
 
+    RunSettings.of(cfg)  # the job's top-level keys (device, previews, progress, resume)
     if cfg.task.get("samples", True):  # a task that draws no samples need not import the model family
         from neon.core.contract import check_samplers
 

@@ -44,10 +44,10 @@ def pretrain_into(run: Run, out_dir: Path) -> None:
 
     from neon.stages.training import LightningNeon, ResumableCheckpoint, TrainSettings
 
-    cfg = run.cfg
+    cfg, seed = run.cfg, run.settings.seed
     steps = positive_int(cfg.model.pretrain.steps, "model.pretrain.steps")
-    every = positive_int(cfg.get("resume_every_steps") or steps, "resume_every_steps")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    every = run.settings.resume_every_steps or steps
+    L.seed_everything(seed, workers=True, verbose=False)
     module = run.build_module()
     loader = instantiate(cfg.data).train_dataloader()
     resume = out_dir / RESUME
@@ -59,7 +59,7 @@ def pretrain_into(run: Run, out_dir: Path) -> None:
         if isinstance(loader.sampler, GlobalBatchSampler):
             loader.sampler.start = done * int(cfg.trainer.get("accumulate_grad_batches") or 1)
     run.trainer(max_steps=steps, callbacks=[ResumableCheckpoint(resume, every)]).fit(
-        LightningNeon(module, TrainSettings(noise_seed=cfg.seed)), train_dataloaders=loader, ckpt_path=str(resume) if found else None, weights_only=True)
+        LightningNeon(module, TrainSettings(noise_seed=seed)), train_dataloaders=loader, ckpt_path=str(resume) if found else None, weights_only=True)
     if is_main():
         save_state_dict(module.neon_weights(), out_dir / THETA_R)
         resume.unlink(missing_ok=True)  # done: the artifact holds θ_r alone
@@ -81,7 +81,7 @@ def load_base(run: Run, shape_from_checkpoint: bool = False) -> tuple[NeonModule
     else:
         module = run.build_module()
         key = {"model": run.model_key(), "data": plain(run.cfg.data),
-               "steps": plain(run.cfg.model.pretrain), "seed": run.cfg.seed, **training_threads(run)}
+               "steps": plain(run.cfg.model.pretrain), "seed": run.settings.seed, **training_threads(run)}
         folder, built = run.cache.get_or_build("pretrain", key, lambda work: pretrain_into(run, work), collective=True)
         log.info("θ_r: %s %s", "pretrained into" if built else "reusing", folder)
         path = folder / THETA_R

@@ -27,7 +27,7 @@ def finetune_module(run: Run, module: NeonModule, data, steps: int, callbacks: S
 
     from neon.stages.training import LightningNeon, TrainSettings
 
-    seed, n = run.cfg.seed, run.neon
+    seed, n = run.settings.seed, run.neon
     tuned = copy.deepcopy(module).cpu().train()
     settings = TrainSettings(optimizer=instantiate(n.optimizer), noise_seed=seed, lr_warmup_steps=n.lr_warmup_steps,
                              ema=n.finetune_ema)  # off: θ_s is the raw fine-tuned network
@@ -41,7 +41,7 @@ def finetune_key(run: Run, base_digest: str, data_key: dict[str, Any], budget: i
     n = run.neon
     key = {
         "theta_r": base_digest, "synthetic": data_key, "budget_steps": budget,
-        "batch_size": n.batch_size, "optimizer": n.optimizer, "seed": run.cfg.seed,
+        "batch_size": n.batch_size, "optimizer": n.optimizer, "seed": run.settings.seed,
         "finetune_ema": n.finetune_ema,
         "trainer": {k: plain(v) for k, v in run.cfg.trainer.items()
                     if k in ("precision", "accumulate_grad_batches", "gradient_clip_val")},

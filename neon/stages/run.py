@@ -20,7 +20,7 @@ from neon.core.collectives import is_main
 from neon.core.errors import NeonError
 from neon.core.io import write_text
 from neon.core.values import plain
-from neon.stages.settings import MetricSettings, NeonSettings
+from neon.stages.settings import MetricSettings, NeonSettings, RunSettings
 
 if TYPE_CHECKING:  # Lightning takes seconds to import: only the stages that train import it
     import lightning as L
@@ -79,6 +79,11 @@ class Run:
         return cls(cfg=cfg, out=out, cache=ArtifactCache(cfg.paths.cache_dir), logger_cfg=logger_cfg)
 
     @functools.cached_property
+    def settings(self) -> RunSettings:
+        """The job's top-level keys (seed, device, progress, resume, previews), checked and typed once."""
+        return RunSettings.of(self.cfg)
+
+    @functools.cached_property
     def neon(self) -> NeonSettings:
         """The `neon` group, checked and typed once (the stages read it here, never from the config)."""
         return NeonSettings.of(self.cfg)
@@ -131,7 +136,7 @@ class Run:
     @property
     def device(self) -> torch.device:
         """Where sampling and evaluation run."""
-        want = self.cfg.get("device", "auto")
+        want = self.settings.device
         if want == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(want)
@@ -157,7 +162,7 @@ class Run:
         callbacks = list(callbacks or [])
         if self.cfg.trainer.get("enable_progress_bar", True):
             # a redraw per step floods logs and non-terminal outputs for fast small models
-            callbacks.append(TQDMProgressBar(refresh_rate=int(self.cfg.get("progress_refresh_rate", 50))))
+            callbacks.append(TQDMProgressBar(refresh_rate=self.settings.progress_refresh_rate))
         return instantiate(
             self.cfg.trainer,
             max_steps=max_steps,

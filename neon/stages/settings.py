@@ -229,3 +229,32 @@ class MetricSettings:
             isc_splits=int(m.get("isc_splits", 10)), pr_k=int(m.get("pr_k", 3)),
             kid_subsets=int(m.get("kid_subsets", 100)), kid_subset_size=int(m.get("kid_subset_size", 1000)),
         )
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The top-level keys of one job: its training seed, where it samples, and how it reports and saves."""
+
+    seed: int  # training randomness (pretrain, fine-tune, loader order); sample seeds are set per sample
+    device: str  # auto | cpu | cuda | cuda:N
+    progress_refresh_rate: int
+    resume_every_steps: int | None  # None: pretraining saves a resumable checkpoint only at its end
+    preview_samples: int
+
+    @classmethod
+    def of(cls, cfg: DictConfig) -> RunSettings:
+        """The top-level keys checked and typed; a NeonError names the first bad key."""
+        device = str(cfg.get("device") or "auto")
+        if device.split(":")[0] not in DEVICES or (":" in device and not device.split(":", 1)[1].isdigit()):
+            raise NeonError(f"device must be auto, cpu, cuda or cuda:N, got '{device}'")
+        every = cfg.get("resume_every_steps")
+        preview = cfg.get("preview_samples") or 0
+        if isinstance(preview, bool) or not isinstance(preview, int) or preview < 0:
+            raise NeonError(f"preview_samples must be 0 or a positive integer, got {preview!r}")
+        return cls(seed=int(cfg.get("seed") or 0), device=device,
+                   progress_refresh_rate=positive_int(cfg.get("progress_refresh_rate", 50), "progress_refresh_rate"),
+                   resume_every_steps=None if not every else positive_int(every, "resume_every_steps"),
+                   preview_samples=preview)

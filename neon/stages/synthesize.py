@@ -57,8 +57,8 @@ def synthetic_data(run: Run, module: NeonModule, directory: Path | None) -> Synt
         return SyntheticDataModule(
             batch, module=module, sampler=run.sampler(), seeds=synthetic_seeds(run),
             block_size=s.block_size, class_balanced=s.class_balanced, num_workers=s.num_workers,
-            shuffle_seed=run.cfg.seed,
+            shuffle_seed=run.settings.seed,
         )
-    return SyntheticDataModule(batch, directory=directory, num_workers=s.num_workers, shuffle_seed=run.cfg.seed)
+    return SyntheticDataModule(batch, directory=directory, num_workers=s.num_workers, shuffle_seed=run.settings.seed)
 
 

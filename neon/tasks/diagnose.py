@@ -44,7 +44,7 @@ def alignment(run: Run, module: NeonModule, s_dir: Path | None, settings: Mappin
     result = gradient_alignment(module.to(run.device), endless(real.train_dataloader()),
                                 endless(synthetic_data(run, module, s_dir).train_dataloader()),
                                 positive_int(settings.get("num_batches"), f"{prefix}.num_batches"),
-                                blocks=positive_int(settings.get("blocks"), f"{prefix}.blocks"), seed=cfg.seed, groups=groups)
+                                blocks=positive_int(settings.get("blocks"), f"{prefix}.blocks"), seed=run.settings.seed, groups=groups)
     result.update(prediction=prediction(result), synthetic=str(s_dir) if s_dir else "streamed",
                   sampler=plain(cfg.sampler))
     return result
@@ -56,7 +56,7 @@ def cached_alignment(run: Run, module: NeonModule, theta_r: dict, base_digest: s
     real data, settings, seed) and kept in the artifact cache, so the jobs of a sweep that share S share it."""
     settings = run.neon.diagnose
     key = {"theta_r": base_digest, "synthetic": s_key, "data": plain(run.cfg.data), "settings": settings,
-           "seed": run.cfg.seed}
+           "seed": run.settings.seed}
 
     def build(work: Path) -> None:
         module.load_neon_weights(theta_r, source="θ_r")

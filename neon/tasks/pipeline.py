@@ -176,7 +176,7 @@ def run_neon(cfg: DictConfig) -> dict:
         "artifacts": {"theta_r": str(front.base_path), "synthetic": str(front.s_dir) if front.s_dir else "streamed",
                       "theta_s": {str(b): str(p) for b, p in front.theta_s_paths.items()},
                       "theta_neon": str(run.out / "theta_neon.safetensors")},
-        "seed": cfg.seed,
+        "seed": run.settings.seed,
     }
     if not is_main():  # under DDP, rank 0 writes the results
         return summary
@@ -194,7 +194,7 @@ def run_neon(cfg: DictConfig) -> dict:
     theta_neon = copy_weights(module.neon_weights())  # write() left θ_neon in the module
     module.to(run.device).eval()
     grids = write_previews(run.out, module, instantiate(evaluator.sampler_cfg), front.theta_r, theta_neon,
-                           int(cfg.get("preview_samples") or 0), f"w = {w_label(ws[best])}, B = {best_b}")
+                           run.settings.preview_samples, f"w = {w_label(ws[best])}, B = {best_b}")
     summary["seconds"] = {k: round(v, 3) for k, v in run.seconds.items()}
     write_json(run.out / "summary.json", summary)
     run.log_results(

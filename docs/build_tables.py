@@ -338,10 +338,11 @@ def rank_lines(jobs: list[dict], keyed: list[dict], group_keys: list[str]) -> li
     return lines
 
 
-def short_family(r: dict) -> str:
-    """`neon.families.var.VARModule` → VAR."""
-    return {"EDMModule": "EDM", "VARModule": "VAR", "XARModule": "xAR", "IMMModule": "IMM"}.get(
-        r["family"].rsplit(".", 1)[-1], r["family"].rsplit(".", 1)[-1])
+def short_family(record: dict) -> str:
+    """The record's family in a word (`neon.families.var.VARModule` → VAR), from its summary or its config."""
+    target = record["result"].get("family") or record["provenance"]["config"]["model"]["_target_"]
+    name = target.rsplit(".", 1)[-1]
+    return {"EDMModule": "EDM", "VARModule": "VAR", "XARModule": "xAR", "IMMModule": "IMM"}.get(name, name)
 
 
 def command_of(record: dict) -> str:
@@ -352,15 +353,17 @@ def families(records: list[dict]) -> str:
     """task=neon runs with neon.compare=output and neon.diagnose, one per family: θ_r, θ_neon, the control and the
     output-space twin at their own picks (made on the selection seeds) scored on the held-out seeds, the network
     calls and time per image of both methods, the seed noise and the cosine at θ_r."""
-    rows = [("family", "θ_r", "θ_neon (w)", "gain", "control (w)", "output-space twin (w)",
+    rows = [("family", "θ_r", "θ_neon (w)", "gain", "control (w)", "output-space twin (w): against θ_neon",
              "calls per image, Neon / twin", "ms per image, Neon / twin", "seed noise", "cosine at θ_r, raw / Adam")]
     for rec in records:
         r = rec["result"]
         out, d, ctl = r["output_space"], r.get("diagnosis") or {}, r.get("control")
-        rows.append((short_family(r), fid(r["fid_base_heldout"]), f"{fid(r['fid_neon_heldout'])} ({r['w']})",
+        rows.append((short_family(rec), fid(r["fid_base_heldout"]), f"{fid(r['fid_neon_heldout'])} ({r['w']})",
                      pct(r["gain_heldout"]),
                      "—" if ctl is None else f"{fid(r['fid_control_heldout'])} ({ctl['w']})",
-                     f"{fid(out.get('fid_heldout'))} ({out['w']})",
+                     f"{fid(out.get('fid_heldout'))} ({out['w']}): "
+                     f"{100 * out['relative_difference_heldout']:+.1f}%" if out.get("relative_difference_heldout")
+                     is not None else f"{fid(out.get('fid_heldout'))} ({out['w']})",
                      f"{out['weight_space']['nfe_per_image']} / {out['nfe_per_image']}",
                      f"{1e3 * out['weight_space']['seconds_per_image']:.3g} / {1e3 * out['seconds_per_image']:.3g}",
                      pct((r.get("fid_noise") or {}).get("relative")),
@@ -378,7 +381,7 @@ def fair_base(records: list[dict]) -> str:
     for rec in records:
         r = rec["result"]
         values = ", ".join(f"{p['cfg']:g}" for p in r["base_cfg_curve"])
-        rows.append((short_family(r), values, f"{fid(r['fid_base_tuned_heldout'])} (cfg {r['cfg_base_tuned']:g})",
+        rows.append((short_family(rec), values, f"{fid(r['fid_base_tuned_heldout'])} (cfg {r['cfg_base_tuned']:g})",
                      f"{fid(r['fid_neon_heldout'])} (cfg {r['cfg']:g}, w {r['w']:g})",
                      pct(gain(r["fid_base_tuned_heldout"], r["fid_neon_heldout"])), fid(r["fid_base_heldout"])))
     return table(rows) + ("\n\nPicks on the search's seeds, figures on the held-out seeds. Commands: "

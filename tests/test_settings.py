@@ -33,6 +33,7 @@ def test_the_neon_group_becomes_typed_settings(tmp_path: Path):
     ("neon.synthetic.mode=live", "neon.synthetic.mode must be 'cached' or 'stream', got 'live'"),
     ("neon.synthetic.shard_size=300", "neon.synthetic.shard_size (300) must be a multiple of neon.synthetic.block_size"),
     ("neon.rounds=0", "neon.rounds must be a positive integer, got 0"),
+    ("neon.lr_warmup_steps=-5", "neon.lr_warmup_steps must be 0 or a positive integer, got -5"),
     ("neon.auto.step=0", None),  # not read without neon.w=auto: valid input is never refused
     ("metrics.block_size=0", "metrics.block_size must be a positive integer, got 0"),
     ("metrics.seed_sets=-1", "metrics.seed_sets must be a positive integer, got -1"),

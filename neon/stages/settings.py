@@ -139,14 +139,16 @@ class NeonSettings:
         compare = n.get("compare")
         if compare is not None and compare not in COMPARISONS:
             raise NeonError(f"neon.compare must be null or one of {list(COMPARISONS)}, got {compare!r}")
-        rounds = n.get("rounds")
+        rounds, warmup = n.get("rounds"), n.get("lr_warmup_steps") or 0
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise NeonError(f"neon.lr_warmup_steps must be 0 or a positive integer, got {warmup!r}")
         return cls(
             ws=None if auto_w else parse_ws(n.get("w")),
             budgets=parse_budgets(n.get("budget_steps")),
             n_synthetic=positive_int(n.get("n_synthetic"), "neon.n_synthetic"),
             batch_size=positive_int(n.get("batch_size"), "neon.batch_size"),
             optimizer=n["optimizer"],
-            lr_warmup_steps=int(n.get("lr_warmup_steps") or 0),
+            lr_warmup_steps=warmup,
             finetune_ema=bool(n.get("finetune_ema", True)),
             control=bool(n.get("control")),
             compare=compare,

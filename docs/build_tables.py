@@ -43,8 +43,11 @@ def gain(base: float | None, other: float | None) -> float | None:
 
 
 def table(rows: list[tuple]) -> str:
-    lines = ["| " + " | ".join(map(str, rows[0])) + " |", "|" + "---|" * len(rows[0])]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows[1:]])
+    """Rows of cells (the first the header) as a markdown table; a '|' inside a cell (a regex) is escaped."""
+    def line(row: tuple) -> str:
+        return "| " + " | ".join(str(cell).replace("|", "\\|") for cell in row) + " |"
+
+    return "\n".join([line(rows[0]), "|" + "---|" * len(rows[0]), *map(line, rows[1:])])
 
 
 def headline(r: dict) -> str:

@@ -283,3 +283,15 @@ def test_interrupt_at_each_stage_then_the_rerun_resumes(tmp_path: Path, monkeypa
     log = (tmp_path / "done" / "cli.log").read_text()
     assert "θ_r: reusing" in log and "S: reusing" in log and "θ_s: reusing" in log  # nothing redone
     assert (tmp_path / "done" / "summary.json").is_file()
+
+
+def test_hydra_info_flags_skip_the_job_checks():
+    # `neon --help` and `--cfg job` print and run nothing: the job's checks would import the data module's class and
+    # with it Lightning (seconds). Each in its own process, where nothing has imported Lightning before.
+    def imports_lightning(args: list[str]) -> bool:
+        code = f"import sys; from neon.launch.preflight import preflight; preflight({args!r}); print('lightning' in sys.modules)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+        return out.strip().splitlines()[-1] == "True"
+
+    assert not imports_lightning(["--help"]) and not imports_lightning(["--cfg", "job", "neon.w=[0.5]"])
+    assert imports_lightning(["neon.w=[0.5]"])  # a job's checks do: the test can tell

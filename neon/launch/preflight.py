@@ -20,6 +20,10 @@ from neon.core.errors import NeonError
 
 HYDRA_TASK_NAME = "cli"  # Hydra's job name, as `@hydra.main` in neon/launch/cli.py names it: the log is cli.log
 MULTIRUN_FLAGS = ("-m", "--multirun")
+# Hydra's flags that print something and run no job: the job's checks (which import the model and data
+# classes, and with them Lightning) would only slow them down
+INFO_FLAGS = ("-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--resolve", "--version",
+              "-sc", "--shell-completion")
 
 
 def config_dir() -> Path:
@@ -57,7 +61,8 @@ def preflight(args: list[str], conf_dir: Path = CONF_DIR, app: Any = None) -> Ch
     with contextlib.nullcontext(app) if app is not None else hydra_context(conf_dir) as hydra:
         args, cfg = compose_checked(hydra, args, firsts)
     check_writable(args)
-    if None not in firsts.values():  # an interval's value is the sweeper's to choose: its jobs are checked then
+    info = any(a.split("=", 1)[0] in INFO_FLAGS for a in args)
+    if None not in firsts.values() and not info:  # an interval's value is the sweeper's to choose: checked then
         check_job(cfg, cfg.hydra.runtime.choices)
     single = not any(a.startswith("-") for a in args) and cfg.hydra.mode is None
     return Checked(args, cfg if single else None)

@@ -148,6 +148,13 @@ MUTATIONS: list[Mutation] = [
              "Evaluator(run, module, seed_offset=m.heldout_seed_offset,",
              "Evaluator(run, module, seed_offset=m.seed_offset,",
              ["tests/test_heldout.py::test_neon_reports_its_picks_on_heldout_seeds"]),
+    Mutation("the twin's pick is scored on the held-out seeds", "neon/tasks/pipeline.py",
+             "heldout_evaluator(run, module) if heldout else None,", "evaluator if heldout else None,",
+             ["tests/test_output_twin.py::test_neon_compare_output_scores_the_twin_beside_weight_space"]),
+    # --- settings read once at the edge: a bad value is refused before any work
+    Mutation("S's storage mode is checked", "neon/stages/settings.py",
+             'if s["mode"] not in SYNTHETIC_MODES:', "if False:",
+             ["tests/test_settings.py::test_a_bad_neon_key_is_refused_before_any_work"]),
     # --- text: the held-out NLL reported on the half the picks were not made on; the picks on the NLL
     Mutation("text figures from the report half", "neon/tasks/pipeline.py",
              'nll_part="report")', 'nll_part="selection")',

@@ -131,13 +131,18 @@ def suite_line(r: dict) -> str:
             f"{whole['wall_s'] / 60:.1f} min on {r['settings']['cores']} CPU cores.")
 
 
+def varying(jobs: list[dict]) -> tuple[list[dict[str, str]], list[str]]:
+    """Each job's overrides as {key: value}, and the keys whose value differs between jobs (a sweep's axes)."""
+    keyed = [dict(o.split("=", 1) for o in j["overrides"] if "=" in o) for j in jobs]
+    return keyed, [k for k in sorted({k for o in keyed for k in o}) if len({o.get(k) for o in keyed}) > 1]
+
+
 def sweep(r: dict) -> str:
     """A recorded multirun: one row per job (the settings that differ between jobs), its picks and figures on the
     selection seeds and on the held-out seeds, the seed noise and the diagnostic's cosine; then the best job,
     picked on the selection seeds, with its held-out figures."""
     jobs = r["sweep"]
-    keyed = [dict(o.split("=", 1) for o in j["overrides"] if "=" in o) for j in jobs]
-    keys = [k for k in sorted({k for o in keyed for k in o}) if len({o.get(k) for o in keyed}) > 1]
+    keyed, keys = varying(jobs)
     rows = [(*keys, "w (B)", "θ_r sel.", "θ_neon sel.", "θ_r held-out", "θ_neon held-out", "gain held-out",
              "control held-out", "seed noise", "cosine")]
     for job, over in zip(jobs, keyed, strict=True):
@@ -207,8 +212,7 @@ def text_sweep(r: dict) -> str:
     picked on the selection half and the held-out NLL of θ_r and θ_neon at that w; and the NLL-best w on the
     selection half with both signs in the grid."""
     jobs = r["sweep"]
-    keyed = [dict(o.split("=", 1) for o in j["overrides"] if "=" in o) for j in jobs]
-    keys = [k for k in sorted({k for o in keyed for k in o}) if len({o.get(k) for o in keyed}) > 1]
+    keyed, keys = varying(jobs)
     rows = [(*keys, "cosine at θ_r", "predicts", "picked w (B)", "NLL θ_r held-out", "NLL θ_neon held-out", "Δ nats",
              "FD θ_r held-out", "FD θ_neon held-out")]
     for job, over in zip(jobs, keyed, strict=True):
@@ -263,8 +267,7 @@ def sweep_budgets(r: dict) -> str:
     """A recorded multirun's budget axis: per job (the settings that differ) and budget B, the best w and θ_neon's
     FID there on the selection seeds (where the picks are made), against θ_r's."""
     jobs = r["sweep"]
-    keyed = [dict(o.split("=", 1) for o in j["overrides"] if "=" in o) for j in jobs]
-    keys = [k for k in sorted({k for o in keyed for k in o}) if len({o.get(k) for o in keyed}) > 1]
+    keyed, keys = varying(jobs)
     rows = [(*keys, "B", "best w at B", "θ_neon sel.", "gain vs θ_r sel.")]
     for job, over in zip(jobs, keyed, strict=True):
         s = job["summary"]
@@ -287,8 +290,7 @@ def diagnostic_sweep(r: dict) -> str:
     real held-out data and S, raw and Adam-preconditioned with their 95% intervals, what it predicts, and what
     the pipeline then picked on the selection seeds and gained on the held-out seeds."""
     jobs = r["sweep"]
-    keyed = [dict(o.split("=", 1) for o in j["overrides"] if "=" in o) for j in jobs]
-    keys = [k for k in sorted({k for o in keyed for k in o}) if len({o.get(k) for o in keyed}) > 1]
+    keyed, keys = varying(jobs)
     rows = [(*keys, "cosine at θ_r (95%)", "Adam-preconditioned (95%)", "predicts", "picked w (B)",
              "θ_r held-out", "θ_neon held-out", "gain held-out")]
     for job, over in zip(jobs, keyed, strict=True):

@@ -178,6 +178,7 @@ class NeonSettings:
 
 
 def optional_seed(value: Any) -> int | None:
+    """A seed offset that may be null (that figure off)."""
     return None if value is None else int(value)
 
 
